@@ -1,0 +1,87 @@
+/**
+ * The README's demo: three devices on an in-process homeserver exchange encrypted messages,
+ * with every key stored in SQLite in a temporary folder. Run with `npm run demo`.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DecryptionError, OlmMachine } from '../src/index';
+import { TestDevice, TestHomeserver } from '../src/testing';
+
+const ROOM = '!demo:example.org';
+const step = (n: number, text: string) => console.log(`\n[${n}] ${text}`);
+
+async function main() {
+  const dir = mkdtempSync(join(tmpdir(), 'matrix-crypto-node-demo-'));
+  const store = (name: string) => ({ kind: 'sqlite' as const, path: join(dir, name) });
+  try {
+    const hs = new TestHomeserver();
+
+    step(1, `Opening three devices with SQLite stores under ${dir}`);
+    const bot = await TestDevice.create(hs, '@bot:example.org', 'BOTDEVICE', store('bot'));
+    const alice = await TestDevice.create(hs, '@alice:example.org', 'ALICEPHONE', store('alice-phone'));
+    const laptop = await TestDevice.create(hs, '@alice:example.org', 'ALICELAPTOP', store('alice-laptop'));
+    for (const d of [bot, alice, laptop]) {
+      console.log(`    ${d.userId} ${d.deviceId}: curve25519 ${d.machine.identityKeys.curve25519}`);
+      console.log(`      uploaded ${hs.oneTimeKeyCount(d.userId, d.deviceId)} one-time keys`);
+    }
+
+    const members = [bot.userId, alice.userId];
+    step(2, 'The bot tracks the room members, queries their devices and claims one-time keys');
+    await bot.machine.updateTrackedUsers(members);
+    await bot.flush();
+    const devices = await bot.machine.getUserDevices(alice.userId);
+    console.log(`    the bot knows ${devices.length} devices of ${alice.userId}: ${devices.map((d) => d.deviceId).join(', ')}`);
+    const claim = await bot.machine.getMissingSessions(members);
+    if (claim) await bot.send(claim);
+
+    step(3, 'The bot shares a Megolm room key and encrypts a message');
+    const share = await bot.machine.shareRoomKey(ROOM, members);
+    console.log(`    the key goes to ${share.sharedWith.map((d) => d.deviceId).join(', ')}; withheld from ${share.withheld.length} devices`);
+    for (const r of share.requests) {
+      const n = Object.values(JSON.parse(r.body).messages).reduce((a: number, m) => a + Object.keys(m as object).length, 0);
+      console.log(`    to-device ${r.eventType} to ${n} devices`);
+      await bot.send(r);
+    }
+    const event = await bot.encrypt(ROOM, { msgtype: 'm.text', body: 'Hello from the bot!' });
+    console.log(`    m.room.encrypted, session ${String(event.content.session_id).slice(0, 16)}...`);
+
+    step(4, 'Both of Alice\'s devices sync and decrypt');
+    for (const d of [alice, laptop]) {
+      const sync = await d.sync();
+      const result = await d.machine.decryptRoomEvent(event, ROOM);
+      console.log(`    ${d.deviceId}: ${sync.roomKeyUpdates.length} room key, "${result.event.content.body}" from ${result.sender}/${result.senderDevice} (${result.verificationState})`);
+    }
+
+    step(5, 'Alice replies; the bot decrypts');
+    const reply = await alice.sendMessage(ROOM, members, { msgtype: 'm.text', body: 'Hi bot, loud and clear.' });
+    await bot.sync();
+    await laptop.sync();
+    console.log(`    bot reads: "${(await bot.machine.decryptRoomEvent(reply, ROOM)).event.content.body}"`);
+
+    step(6, 'The bot restarts on its SQLite store and still reads the conversation');
+    await bot.machine.close();
+    bot.machine = await OlmMachine.open({ userId: bot.userId, deviceId: bot.deviceId, store: store('bot') });
+    console.log(`    same identity key: ${bot.machine.identityKeys.curve25519}`);
+    console.log(`    bot re-reads: "${(await bot.machine.decryptRoomEvent(reply, ROOM)).event.content.body}"`);
+
+    step(7, 'A device that never got the key gets a typed error, not a string');
+    const late = await TestDevice.create(hs, '@carol:example.org', 'CAROL', { kind: 'memory' });
+    try {
+      await late.machine.decryptRoomEvent(event, ROOM);
+    } catch (err) {
+      if (!(err instanceof DecryptionError)) throw err;
+      console.log(`    DecryptionError code=${err.code} session=${err.sessionId?.slice(0, 16)}...`);
+    }
+
+    for (const d of [bot, alice, laptop, late]) await d.machine.close();
+    console.log('\nDone.');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

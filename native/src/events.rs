@@ -1,0 +1,250 @@
+//! Sync input, processed to-device events and decrypted room events, shaped for the TS layer.
+//!
+//! Raw events are embedded as `RawValue`s so they are copied, never re-serialised.
+
+use std::collections::BTreeMap;
+
+use matrix_sdk_common::deserialized_responses::{
+    AlgorithmInfo, EncryptionInfo, ProcessedToDeviceEvent, ShieldState, ToDeviceUnableToDecryptReason,
+    VerificationState,
+};
+use matrix_sdk_crypto::{store::types::RoomKeyInfo, DecryptionSettings, MegolmError, TrustRequirement};
+use ruma::{
+    api::client::sync::sync_events::DeviceLists, events::AnyToDeviceEvent, serde::Raw,
+    OneTimeKeyAlgorithm, OwnedUserId, UInt,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, value::RawValue, Value};
+
+use crate::errors::{code, invalid, typed};
+
+/// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncChanges {
+    #[serde(default)]
+    pub to_device_events: Vec<Raw<AnyToDeviceEvent>>,
+    #[serde(default)]
+    pub changed_devices: ChangedDevices,
+    #[serde(default)]
+    pub one_time_key_counts: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    #[serde(default)]
+    pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
+    #[serde(default)]
+    pub next_batch_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ChangedDevices {
+    #[serde(default)]
+    pub changed: Vec<OwnedUserId>,
+    #[serde(default)]
+    pub left: Vec<OwnedUserId>,
+}
+
+impl ChangedDevices {
+    pub fn to_ruma(&self) -> DeviceLists {
+        let mut lists = DeviceLists::new();
+        lists.changed = self.changed.clone();
+        lists.left = self.left.clone();
+        lists
+    }
+}
+
+/// The settings every decryption uses: this library reports trust in the result instead of
+/// refusing to decrypt, so applications decide what to show.
+pub fn decryption_settings() -> DecryptionSettings {
+    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OlmInfo<'a> {
+    sender: &'a str,
+    sender_device: Option<&'a str>,
+    sender_curve25519_key: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum ProcessedOut<'a> {
+    #[serde(rename = "decrypted")]
+    Decrypted { event: &'a RawValue, encryption_info: OlmInfo<'a> },
+    #[serde(rename = "plaintext")]
+    PlainText { event: &'a RawValue },
+    #[serde(rename = "undecryptable")]
+    Undecryptable { event: &'a RawValue, reason: &'static str },
+    #[serde(rename = "invalid")]
+    Invalid { event: &'a RawValue },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomKeyOut {
+    algorithm: String,
+    room_id: String,
+    sender_key: String,
+    session_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncOut<'a> {
+    to_device_events: Vec<ProcessedOut<'a>>,
+    room_key_updates: Vec<RoomKeyOut>,
+}
+
+fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
+    let key = match &info.algorithm_info {
+        AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => {
+            Some(curve25519_public_key_base64.as_str())
+        }
+        AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, .. } => Some(curve25519_key.as_str()),
+    };
+    OlmInfo { sender: info.sender.as_str(), sender_device: info.sender_device.as_deref().map(|d| d.as_str()), sender_curve25519_key: key }
+}
+
+fn utd_reason(reason: &ToDeviceUnableToDecryptReason) -> &'static str {
+    match reason {
+        ToDeviceUnableToDecryptReason::DecryptionFailure => "decryption_failure",
+        ToDeviceUnableToDecryptReason::UnverifiedSenderDevice => "unverified_sender_device",
+        ToDeviceUnableToDecryptReason::NoOlmMachine => "no_olm_machine",
+        ToDeviceUnableToDecryptReason::EncryptionIsDisabled => "encryption_is_disabled",
+    }
+}
+
+/// Devices we successfully decrypted an Olm message from: proof of a working Olm session.
+pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ProcessedToDeviceEvent::Decrypted { encryption_info, .. } => encryption_info
+                .sender_device
+                .as_ref()
+                .map(|d| (encryption_info.sender.to_string(), d.to_string())),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Serialise the result of `receive_sync_changes`.
+pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo]) -> napi::Result<String> {
+    let to_device_events = events
+        .iter()
+        .map(|e| match e {
+            ProcessedToDeviceEvent::Decrypted { raw, encryption_info } => {
+                ProcessedOut::Decrypted { event: raw.json(), encryption_info: olm_info(encryption_info) }
+            }
+            ProcessedToDeviceEvent::PlainText(raw) => ProcessedOut::PlainText { event: raw.json() },
+            ProcessedToDeviceEvent::UnableToDecrypt { encrypted_event, utd_info } => {
+                ProcessedOut::Undecryptable { event: encrypted_event.json(), reason: utd_reason(&utd_info.reason) }
+            }
+            ProcessedToDeviceEvent::Invalid(raw) => ProcessedOut::Invalid { event: raw.json() },
+        })
+        .collect();
+    let room_key_updates = keys
+        .iter()
+        .map(|k| RoomKeyOut {
+            algorithm: k.algorithm.to_string(),
+            room_id: k.room_id.to_string(),
+            sender_key: k.sender_key.to_base64(),
+            session_id: k.session_id.clone(),
+        })
+        .collect();
+    serde_json::to_string(&SyncOut { to_device_events, room_key_updates }).map_err(crate::errors::internal)
+}
+
+fn shield(state: ShieldState) -> Value {
+    match state {
+        ShieldState::Red { code, message } => json!({ "color": "red", "code": format!("{code:?}"), "message": message }),
+        ShieldState::Grey { code, message } => json!({ "color": "grey", "code": format!("{code:?}"), "message": message }),
+        ShieldState::None => json!({ "color": "none" }),
+    }
+}
+
+fn verification(state: &VerificationState) -> &'static str {
+    match state {
+        VerificationState::Verified => "verified",
+        VerificationState::Unverified(matrix_sdk_common::deserialized_responses::VerificationLevel::VerificationViolation) => {
+            "verification_violation"
+        }
+        VerificationState::Unverified(_) => "unverified",
+    }
+}
+
+/// Serialise a successfully decrypted room event with who sent it and how far to trust it.
+pub fn decrypted_room_event(event: &RawValue, info: &EncryptionInfo, sender_device_verified: Option<bool>) -> napi::Result<String> {
+    let (curve, ed, session_id) = match &info.algorithm_info {
+        AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, sender_claimed_keys, session_id } => (
+            Some(curve25519_key.clone()),
+            sender_claimed_keys.get(&ruma::DeviceKeyAlgorithm::Ed25519).cloned(),
+            session_id.clone(),
+        ),
+        AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => {
+            (Some(curve25519_public_key_base64.clone()), None, None)
+        }
+    };
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        event: &'a RawValue,
+        sender: &'a str,
+        sender_device: Option<&'a str>,
+        sender_curve25519_key: Option<String>,
+        sender_claimed_ed25519_key: Option<String>,
+        forwarder: Option<Value>,
+        session_id: Option<String>,
+        verification_state: &'static str,
+        sender_device_verified: Option<bool>,
+        shield_state: Value,
+        shield_state_strict: Value,
+    }
+    serde_json::to_string(&Out {
+        event,
+        sender: info.sender.as_str(),
+        sender_device: info.sender_device.as_deref().map(|d| d.as_str()),
+        sender_curve25519_key: curve,
+        sender_claimed_ed25519_key: ed,
+        forwarder: info.forwarder.as_ref().map(|f| json!({ "userId": f.user_id, "deviceId": f.device_id })),
+        session_id,
+        verification_state: verification(&info.verification_state),
+        sender_device_verified,
+        shield_state: shield(info.verification_state.to_shield_state_lax()),
+        shield_state_strict: shield(info.verification_state.to_shield_state_strict()),
+    })
+    .map_err(crate::errors::internal)
+}
+
+/// Stable codes for `DecryptionError.code`, shared with `src/errors.ts`.
+pub fn decryption_error(err: MegolmError, session_id: Option<&str>) -> napi::Error {
+    use vodozemac::megolm::DecryptionError as VDecryption;
+    let (kind, withheld) = match &err {
+        MegolmError::MissingRoomKey(code) => ("MissingRoomKey", code.as_ref().map(|c| c.as_str().to_owned())),
+        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => ("UnknownMessageIndex", None),
+        MegolmError::Decryption(_) => ("DecryptionFailed", None),
+        MegolmError::MismatchedIdentityKeys(_) => ("MismatchedIdentityKeys", None),
+        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => ("MismatchedSender", None),
+        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => ("MalformedEvent", None),
+        MegolmError::SenderIdentityNotTrusted(_) => ("SenderIdentityNotTrusted", None),
+        MegolmError::Store(e) => return crate::errors::store(e),
+    };
+    typed(
+        code::DECRYPTION,
+        err.to_string(),
+        json!({ "decryptionCode": kind, "sessionId": session_id, "withheldCode": withheld }),
+    )
+}
+
+/// Reject a to-device event list that is not an array of objects, naming the index.
+pub fn check_events(events: &[Raw<AnyToDeviceEvent>]) -> napi::Result<()> {
+    for (i, e) in events.iter().enumerate() {
+        if !e.json().get().trim_start().starts_with('{') {
+            return Err(invalid(&format!("toDeviceEvents[{i}]"), "must be an event object"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! The `OlmMachine` class: lifecycle, sync, requests, sharing, encryption and decryption.
+//!
+//! Every method that touches crypto or the store is `async`: napi-rs runs it on its tokio
+//! runtime, off the JS thread. The class holds the crate's machine behind a lock so `close()`
+//! can release the store while calls already running finish on their own handle.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use matrix_sdk_crypto::{
+    types::requests::ToDeviceRequest, CollectStrategy, EncryptionSettings, EncryptionSyncChanges, OlmMachine,
+};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use ruma::{
+    events::{room::history_visibility::HistoryVisibility, AnyMessageLikeEventContent},
+    serde::Raw,
+    TransactionId, UserId,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    devices,
+    errors::{self, code, internal, invalid, parse_json, typed},
+    events, ids, keys,
+    requests::{self, NativeRequest, OwnedResponse},
+    store::{self, StoreConfig},
+    withheld::{policy::SendPolicy, Withheld, WithheldError},
+};
+
+/// Identity keys of this device.
+#[napi(object)]
+pub struct IdentityKeys {
+    pub curve25519: String,
+    pub ed25519: String,
+}
+
+/// What `open` needs: the account and where to keep it.
+#[napi(object)]
+pub struct OpenOptions {
+    pub user_id: String,
+    pub device_id: String,
+    /// `sqlite` or `memory`.
+    pub store_kind: String,
+    pub store_path: Option<String>,
+    pub store_passphrase: Option<String>,
+    /// The machine-wide withheld policy as JSON (`{ send, reasons }`); default: send all codes.
+    pub withheld_policy: Option<String>,
+}
+
+/// What `shareRoomKey` returns: the requests and a JSON summary of who got what.
+#[napi(object)]
+pub struct ShareResult {
+    pub requests: Vec<NativeRequest>,
+    /// `{ sharedWith: [{userId, deviceId}], withheld: [{userId, deviceId, code, sent}] }`
+    pub summary: String,
+}
+
+/// Borrowed ids; a named function keeps the iterator's lifetimes simple for async code.
+fn refs(users: &[ruma::OwnedUserId]) -> Vec<&UserId> {
+    users.iter().map(|u| u.as_ref()).collect()
+}
+
+fn parse_policy(field: &str, json: &str) -> Result<SendPolicy> {
+    let policy: SendPolicy = parse_json(field, json)?;
+    policy.validate(field).map_err(|e| invalid(&e.field, e.message))?;
+    Ok(policy)
+}
+
+fn withheld_error(err: WithheldError) -> Error {
+    match err {
+        WithheldError::Store(e) => errors::store(e),
+        WithheldError::Json(e) => internal(e),
+        WithheldError::Crate(e) => typed(code::ENCRYPTION, e, json!(null)),
+    }
+}
+
+/// The native machine. Private: users reach it through `src/machine.ts`.
+#[napi]
+pub struct NativeMachine {
+    inner: RwLock<Option<OlmMachine>>,
+    /// Requests handed out and not yet marked as sent: id -> type. Lets `markRequestAsSent`
+    /// reject unknown ids and mismatched types instead of silently ignoring them.
+    pending: Mutex<HashMap<String, String>>,
+    user_id: String,
+    device_id: String,
+    identity_keys: (String, String),
+    withheld: Arc<Withheld>,
+}
+
+/// Open (or create) the account of `userId`/`deviceId` in the chosen store.
+#[napi]
+pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
+    let user_id = ids::user_id("userId", &options.user_id)?;
+    let device_id = ids::device_id("deviceId", &options.device_id)?;
+    let policy = match &options.withheld_policy {
+        Some(json) => parse_policy("withheld", json)?,
+        None => SendPolicy::default(),
+    };
+    let config = match options.store_kind.as_str() {
+        "memory" => StoreConfig::Memory,
+        "sqlite" => StoreConfig::Sqlite {
+            path: PathBuf::from(options.store_path.ok_or_else(|| invalid("store.path", "is required for a sqlite store"))?),
+            passphrase: options.store_passphrase,
+        },
+        other => return Err(invalid("store.kind", format!("{other:?} is not one of sqlite, memory"))),
+    };
+    let store = store::open(&config).await?;
+    let machine = OlmMachine::with_store(&user_id, &device_id, store, None).await.map_err(|e| match e {
+        matrix_sdk_crypto::CryptoStoreError::MismatchedAccount { expected, got } => typed(
+            code::STORE_MISMATCHED_ACCOUNT,
+            format!("userId/deviceId: the store belongs to {} {}, not {} {}", expected.0, expected.1, got.0, got.1),
+            json!({ "field": "userId" }),
+        ),
+        other => store_open_error(other),
+    })?;
+    let keys = machine.identity_keys();
+    Ok(NativeMachine {
+        user_id: machine.user_id().to_string(),
+        device_id: machine.device_id().to_string(),
+        identity_keys: (keys.curve25519.to_base64(), keys.ed25519.to_base64()),
+        inner: RwLock::new(Some(machine)),
+        pending: Mutex::new(HashMap::new()),
+        withheld: Arc::new(Withheld::new(policy)),
+    })
+}
+
+fn store_open_error(err: matrix_sdk_crypto::CryptoStoreError) -> Error {
+    let text = err.to_string();
+    if text.contains("cipher") || text.contains("decrypt") || text.contains("MAC") {
+        typed(
+            code::STORE_PASSPHRASE,
+            format!("store.passphrase: cannot read the store: wrong passphrase? ({text})"),
+            json!({ "field": "store.passphrase" }),
+        )
+    } else {
+        errors::store(err)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ShareSettings {
+    algorithm: Option<String>,
+    rotation_period_ms: Option<u64>,
+    rotation_period_messages: Option<u64>,
+    history_visibility: Option<String>,
+    sharing_strategy: Option<String>,
+    withheld: Option<serde_json::Value>,
+}
+
+fn encryption_settings(settings: ShareSettings) -> Result<EncryptionSettings> {
+    let mut out = EncryptionSettings::default();
+    if let Some(a) = settings.algorithm {
+        if a != "m.megolm.v1.aes-sha2" {
+            return Err(invalid("settings.algorithm", format!("{a:?} is not supported; use m.megolm.v1.aes-sha2")));
+        }
+        out.algorithm = matrix_sdk_crypto::types::EventEncryptionAlgorithm::MegolmV1AesSha2;
+    }
+    if let Some(ms) = settings.rotation_period_ms {
+        if ms == 0 {
+            return Err(invalid("settings.rotationPeriodMs", "must be positive"));
+        }
+        out.rotation_period = Duration::from_millis(ms);
+    }
+    if let Some(n) = settings.rotation_period_messages {
+        if n == 0 {
+            return Err(invalid("settings.rotationPeriodMessages", "must be positive"));
+        }
+        out.rotation_period_msgs = n;
+    }
+    if let Some(h) = settings.history_visibility {
+        out.history_visibility = match h.as_str() {
+            "invited" => HistoryVisibility::Invited,
+            "joined" => HistoryVisibility::Joined,
+            "shared" => HistoryVisibility::Shared,
+            "world_readable" => HistoryVisibility::WorldReadable,
+            other => {
+                return Err(invalid("settings.historyVisibility", format!("{other:?} is not one of invited, joined, shared, world_readable")))
+            }
+        };
+    }
+    if let Some(s) = settings.sharing_strategy {
+        out.sharing_strategy = match s.as_str() {
+            "all_devices" => CollectStrategy::AllDevices,
+            "only_trusted_devices" => CollectStrategy::OnlyTrustedDevices,
+            "identity_based" => CollectStrategy::IdentityBasedStrategy,
+            "error_on_verified_user_problem" => CollectStrategy::ErrorOnVerifiedUserProblem,
+            other => {
+                return Err(invalid(
+                    "settings.sharingStrategy",
+                    format!("{other:?} is not one of all_devices, only_trusted_devices, identity_based, error_on_verified_user_problem"),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+impl NativeMachine {
+    /// A handle to the crate's machine, or the typed "closed" error.
+    fn machine(&self) -> Result<OlmMachine> {
+        self.inner
+            .read()
+            .map_err(|_| internal("machine lock poisoned"))?
+            .clone()
+            .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))
+    }
+
+    fn remember(&self, requests: &[NativeRequest]) {
+        let mut pending = self.pending.lock().expect("pending map lock");
+        for r in requests {
+            pending.insert(r.id.clone(), r.kind.clone());
+        }
+    }
+
+    /// A claim response creates Olm sessions: re-arm the `m.no_olm` rule of each device that
+    /// now has one.
+    async fn rearm_after_claim(
+        &self,
+        machine: &OlmMachine,
+        claim: &ruma::api::client::keys::claim_keys::v3::Response,
+    ) -> Result<()> {
+        use matrix_sdk_crypto::store::DynCryptoStore;
+        let backend: &DynCryptoStore = &**machine.store();
+        for (user, devices) in &claim.one_time_keys {
+            for device_id in devices.keys() {
+                let Some(device) = machine.get_device(user, device_id, None).await.map_err(errors::store)? else { continue };
+                let Some(curve) = device.curve25519_key() else { continue };
+                let has_session = backend
+                    .get_sessions(&curve.to_base64())
+                    .await
+                    .map_err(errors::store)?
+                    .is_some_and(|s| !s.is_empty());
+                if has_session {
+                    self.withheld
+                        .olm_session_established(machine, user.as_str(), device_id.as_str())
+                        .await
+                        .map_err(withheld_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn to_device_requests<'a>(&self, list: impl IntoIterator<Item = &'a ToDeviceRequest>) -> Result<Vec<NativeRequest>> {
+        let out = list.into_iter().map(requests::to_device).collect::<Result<Vec<_>>>()?;
+        self.remember(&out);
+        Ok(out)
+    }
+}
+
+#[napi]
+impl NativeMachine {
+    #[napi(getter)]
+    pub fn user_id(&self) -> String {
+        self.user_id.clone()
+    }
+
+    #[napi(getter)]
+    pub fn device_id(&self) -> String {
+        self.device_id.clone()
+    }
+
+    #[napi(getter)]
+    pub fn identity_keys(&self) -> IdentityKeys {
+        IdentityKeys { curve25519: self.identity_keys.0.clone(), ed25519: self.identity_keys.1.clone() }
+    }
+
+    #[napi(getter)]
+    pub fn is_closed(&self) -> bool {
+        self.inner.read().map(|m| m.is_none()).unwrap_or(true)
+    }
+
+    /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
+    #[napi]
+    pub fn close(&self) {
+        if let Ok(mut inner) = self.inner.write() {
+            release(inner.take());
+        }
+        self.pending.lock().expect("pending map lock").clear();
+    }
+
+    /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
+    #[napi]
+    pub async fn receive_sync_changes(&self, changes_json: String) -> Result<String> {
+        let machine = self.machine()?;
+        let changes: events::SyncChanges = parse_json("changes", &changes_json)?;
+        events::check_events(&changes.to_device_events)?;
+        let lists = changes.changed_devices.to_ruma();
+        let sync = EncryptionSyncChanges {
+            to_device_events: changes.to_device_events,
+            changed_devices: &lists,
+            one_time_keys_counts: &changes.one_time_key_counts,
+            unused_fallback_keys: changes.unused_fallback_keys.as_deref(),
+            next_batch_token: changes.next_batch_token,
+        };
+        let (processed, keys) =
+            machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
+        for (user, device) in events::olm_senders(&processed) {
+            self.withheld.olm_session_established(&machine, &user, &device).await.map_err(withheld_error)?;
+        }
+        events::sync_result(&processed, &keys)
+    }
+
+    /// Requests the machine wants sent now: key uploads, key queries, to-device messages.
+    #[napi]
+    pub async fn outgoing_requests(&self) -> Result<Vec<NativeRequest>> {
+        let machine = self.machine()?;
+        let list = machine.outgoing_requests().await.map_err(errors::store)?;
+        let out = list.iter().map(requests::outgoing).collect::<Result<Vec<_>>>()?;
+        self.remember(&out);
+        Ok(out)
+    }
+
+    /// Feed the homeserver's response to request `id` (of type `kind`) back into the machine.
+    #[napi]
+    pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String) -> Result<()> {
+        let machine = self.machine()?;
+        let known = self.pending.lock().expect("pending map lock").get(&id).cloned();
+        match known {
+            None => {
+                return Err(invalid("id", format!("{id:?} is not a request this machine handed out (or it was already marked as sent)")))
+            }
+            Some(k) if k != kind => {
+                return Err(invalid("type", format!("request {id:?} is of type {k:?}, not {kind:?}")))
+            }
+            Some(_) => {}
+        }
+        let parsed = OwnedResponse::parse(&kind, &response)?;
+        if !self.withheld.is_own_request(&id) {
+            let txn: &TransactionId = id.as_str().into();
+            machine.mark_request_as_sent(txn, parsed.as_incoming()).await.map_err(errors::olm)?;
+        }
+        self.withheld.mark_own_request_sent(&machine, &id).await.map_err(withheld_error)?;
+        if let OwnedResponse::KeysClaim(claim) = &parsed {
+            self.rearm_after_claim(&machine, claim).await?;
+        }
+        self.pending.lock().expect("pending map lock").remove(&id);
+        Ok(())
+    }
+
+    /// Start tracking the device lists of these users (members of encrypted rooms).
+    #[napi]
+    pub async fn update_tracked_users(&self, users: Vec<String>) -> Result<()> {
+        let machine = self.machine()?;
+        let users = ids::user_ids("users", &users)?;
+        machine.update_tracked_users(refs(&users)).await.map_err(errors::store)
+    }
+
+    /// A keys/claim request for the devices of `users` that have no Olm session yet.
+    #[napi]
+    pub async fn get_missing_sessions(&self, users: Vec<String>) -> Result<Option<NativeRequest>> {
+        let machine = self.machine()?;
+        let users = ids::user_ids("users", &users)?;
+        let request = machine.get_missing_sessions(refs(&users).into_iter()).await.map_err(errors::store)?;
+        match request {
+            None => Ok(None),
+            Some((id, claim)) => {
+                let out = requests::keys_claim(id.to_string(), &claim)?;
+                self.remember(std::slice::from_ref(&out));
+                Ok(Some(out))
+            }
+        }
+    }
+
+    /// Share the room's current Megolm session with the devices of `users`, applying the
+    /// withheld policy; returns the requests and who got the key or which notice.
+    #[napi]
+    pub async fn share_room_key(&self, room_id: String, users: Vec<String>, settings_json: String) -> Result<ShareResult> {
+        let machine = self.machine()?;
+        let room_id = ids::room_id("roomId", &room_id)?;
+        let users = ids::user_ids("users", &users)?;
+        let mut settings: ShareSettings = parse_json("settings", &settings_json)?;
+        let policy = settings.withheld.take().map(|v| parse_policy("settings.withheld", &v.to_string())).transpose()?;
+        let settings = encryption_settings(settings)?;
+        let outcome = self
+            .withheld
+            .share_room_key(&machine, &room_id, &users, settings, policy)
+            .await
+            .map_err(withheld_error)?;
+        let requests = self.to_device_requests(outcome.requests.iter())?;
+        let summary = json!({ "sharedWith": outcome.shared_with, "withheld": outcome.withheld }).to_string();
+        Ok(ShareResult { requests, summary })
+    }
+
+    /// Replace the machine-wide withheld policy (JSON `{ send, reasons }`).
+    #[napi]
+    pub fn set_withheld_policy(&self, policy_json: String) -> Result<()> {
+        self.machine()?;
+        self.withheld.set_policy(parse_policy("policy", &policy_json)?);
+        Ok(())
+    }
+
+    /// The machine-wide withheld policy as JSON.
+    #[napi]
+    pub fn withheld_policy(&self) -> Result<String> {
+        serde_json::to_string(&self.withheld.policy()).map_err(internal)
+    }
+
+    /// The `m.no_olm` state of a recipient device as JSON, or null if it was never notified.
+    #[napi]
+    pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<String>> {
+        let machine = self.machine()?;
+        let user = ids::user_id("userId", &user_id)?;
+        let device = ids::device_id("deviceId", &device_id)?;
+        let entry = self.withheld.no_olm_state(&machine, user.as_str(), device.as_str()).await.map_err(withheld_error)?;
+        Ok(entry.map(|e| json!({ "notifiedAt": e.notified_at, "suppressed": e.suppressed, "rearmed": e.rearmed }).to_string()))
+    }
+
+    /// Forget the room's outbound session so the next share creates a new one.
+    #[napi]
+    pub async fn discard_room_key(&self, room_id: String) -> Result<bool> {
+        let machine = self.machine()?;
+        let room_id = ids::room_id("roomId", &room_id)?;
+        machine.discard_room_key(&room_id).await.map_err(errors::store)
+    }
+
+    /// Encrypt a room event's content; returns the `m.room.encrypted` content as JSON.
+    #[napi]
+    pub async fn encrypt_room_event(&self, room_id: String, event_type: String, content_json: String) -> Result<String> {
+        let machine = self.machine()?;
+        let room_id = ids::room_id("roomId", &room_id)?;
+        if event_type.is_empty() {
+            return Err(invalid("eventType", "must not be empty"));
+        }
+        let content: Raw<AnyMessageLikeEventContent> = parse_json("content", &content_json)?;
+        if !content.json().get().trim_start().starts_with('{') {
+            return Err(invalid("content", "must be a JSON object"));
+        }
+        let result = machine.encrypt_room_event_raw(&room_id, &event_type, &content).await.map_err(|e| match e {
+            matrix_sdk_crypto::MegolmError::Store(s) => errors::store(s),
+            other => typed(
+                code::ENCRYPTION,
+                format!("roomId: cannot encrypt for {room_id}: {other}; share the room key first"),
+                json!({ "field": "roomId" }),
+            ),
+        })?;
+        Ok(result.content.json().get().to_owned())
+    }
+
+    /// Decrypt an `m.room.encrypted` room event.
+    #[napi]
+    pub async fn decrypt_room_event(&self, event_json: String, room_id: String) -> Result<String> {
+        let machine = self.machine()?;
+        let room_id = ids::room_id("roomId", &room_id)?;
+        let raw: Raw<matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent> =
+            parse_json("event", &event_json)?;
+        let session_id = raw.get_field::<serde_json::Value>("content").ok().flatten().and_then(|c| {
+            c.get("session_id").and_then(|s| s.as_str()).map(str::to_owned)
+        });
+        let decrypted = machine
+            .decrypt_room_event(&raw, &room_id, &events::decryption_settings())
+            .await
+            .map_err(|e| events::decryption_error(e, session_id.as_deref()))?;
+        let info = &decrypted.encryption_info;
+        let sender_device_verified = match &info.sender_device {
+            Some(d) => machine.get_device(&info.sender, d, None).await.map_err(errors::store)?.map(|d| d.is_verified()),
+            None => None,
+        };
+        events::decrypted_room_event(decrypted.event.json(), info, sender_device_verified)
+    }
+
+    /// A device we know of, as JSON, or null.
+    #[napi]
+    pub async fn get_device(&self, user_id: String, device_id: String) -> Result<Option<String>> {
+        let machine = self.machine()?;
+        let user = ids::user_id("userId", &user_id)?;
+        let device = ids::device_id("deviceId", &device_id)?;
+        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
+        found.map(|d| serde_json::to_string(&devices::info(&d)).map_err(internal)).transpose()
+    }
+
+    /// All known devices of a user, as a JSON array.
+    #[napi]
+    pub async fn get_user_devices(&self, user_id: String) -> Result<String> {
+        let machine = self.machine()?;
+        let user = ids::user_id("userId", &user_id)?;
+        let list = machine.get_user_devices(&user, None).await.map_err(errors::store)?;
+        let infos: Vec<_> = list.devices().map(|d| devices::info(&d)).collect();
+        serde_json::to_string(&infos).map_err(internal)
+    }
+
+    /// Set our local trust in a device: verified, blacklisted, ignored or unset.
+    #[napi]
+    pub async fn set_local_trust(&self, user_id: String, device_id: String, trust: String) -> Result<()> {
+        let machine = self.machine()?;
+        let user = ids::user_id("userId", &user_id)?;
+        let device = ids::device_id("deviceId", &device_id)?;
+        let trust = devices::parse_trust("trust", &trust)?;
+        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
+        let Some(found) = found else {
+            return Err(invalid("deviceId", format!("no known device {device_id} of {user_id}; query its keys first")));
+        };
+        found.set_local_trust(trust).await.map_err(errors::store)
+    }
+
+    /// Which private cross-signing keys we hold.
+    #[napi]
+    pub async fn cross_signing_status(&self) -> Result<String> {
+        let machine = self.machine()?;
+        let s = machine.cross_signing_status().await;
+        Ok(json!({ "hasMaster": s.has_master, "hasSelfSigning": s.has_self_signing, "hasUserSigning": s.has_user_signing }).to_string())
+    }
+
+    /// Create cross-signing keys; returns the requests to send, in order, as JSON.
+    #[napi]
+    pub async fn bootstrap_cross_signing(&self, reset: bool) -> Result<String> {
+        let machine = self.machine()?;
+        let r = machine.bootstrap_cross_signing(reset).await.map_err(errors::store)?;
+        let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
+        let sig_id = TransactionId::new().to_string();
+        let signatures = NativeRequest {
+            id: sig_id,
+            kind: "signature_upload".to_owned(),
+            body: serde_json::to_string(&r.upload_signatures_req.signed_keys).map_err(internal)?,
+            event_type: None,
+            txn_id: None,
+            room_id: None,
+            version: None,
+        };
+        let signing_body = requests::signing_keys_upload(&r.upload_signing_keys_req)?;
+        let signing_id = TransactionId::new().to_string();
+        let mut handed = vec![signatures.clone_shallow()];
+        if let Some(u) = &upload_keys {
+            handed.push(u.clone_shallow());
+        }
+        handed.push(NativeRequest { id: signing_id.clone(), kind: "signing_keys_upload".to_owned(), body: String::new(), event_type: None, txn_id: None, room_id: None, version: None });
+        self.remember(&handed);
+        Ok(json!({
+            "uploadKeys": upload_keys.map(|u| json!({ "id": u.id, "type": u.kind, "body": u.body })),
+            "uploadSigningKeys": { "id": signing_id, "type": "signing_keys_upload", "body": signing_body },
+            "uploadSignatures": { "id": signatures.id, "type": "signature_upload", "body": signatures.body },
+        })
+        .to_string())
+    }
+
+    /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
+    #[napi]
+    pub async fn export_room_keys(&self, room_id: Option<String>, session_id: Option<String>) -> Result<String> {
+        let machine = self.machine()?;
+        let room = room_id.map(|r| ids::room_id("roomId", &r)).transpose()?;
+        keys::export(&machine, room, session_id).await
+    }
+
+    /// Import room keys from a JSON array; returns `{ imported, total, keys }` as JSON.
+    #[napi]
+    pub async fn import_room_keys(&self, keys_json: String) -> Result<String> {
+        let machine = self.machine()?;
+        keys::import(&machine, &keys_json).await
+    }
+}
+
+/// Drop a machine inside the tokio runtime: the SQLite pool hands its connections to
+/// `spawn_blocking` on drop, which panics (and aborts Node) outside a runtime. `close()` and the
+/// JS garbage collector both run on the JS thread.
+fn release(machine: Option<OlmMachine>) {
+    if let Some(m) = machine {
+        napi::bindgen_prelude::within_runtime_if_available(move || drop(m));
+    }
+}
+
+impl Drop for NativeMachine {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.inner.write() {
+            release(inner.take());
+        }
+    }
+}
+
+impl NativeRequest {
+    fn clone_shallow(&self) -> NativeRequest {
+        NativeRequest {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            body: String::new(),
+            event_type: None,
+            txn_id: None,
+            room_id: None,
+            version: None,
+        }
+    }
+}

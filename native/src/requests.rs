@@ -1,0 +1,227 @@
+//! Outgoing requests as ready-to-send JSON bodies, and homeserver responses back into the crate.
+//!
+//! Bodies are serialised once here and handed to JS as strings: they go to the homeserver
+//! unchanged, so JS never parses them on the hot path.
+
+use std::collections::BTreeMap;
+
+use matrix_sdk_crypto::types::requests::{
+    AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest,
+    UploadSigningKeysRequest,
+};
+use napi_derive::napi;
+use ruma::api::{
+    client::{
+        backup::add_backup_keys::v3::Response as KeysBackupResponse,
+        keys::{
+            claim_keys::v3::{Request as KeysClaimRequest, Response as KeysClaimResponse},
+            get_keys::v3::Response as KeysQueryResponse,
+            upload_keys::v3::Response as KeysUploadResponse,
+            upload_signatures::v3::Response as SignatureUploadResponse,
+            upload_signing_keys::v3::Response as SigningKeysUploadResponse,
+        },
+        message::send_message_event::v3::Response as RoomMessageResponse,
+        to_device::send_event_to_device::v3::Response as ToDeviceResponse,
+    },
+    IncomingResponse,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::errors::{internal, invalid};
+
+/// One request for the application to send; `type` selects the endpoint.
+#[napi(object)]
+pub struct NativeRequest {
+    pub id: String,
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub body: String,
+    pub event_type: Option<String>,
+    pub txn_id: Option<String>,
+    pub room_id: Option<String>,
+    pub version: Option<String>,
+}
+
+impl NativeRequest {
+    fn plain(id: String, kind: &str, body: String) -> Self {
+        Self { id, kind: kind.to_owned(), body, event_type: None, txn_id: None, room_id: None, version: None }
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> napi::Result<String> {
+    serde_json::to_string(value).map_err(internal)
+}
+
+#[derive(Serialize)]
+struct ToDeviceBody<'a> {
+    messages: &'a BTreeMap<
+        ruma::OwnedUserId,
+        BTreeMap<ruma::to_device::DeviceIdOrAllDevices, ruma::serde::Raw<ruma::events::AnyToDeviceEventContent>>,
+    >,
+}
+
+/// A to-device request; `id` is the transaction id, which the crate also uses as request id.
+pub fn to_device(request: &ToDeviceRequest) -> napi::Result<NativeRequest> {
+    let body = to_json(&ToDeviceBody { messages: &request.messages })?;
+    let txn = request.txn_id.to_string();
+    Ok(NativeRequest {
+        id: txn.clone(),
+        kind: "to_device".to_owned(),
+        body,
+        event_type: Some(request.event_type.to_string()),
+        txn_id: Some(txn),
+        room_id: None,
+        version: None,
+    })
+}
+
+/// A keys/claim request (from `getMissingSessions`).
+pub fn keys_claim(id: String, request: &KeysClaimRequest) -> napi::Result<NativeRequest> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timeout: Option<u128>,
+        one_time_keys: &'a BTreeMap<ruma::OwnedUserId, BTreeMap<ruma::OwnedDeviceId, ruma::OneTimeKeyAlgorithm>>,
+    }
+    let body = to_json(&Body {
+        timeout: request.timeout.map(|t| t.as_millis()),
+        one_time_keys: &request.one_time_keys,
+    })?;
+    Ok(NativeRequest::plain(id, "keys_claim", body))
+}
+
+/// The cross-signing keys upload (`POST /keys/device_signing/upload`); needs user-interactive auth.
+pub fn signing_keys_upload(request: &UploadSigningKeysRequest) -> napi::Result<String> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        master_key: Option<&'a matrix_sdk_crypto::types::CrossSigningKey>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        self_signing_key: Option<&'a matrix_sdk_crypto::types::CrossSigningKey>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_signing_key: Option<&'a matrix_sdk_crypto::types::CrossSigningKey>,
+    }
+    to_json(&Body {
+        master_key: request.master_key.as_ref(),
+        self_signing_key: request.self_signing_key.as_ref(),
+        user_signing_key: request.user_signing_key.as_ref(),
+    })
+}
+
+/// Convert any request produced by `OlmMachine::outgoing_requests`.
+pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
+    let id = request.request_id().to_string();
+    match request.request() {
+        AnyOutgoingRequest::KeysUpload(r) => {
+            #[derive(Serialize)]
+            struct Body<'a> {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                device_keys: Option<&'a ruma::serde::Raw<ruma::encryption::DeviceKeys>>,
+                #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+                one_time_keys: &'a BTreeMap<ruma::OwnedOneTimeKeyId, ruma::serde::Raw<ruma::encryption::OneTimeKey>>,
+                #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+                fallback_keys: &'a BTreeMap<ruma::OwnedOneTimeKeyId, ruma::serde::Raw<ruma::encryption::OneTimeKey>>,
+            }
+            let body = to_json(&Body {
+                device_keys: r.device_keys.as_ref(),
+                one_time_keys: &r.one_time_keys,
+                fallback_keys: &r.fallback_keys,
+            })?;
+            Ok(NativeRequest::plain(id, "keys_upload", body))
+        }
+        AnyOutgoingRequest::KeysQuery(r) => {
+            #[derive(Serialize)]
+            struct Body<'a> {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                timeout: Option<u128>,
+                device_keys: &'a BTreeMap<ruma::OwnedUserId, Vec<ruma::OwnedDeviceId>>,
+            }
+            let body = to_json(&Body { timeout: r.timeout.map(|t| t.as_millis()), device_keys: &r.device_keys })?;
+            Ok(NativeRequest::plain(id, "keys_query", body))
+        }
+        AnyOutgoingRequest::KeysClaim(r) => keys_claim(id, r),
+        AnyOutgoingRequest::ToDeviceRequest(r) => {
+            let mut out = to_device(r)?;
+            out.id = id;
+            Ok(out)
+        }
+        AnyOutgoingRequest::SignatureUpload(r) => {
+            Ok(NativeRequest::plain(id, "signature_upload", to_json(&r.signed_keys)?))
+        }
+        AnyOutgoingRequest::RoomMessage(r) => {
+            let content = to_json(&r.content)?;
+            let event_type = {
+                use ruma::events::MessageLikeEventContent;
+                r.content.event_type().to_string()
+            };
+            Ok(NativeRequest {
+                id,
+                kind: "room_message".to_owned(),
+                body: content,
+                event_type: Some(event_type),
+                txn_id: Some(r.txn_id.to_string()),
+                room_id: Some(r.room_id.to_string()),
+                version: None,
+            })
+        }
+    }
+}
+
+/// A parsed homeserver response, owned so it can be borrowed as `AnyIncomingResponse`.
+pub enum OwnedResponse {
+    KeysUpload(KeysUploadResponse),
+    KeysQuery(KeysQueryResponse),
+    KeysClaim(KeysClaimResponse),
+    ToDevice(ToDeviceResponse),
+    SignatureUpload(SignatureUploadResponse),
+    SigningKeysUpload(SigningKeysUploadResponse),
+    RoomMessage(RoomMessageResponse),
+    KeysBackup(KeysBackupResponse),
+}
+
+impl OwnedResponse {
+    /// Parse `body` as the 200 response of a request of type `kind`.
+    pub fn parse(kind: &str, body: &str) -> napi::Result<Self> {
+        fn read<R: IncomingResponse>(body: &str) -> napi::Result<R> {
+            // Fail with a field-named error before ruma's less specific message.
+            serde_json::from_str::<&RawValue>(body)
+                .map_err(|e| invalid("response", format!("not valid JSON ({e})")))?;
+            let response = http::Response::builder()
+                .status(200)
+                .body(body.as_bytes())
+                .map_err(internal)?;
+            R::try_from_http_response(response)
+                .map_err(|e| invalid("response", format!("not a valid homeserver response for this request ({e})")))
+        }
+        Ok(match kind {
+            "keys_upload" => Self::KeysUpload(read(body)?),
+            "keys_query" => Self::KeysQuery(read(body)?),
+            "keys_claim" => Self::KeysClaim(read(body)?),
+            "to_device" => Self::ToDevice(read(body)?),
+            "signature_upload" => Self::SignatureUpload(read(body)?),
+            "signing_keys_upload" => Self::SigningKeysUpload(read(body)?),
+            "room_message" => Self::RoomMessage(read(body)?),
+            "keys_backup" => Self::KeysBackup(read(body)?),
+            other => {
+                return Err(invalid(
+                    "type",
+                    format!("unknown request type {other:?}; expected one of keys_upload, keys_query, keys_claim, to_device, signature_upload, signing_keys_upload, room_message, keys_backup"),
+                ))
+            }
+        })
+    }
+
+    pub fn as_incoming(&self) -> AnyIncomingResponse<'_> {
+        match self {
+            Self::KeysUpload(r) => AnyIncomingResponse::KeysUpload(r),
+            Self::KeysQuery(r) => AnyIncomingResponse::KeysQuery(r),
+            Self::KeysClaim(r) => AnyIncomingResponse::KeysClaim(r),
+            Self::ToDevice(r) => AnyIncomingResponse::ToDevice(r),
+            Self::SignatureUpload(r) => AnyIncomingResponse::SignatureUpload(r),
+            Self::SigningKeysUpload(r) => AnyIncomingResponse::SigningKeysUpload(r),
+            Self::RoomMessage(r) => AnyIncomingResponse::RoomMessage(r),
+            Self::KeysBackup(r) => AnyIncomingResponse::KeysBackup(r),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! MSC2399 withheld semantics on top of matrix-sdk-crypto: the sending policy, the `m.no_olm`
+//! ledger, the share summary (and, in their own files, key-request answers, received notices and
+//! forwarded-key metadata). Plain Rust, no N-API, so it is unit-tested with `cargo test`.
+
+pub mod codes;
+pub mod no_olm;
+pub mod policy;
+pub mod share;
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use matrix_sdk_crypto::{types::requests::ToDeviceRequest, OlmMachine};
+use ruma::{api::client::to_device::send_event_to_device::v3::Response as ToDeviceResponse, RoomId, OwnedUserId};
+
+use self::{
+    no_olm::{Decision, NoOlmLedger, UserLedger},
+    policy::SendPolicy,
+    share::{DeviceRef, WithheldRecipient},
+};
+
+/// Errors of the withheld layer; the binding maps them to typed JS errors.
+#[derive(Debug)]
+pub enum WithheldError {
+    Store(String),
+    Json(String),
+    Crate(String),
+}
+
+impl WithheldError {
+    pub fn store(e: impl std::fmt::Display) -> Self {
+        Self::Store(e.to_string())
+    }
+    pub fn json(e: impl std::fmt::Display) -> Self {
+        Self::Json(e.to_string())
+    }
+    pub fn olm(e: impl std::fmt::Display) -> Self {
+        Self::Crate(e.to_string())
+    }
+}
+
+impl std::fmt::Display for WithheldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "store: {e}"),
+            Self::Json(e) => write!(f, "json: {e}"),
+            Self::Crate(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+const NO_OLM_LEDGER_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_sent";
+
+/// What a request we created ourselves carries, so marking it sent updates the right ledger.
+enum OwnRequest {
+    NoOlm(Vec<(String, String)>),
+}
+
+/// The result of a share: the requests to send and who got what.
+pub struct ShareOutcome {
+    pub requests: Vec<ToDeviceRequest>,
+    pub shared_with: Vec<DeviceRef>,
+    pub withheld: Vec<WithheldRecipient>,
+}
+
+/// Per-machine withheld state.
+pub struct Withheld {
+    policy: RwLock<SendPolicy>,
+    /// The crate re-issues a pending withheld request on every share until it is marked sent;
+    /// remember how we filtered it so every copy is the same.
+    filtered: Mutex<HashMap<String, Option<ToDeviceRequest>>>,
+    no_olm: tokio::sync::Mutex<NoOlmLedger>,
+    own: Mutex<HashMap<String, OwnRequest>>,
+}
+
+impl Withheld {
+    pub fn new(policy: SendPolicy) -> Self {
+        Self {
+            policy: RwLock::new(policy),
+            filtered: Mutex::new(HashMap::new()),
+            no_olm: tokio::sync::Mutex::new(NoOlmLedger::default()),
+            own: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn policy(&self) -> SendPolicy {
+        self.policy.read().expect("policy lock").clone()
+    }
+
+    pub fn set_policy(&self, policy: SendPolicy) {
+        *self.policy.write().expect("policy lock") = policy;
+    }
+
+    async fn load_user(machine: &OlmMachine, ledger: &mut NoOlmLedger, user: &str) -> Result<(), WithheldError> {
+        if !ledger.is_loaded(user) {
+            let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
+            let stored: Option<UserLedger> = machine.store().get_value(&key).await.map_err(WithheldError::store)?;
+            ledger.load(user, stored.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    async fn save_user(machine: &OlmMachine, ledger: &NoOlmLedger, user: &str) -> Result<(), WithheldError> {
+        if let Some(entries) = ledger.user(user) {
+            let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
+            machine.store().set_value(&key, entries).await.map_err(WithheldError::store)?;
+        }
+        Ok(())
+    }
+
+    /// Share the room key, then apply the policy and the `m.no_olm` rule to what the crate made.
+    pub async fn share_room_key(
+        &self,
+        machine: &OlmMachine,
+        room_id: &RoomId,
+        users: &[OwnedUserId],
+        settings: matrix_sdk_crypto::EncryptionSettings,
+        policy_override: Option<SendPolicy>,
+    ) -> Result<ShareOutcome, WithheldError> {
+        let policy = policy_override.unwrap_or_else(|| self.policy());
+        let crate_requests =
+            machine.share_room_key(room_id, users.iter().map(|u| -> &ruma::UserId { u }).collect::<Vec<_>>().into_iter(), settings).await.map_err(WithheldError::olm)?;
+
+        let mut requests = Vec::new();
+        let mut withheld = Vec::new();
+        let mut plain: Vec<&ToDeviceRequest> = Vec::new();
+        for r in &crate_requests {
+            if r.event_type.to_string() != codes::WITHHELD_EVENT_TYPE {
+                plain.push(r);
+                requests.push((**r).clone());
+                continue;
+            }
+            let txn = r.txn_id.to_string();
+            let cached = self.filtered.lock().expect("filter cache").get(&txn).cloned();
+            let kept = match cached {
+                Some(kept) => kept,
+                None => {
+                    let f = share::filter_crate_request(r, &policy)?;
+                    withheld.extend(f.recipients);
+                    if f.request.is_none() {
+                        // Nothing to send; mark it sent so the crate records the (suppressed)
+                        // notices and never re-issues them when the code is enabled later.
+                        machine
+                            .mark_request_as_sent(&r.txn_id, &ToDeviceResponse::new())
+                            .await
+                            .map_err(WithheldError::olm)?;
+                    } else {
+                        self.filtered.lock().expect("filter cache").insert(txn, f.request.clone());
+                    }
+                    f.request
+                }
+            };
+            if let Some(k) = kept {
+                requests.push(k);
+            }
+        }
+        let shared_with = share::key_recipients(&plain);
+
+        let candidates = share::devices_without_olm(machine, room_id, users, &shared_with).await?;
+        if !candidates.is_empty() {
+            let mut ledger = self.no_olm.lock().await;
+            let mut notify = Vec::new();
+            let mut suppressed_users = Vec::new();
+            for (u, d) in candidates {
+                Self::load_user(machine, &mut ledger, u.as_str()).await?;
+                if ledger.decide(u.as_str(), d.as_str()) == Decision::Skip {
+                    continue;
+                }
+                let sent = policy.allows(codes::NO_OLM);
+                withheld.push(WithheldRecipient {
+                    user_id: u.to_string(),
+                    device_id: d.to_string(),
+                    code: codes::NO_OLM.to_owned(),
+                    sent,
+                });
+                if sent {
+                    notify.push((u, d));
+                } else {
+                    ledger.record(u.as_str(), d.as_str(), now_ms(), true);
+                    suppressed_users.push(u);
+                }
+            }
+            suppressed_users.dedup();
+            for u in suppressed_users {
+                Self::save_user(machine, &ledger, u.as_str()).await?;
+            }
+            let keys = machine.identity_keys();
+            for r in share::no_olm_requests(&notify, policy.reason(codes::NO_OLM), &keys.curve25519.to_base64(), machine.device_id().as_str())? {
+                let devices = r
+                    .messages
+                    .iter()
+                    .flat_map(|(u, ds)| ds.keys().map(move |d| (u.to_string(), d.to_string())))
+                    .collect();
+                self.own.lock().expect("own requests").insert(r.txn_id.to_string(), OwnRequest::NoOlm(devices));
+                requests.push(r);
+            }
+        }
+        Ok(ShareOutcome { requests, shared_with, withheld })
+    }
+
+    /// Handle the "sent" of a request we created. Returns false if it is not ours (the crate's).
+    pub async fn mark_own_request_sent(&self, machine: &OlmMachine, id: &str) -> Result<bool, WithheldError> {
+        let own = self.own.lock().expect("own requests").remove(id);
+        match own {
+            None => {
+                self.filtered.lock().expect("filter cache").remove(id);
+                Ok(false)
+            }
+            Some(OwnRequest::NoOlm(devices)) => {
+                let mut ledger = self.no_olm.lock().await;
+                let now = now_ms();
+                let mut users: Vec<&str> = Vec::new();
+                for (u, d) in &devices {
+                    Self::load_user(machine, &mut ledger, u).await?;
+                    ledger.record(u, d, now, false);
+                    users.push(u);
+                }
+                users.dedup();
+                for u in users {
+                    Self::save_user(machine, &ledger, u).await?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether `id` names a request this layer created.
+    pub fn is_own_request(&self, id: &str) -> bool {
+        self.own.lock().expect("own requests").contains_key(id)
+    }
+
+    /// An Olm session with a device was established now: re-arm its `m.no_olm` rule.
+    pub async fn olm_session_established(&self, machine: &OlmMachine, user: &str, device: &str) -> Result<(), WithheldError> {
+        let mut ledger = self.no_olm.lock().await;
+        Self::load_user(machine, &mut ledger, user).await?;
+        if ledger.session_established(user, device, now_ms()) {
+            Self::save_user(machine, &ledger, user).await?;
+        }
+        Ok(())
+    }
+
+    /// The `m.no_olm` state of a device: `None` if never notified, else (notified_at, rearmed).
+    pub async fn no_olm_state(&self, machine: &OlmMachine, user: &str, device: &str) -> Result<Option<no_olm::DeviceEntry>, WithheldError> {
+        let mut ledger = self.no_olm.lock().await;
+        Self::load_user(machine, &mut ledger, user).await?;
+        Ok(ledger.entry(user, device).cloned())
+    }
+}

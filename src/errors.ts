@@ -1,0 +1,127 @@
+/**
+ * Typed errors. Every rejection from this library is a {@link MatrixCryptoError} with a stable
+ * `code`; decryption failures are {@link DecryptionError}s that say why.
+ *
+ * @module
+ */
+
+/** Stable codes of {@link MatrixCryptoError}. */
+export type ErrorCode =
+  /** An argument was malformed; `field` names it. */
+  | 'InvalidArgument'
+  /** The machine was closed; open it again. */
+  | 'MachineClosed'
+  /** The crypto store failed. */
+  | 'StoreError'
+  /** The store passphrase is wrong, or the store is not encrypted with one. */
+  | 'StorePassphrase'
+  /** Another process holds the store. */
+  | 'StoreLocked'
+  /** The store belongs to another user or device id. */
+  | 'StoreMismatchedAccount'
+  /** Encrypting failed, e.g. no room key was shared for the room yet. */
+  | 'EncryptionError'
+  /** A failure inside the library that is not the caller's input. */
+  | 'InternalError';
+
+/** Why a room event could not be decrypted: the `code` of a {@link DecryptionError}. */
+export type DecryptionErrorCode =
+  /** We have no room key for the event's session. */
+  | 'MissingRoomKey'
+  /** We have the session, but only from a later message index. */
+  | 'UnknownMessageIndex'
+  /** The event is not a well-formed `m.room.encrypted` event. */
+  | 'MalformedEvent'
+  /** The ciphertext did not authenticate or decrypt. */
+  | 'DecryptionFailed'
+  /** The session's keys do not match the device that claims to have sent it. */
+  | 'MismatchedIdentityKeys'
+  /** The decrypted event names a different sender than the encrypted one. */
+  | 'MismatchedSender'
+  /** The sender's device is not trusted enough for the configured requirement. */
+  | 'SenderIdentityNotTrusted';
+
+/** Base class of every error this library throws. */
+export class MatrixCryptoError extends Error {
+  /** Stable machine-readable code; safe to switch on. */
+  readonly code: ErrorCode | DecryptionErrorCode;
+  /** For `InvalidArgument` and store errors: the argument or option at fault (e.g. `store.path`). */
+  readonly field?: string;
+
+  /** @internal */
+  constructor(code: ErrorCode | DecryptionErrorCode, message: string, field?: string) {
+    super(message);
+    this.name = 'MatrixCryptoError';
+    this.code = code;
+    if (field !== undefined) this.field = field;
+  }
+}
+
+/** A room event that could not be decrypted, with the reason as a stable `code`. */
+export class DecryptionError extends MatrixCryptoError {
+  declare readonly code: DecryptionErrorCode;
+  /** The Megolm session id of the event, when the event names one. */
+  readonly sessionId: string | null;
+  /** The withheld code the crate associates with the missing key, if any (e.g. `m.unverified`). */
+  readonly withheldCode: string | null;
+
+  /** @internal */
+  constructor(code: DecryptionErrorCode, message: string, sessionId: string | null, withheldCode: string | null) {
+    super(code, message);
+    this.name = 'DecryptionError';
+    this.sessionId = sessionId;
+    this.withheldCode = withheldCode;
+  }
+}
+
+const TAG = '\u0001mcn-error:';
+
+interface NativePayload {
+  code: string;
+  message: string;
+  details: null | {
+    field?: string;
+    decryptionCode?: DecryptionErrorCode;
+    sessionId?: string | null;
+    withheldCode?: string | null;
+  };
+}
+
+/** Turn whatever the native addon threw into a typed error. @internal */
+export function toTypedError(err: unknown): MatrixCryptoError {
+  if (err instanceof MatrixCryptoError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  const at = message.indexOf(TAG);
+  if (at === -1) {
+    return new MatrixCryptoError('InternalError', message);
+  }
+  let payload: NativePayload;
+  try {
+    payload = JSON.parse(message.slice(at + TAG.length)) as NativePayload;
+  } catch {
+    return new MatrixCryptoError('InternalError', message);
+  }
+  const details = payload.details ?? {};
+  if (payload.code === 'DecryptionError' && details.decryptionCode) {
+    return new DecryptionError(details.decryptionCode, payload.message, details.sessionId ?? null, details.withheldCode ?? null);
+  }
+  return new MatrixCryptoError(payload.code as ErrorCode, payload.message, details.field);
+}
+
+/** Run a native call and convert its failure into a typed error. @internal */
+export async function native<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw toTypedError(err);
+  }
+}
+
+/** The synchronous variant of {@link native}. @internal */
+export function nativeSync<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    throw toTypedError(err);
+  }
+}

@@ -1,0 +1,14 @@
+/**
+ * matrix-crypto-node: end-to-end encryption for Node Matrix bots, bridges and application
+ * services, over matrix-sdk-crypto.
+ *
+ * @packageDocumentation
+ */
+export { OlmMachine } from './machine';
+export type { OpenOptions, StoreOptions, CrossSigningBootstrapRequests, ShareResult } from './machine';
+export { MatrixCryptoError, DecryptionError } from './errors';
+export type { ErrorCode, DecryptionErrorCode } from './errors';
+export type * from './requests';
+export type * from './types';
+export type * from './withheld';
+export * from './transport';

@@ -1,0 +1,380 @@
+/**
+ * The {@link OlmMachine}: one device's end-to-end encryption state.
+ *
+ * @module
+ */
+import { openMachine, type NativeMachine, type NativeRequest } from '../native/index';
+import { MatrixCryptoError, native, nativeSync } from './errors';
+import type { OutgoingRequest, RequestType } from './requests';
+import type {
+  CrossSigningStatus,
+  DecryptedRoomEvent,
+  DeviceInfo,
+  ExportedRoomKey,
+  ImportResult,
+  LocalTrust,
+  MatrixEvent,
+  ShareSettings,
+  SyncChanges,
+  SyncResult,
+} from './types';
+import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest } from './requests';
+import type { DeviceRef, NoOlmState, WithheldPolicy, WithheldRecipient } from './withheld';
+
+/** Where the machine keeps its keys. */
+export type StoreOptions =
+  | {
+      /** The embedded SQLite store (the default kind). */
+      kind: 'sqlite';
+      /** Folder of the database; created if missing. */
+      path: string;
+      /** Encrypts the store at rest. Must be the same on every open. */
+      passphrase?: string;
+    }
+  | {
+      /** Keys live in memory only and are lost on close: for tests and throwaway devices. */
+      kind: 'memory';
+    };
+
+/** Options of {@link OlmMachine.open}. */
+export interface OpenOptions {
+  /** Our user id, e.g. `@bot:example.org`. */
+  userId: string;
+  /** Our device id, as the homeserver assigned it at login. */
+  deviceId: string;
+  /** The store; opening the same store again restores the account. */
+  store: StoreOptions;
+  /** Which withheld notices to send; default: every code, with default reasons. */
+  withheld?: WithheldPolicy;
+}
+
+/** What {@link OlmMachine.shareRoomKey} returns. */
+export interface ShareResult {
+  /** The to-device requests: room keys and withheld notices. Send them all before the event. */
+  requests: ToDeviceRequest[];
+  /** Devices that receive the room key from this share. */
+  sharedWith: DeviceRef[];
+  /** Devices refused in this share, with the notice each gets (or would get, if suppressed). */
+  withheld: WithheldRecipient[];
+}
+
+/** The requests {@link OlmMachine.bootstrapCrossSigning} produces, to send in this order. */
+export interface CrossSigningBootstrapRequests {
+  /** Our device keys, if they were never uploaded. */
+  uploadKeys: KeysUploadRequest | null;
+  /**
+   * `POST /_matrix/client/v3/keys/device_signing/upload`: the public cross-signing keys. The
+   * homeserver usually demands user-interactive auth for it; add the `auth` object to the body.
+   */
+  uploadSigningKeys: { id: string; type: 'signing_keys_upload'; body: string };
+  /** Signatures of our device by the new self-signing key. */
+  uploadSignatures: SignatureUploadRequest;
+}
+
+function toRequest(r: NativeRequest): OutgoingRequest {
+  switch (r.type) {
+    case 'to_device':
+      return { type: 'to_device', id: r.id, body: r.body, eventType: r.eventType!, txnId: r.txnId! };
+    case 'room_message':
+      return { type: 'room_message', id: r.id, body: r.body, eventType: r.eventType!, txnId: r.txnId!, roomId: r.roomId! };
+    case 'keys_backup':
+      return { type: 'keys_backup', id: r.id, body: r.body, version: r.version! };
+    case 'keys_upload':
+    case 'keys_query':
+    case 'keys_claim':
+    case 'signature_upload':
+      return { type: r.type, id: r.id, body: r.body };
+    default:
+      throw new MatrixCryptoError('InternalError', `unknown request type from the native layer: ${r.type}`);
+  }
+}
+
+function requireString(field: string, value: unknown): string {
+  if (typeof value !== 'string') {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be a string, got ${typeof value}`, field);
+  }
+  return value;
+}
+
+function requireStringArray(field: string, value: unknown): string[] {
+  if (!Array.isArray(value)) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be an array of strings`, field);
+  }
+  value.forEach((v, i) => requireString(`${field}[${i}]`, v));
+  return value as string[];
+}
+
+function jsonArg(field: string, value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value === null || typeof value !== 'object') {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be an object or a JSON string`, field);
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * End-to-end encryption for one device: wraps matrix-sdk-crypto's `OlmMachine`.
+ *
+ * Every method that touches keys or the store returns a Promise and runs off the JS thread.
+ *
+ * @example The send/receive loop of a bot
+ * ```ts
+ * const machine = await OlmMachine.open({ userId, deviceId, store: { kind: 'sqlite', path: './crypto' } });
+ * // after each /sync:
+ * await machine.receiveSyncChanges({ toDeviceEvents, changedDevices, oneTimeKeyCounts });
+ * for (const request of await machine.outgoingRequests()) {
+ *   await machine.markRequestAsSent(request, await transport.send(request));
+ * }
+ * ```
+ */
+export class OlmMachine {
+  readonly #inner: NativeMachine;
+
+  private constructor(inner: NativeMachine) {
+    this.#inner = inner;
+  }
+
+  /**
+   * Open the account of `userId`/`deviceId`, creating it on first use.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` for a malformed id or store option,
+   *   `StorePassphrase` for a wrong passphrase, `StoreMismatchedAccount` if the store belongs to
+   *   another account.
+   */
+  static async open(options: OpenOptions): Promise<OlmMachine> {
+    if (options === null || typeof options !== 'object') {
+      throw new MatrixCryptoError('InvalidArgument', 'options: must be an object', 'options');
+    }
+    const userId = requireString('userId', options.userId);
+    const deviceId = requireString('deviceId', options.deviceId);
+    const store = options.store ?? { kind: 'memory' };
+    if (store === null || typeof store !== 'object') {
+      throw new MatrixCryptoError('InvalidArgument', 'store: must be { kind: "sqlite", path } or { kind: "memory" }', 'store');
+    }
+    const kind = requireString('store.kind', store.kind);
+    const path = store.kind === 'sqlite' ? requireString('store.path', store.path) : undefined;
+    const passphrase =
+      store.kind === 'sqlite' && store.passphrase !== undefined ? requireString('store.passphrase', store.passphrase) : undefined;
+    const withheldPolicy = options.withheld === undefined ? undefined : jsonArg('withheld', options.withheld);
+    const inner = await native(() =>
+      openMachine({ userId, deviceId, storeKind: kind, storePath: path, storePassphrase: passphrase, withheldPolicy }),
+    );
+    return new OlmMachine(inner);
+  }
+
+  /** Our user id. */
+  get userId(): string {
+    return this.#inner.userId;
+  }
+
+  /** Our device id. */
+  get deviceId(): string {
+    return this.#inner.deviceId;
+  }
+
+  /** Our device's public identity keys. */
+  get identityKeys(): { curve25519: string; ed25519: string } {
+    return this.#inner.identityKeys;
+  }
+
+  /** Whether {@link close} was called. */
+  get isClosed(): boolean {
+    return this.#inner.isClosed;
+  }
+
+  /**
+   * Release the store. Calls already running finish; later calls reject with `MachineClosed`.
+   * Reopen the same store with {@link OlmMachine.open}.
+   */
+  async close(): Promise<void> {
+    nativeSync(() => this.#inner.close());
+  }
+
+  /**
+   * Feed the encryption-relevant parts of a `/sync` response to the machine: to-device events
+   * (room keys, key requests, withheld notices, verification), device-list changes and key counts.
+   */
+  async receiveSyncChanges(changes: SyncChanges): Promise<SyncResult> {
+    const json = jsonArg('changes', changes ?? {});
+    const result = await native(() => this.#inner.receiveSyncChanges(json));
+    return JSON.parse(result) as SyncResult;
+  }
+
+  /**
+   * The requests to send now. Send each one, then pass the response to
+   * {@link markRequestAsSent}. Call after every sync and after {@link shareRoomKey}.
+   */
+  async outgoingRequests(): Promise<OutgoingRequest[]> {
+    const list = await native(() => this.#inner.outgoingRequests());
+    return list.map(toRequest);
+  }
+
+  /**
+   * Tell the machine a request was sent, with the homeserver's response (JSON string or object).
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `id` for a request this machine
+   *   did not hand out, `type` for a type that does not match it, `response` for a response that
+   *   does not parse.
+   */
+  async markRequestAsSent(request: OutgoingRequest | CrossSigningBootstrapRequests['uploadSigningKeys'], response: string | object): Promise<void>;
+  async markRequestAsSent(id: string, type: RequestType | 'signing_keys_upload', response: string | object): Promise<void>;
+  async markRequestAsSent(
+    requestOrId: OutgoingRequest | CrossSigningBootstrapRequests['uploadSigningKeys'] | string,
+    typeOrResponse: string | object,
+    maybeResponse?: string | object,
+  ): Promise<void> {
+    let id: string;
+    let type: string;
+    let response: string | object;
+    if (typeof requestOrId === 'string') {
+      id = requestOrId;
+      type = requireString('type', typeOrResponse);
+      response = maybeResponse as string | object;
+    } else if (requestOrId !== null && typeof requestOrId === 'object') {
+      id = requireString('request.id', requestOrId.id);
+      type = requireString('request.type', requestOrId.type);
+      response = typeOrResponse;
+    } else {
+      throw new MatrixCryptoError('InvalidArgument', 'request: must be a request object or its id', 'request');
+    }
+    const body = jsonArg('response', response);
+    await native(() => this.#inner.markRequestAsSent(id, type, body));
+  }
+
+  /** Track the device lists of these users (everyone in the encrypted rooms we send to). */
+  async updateTrackedUsers(users: string[]): Promise<void> {
+    const list = requireStringArray('users', users);
+    await native(() => this.#inner.updateTrackedUsers(list));
+  }
+
+  /**
+   * A `keys/claim` request for devices of `users` that have no Olm session yet, or `null`.
+   * Send it and mark it sent before {@link shareRoomKey}.
+   */
+  async getMissingSessions(users: string[]): Promise<KeysClaimRequest | null> {
+    const list = requireStringArray('users', users);
+    const r = await native(() => this.#inner.getMissingSessions(list));
+    return r ? (toRequest(r) as KeysClaimRequest) : null;
+  }
+
+  /**
+   * Share the room's Megolm key with every device of `users` (subject to the sharing strategy),
+   * creating or rotating the session as the settings require. Devices that do not get the key
+   * get a withheld notice as the policy allows (`settings.withheld` overrides the machine's
+   * policy for this call). Send every returned request before sending the encrypted event.
+   */
+  async shareRoomKey(roomId: string, users: string[], settings: ShareSettings = {}): Promise<ShareResult> {
+    requireString('roomId', roomId);
+    const list = requireStringArray('users', users);
+    const s = jsonArg('settings', settings);
+    const result = await native(() => this.#inner.shareRoomKey(roomId, list, s));
+    const summary = JSON.parse(result.summary) as Omit<ShareResult, 'requests'>;
+    return { requests: result.requests.map(toRequest) as ToDeviceRequest[], ...summary };
+  }
+
+  /** The machine-wide withheld policy. */
+  get withheldPolicy(): WithheldPolicy {
+    return JSON.parse(nativeSync(() => this.#inner.withheldPolicy())) as WithheldPolicy;
+  }
+
+  /** Replace the machine-wide withheld policy (not persisted: pass it to {@link open} too). */
+  setWithheldPolicy(policy: WithheldPolicy): void {
+    const json = jsonArg('policy', policy);
+    nativeSync(() => this.#inner.setWithheldPolicy(json));
+  }
+
+  /**
+   * Whether a recipient device was sent an `m.no_olm` notice and whether the rule re-armed since
+   * (an Olm session was established after it); `null` if it was never notified.
+   */
+  async noOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
+    requireString('userId', userId);
+    requireString('deviceId', deviceId);
+    const r = await native(() => this.#inner.noOlmState(userId, deviceId));
+    return r == null ? null : (JSON.parse(r) as NoOlmState);
+  }
+
+  /** Discard the room's current outbound session; the next share creates a new one. */
+  async discardRoomKey(roomId: string): Promise<boolean> {
+    requireString('roomId', roomId);
+    return native(() => this.#inner.discardRoomKey(roomId));
+  }
+
+  /**
+   * Encrypt a room event. Returns the `m.room.encrypted` content to send in the room.
+   * Share the room key first ({@link shareRoomKey}).
+   */
+  async encryptRoomEvent(roomId: string, eventType: string, content: Record<string, unknown>): Promise<Record<string, unknown>> {
+    requireString('roomId', roomId);
+    requireString('eventType', eventType);
+    const json = jsonArg('content', content);
+    return JSON.parse(await native(() => this.#inner.encryptRoomEvent(roomId, eventType, json)));
+  }
+
+  /**
+   * Decrypt an `m.room.encrypted` room event.
+   *
+   * @throws {@link DecryptionError} with a `code` that says why (`MissingRoomKey`,
+   *   `UnknownMessageIndex`, ...).
+   */
+  async decryptRoomEvent(event: MatrixEvent | string, roomId: string): Promise<DecryptedRoomEvent> {
+    requireString('roomId', roomId);
+    const json = jsonArg('event', event);
+    return JSON.parse(await native(() => this.#inner.decryptRoomEvent(json, roomId))) as DecryptedRoomEvent;
+  }
+
+  /** A device we know of, or `null`. */
+  async getDevice(userId: string, deviceId: string): Promise<DeviceInfo | null> {
+    requireString('userId', userId);
+    requireString('deviceId', deviceId);
+    const r = await native(() => this.#inner.getDevice(userId, deviceId));
+    return r == null ? null : (JSON.parse(r) as DeviceInfo);
+  }
+
+  /** Every known device of a user. */
+  async getUserDevices(userId: string): Promise<DeviceInfo[]> {
+    requireString('userId', userId);
+    return JSON.parse(await native(() => this.#inner.getUserDevices(userId))) as DeviceInfo[];
+  }
+
+  /**
+   * Set our local trust in a device. `verified` devices receive keys under the trusted-only
+   * strategy; `blacklisted` devices never receive room keys (they get `m.blacklisted`).
+   */
+  async setLocalTrust(userId: string, deviceId: string, trust: LocalTrust): Promise<void> {
+    requireString('userId', userId);
+    requireString('deviceId', deviceId);
+    requireString('trust', trust);
+    await native(() => this.#inner.setLocalTrust(userId, deviceId, trust));
+  }
+
+  /** Which private cross-signing keys this device holds. */
+  async crossSigningStatus(): Promise<CrossSigningStatus> {
+    return JSON.parse(await native(() => this.#inner.crossSigningStatus())) as CrossSigningStatus;
+  }
+
+  /**
+   * Create cross-signing keys (or new ones with `reset`) and return the requests that publish
+   * them. Mark each sent with {@link markRequestAsSent}.
+   */
+  async bootstrapCrossSigning(reset = false): Promise<CrossSigningBootstrapRequests> {
+    return JSON.parse(await native(() => this.#inner.bootstrapCrossSigning(reset))) as CrossSigningBootstrapRequests;
+  }
+
+  /**
+   * Export room keys in the Matrix key-export format. With no filter, every key; with `roomId`
+   * (and `sessionId`), the matching ones.
+   */
+  async exportRoomKeys(filter: { roomId?: string; sessionId?: string } = {}): Promise<ExportedRoomKey[]> {
+    if (filter.roomId !== undefined) requireString('roomId', filter.roomId);
+    if (filter.sessionId !== undefined) requireString('sessionId', filter.sessionId);
+    const json = await native(() => this.#inner.exportRoomKeys(filter.roomId, filter.sessionId));
+    return JSON.parse(json) as ExportedRoomKey[];
+  }
+
+  /** Import exported room keys; keys we already hold at a better index are kept. */
+  async importRoomKeys(keys: ExportedRoomKey[] | string): Promise<ImportResult> {
+    const json = typeof keys === 'string' ? keys : jsonArg('keys', keys);
+    return JSON.parse(await native(() => this.#inner.importRoomKeys(json))) as ImportResult;
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * Plain data types that cross the API: sync input and results, decrypted events, devices,
+ * sharing settings.
+ *
+ * @module
+ */
+
+/** A Matrix event as JSON (a to-device event or a room event). */
+export interface MatrixEvent {
+  /** The event type, e.g. `m.room.encrypted`. */
+  type: string;
+  /** The event content. */
+  content: Record<string, unknown>;
+  /** The sender's user id. */
+  sender?: string;
+  /** Other fields are kept as they are. */
+  [key: string]: unknown;
+}
+
+/** The encryption-relevant parts of a `/sync` response. */
+export interface SyncChanges {
+  /** `to_device.events` of the sync response. */
+  toDeviceEvents?: MatrixEvent[];
+  /** `device_lists` of the sync response. */
+  changedDevices?: { changed?: string[]; left?: string[] };
+  /** `device_one_time_keys_count`. */
+  oneTimeKeyCounts?: Record<string, number>;
+  /** `device_unused_fallback_key_types`; `undefined` when the server did not send it. */
+  unusedFallbackKeys?: string[];
+}
+
+/** Who sent an Olm-encrypted to-device event. */
+export interface OlmSenderInfo {
+  /** The sender's user id. */
+  sender: string;
+  /** The sender's device id, when known. */
+  senderDevice: string | null;
+  /** The Curve25519 key of the sending device. */
+  senderCurve25519Key: string | null;
+}
+
+/** A to-device event after the machine processed it; switch on `kind`. */
+export type ProcessedToDeviceEvent =
+  | { kind: 'decrypted'; event: MatrixEvent; encryptionInfo: OlmSenderInfo }
+  | { kind: 'plaintext'; event: MatrixEvent }
+  | {
+      kind: 'undecryptable';
+      event: MatrixEvent;
+      /** Why the Olm message could not be decrypted. */
+      reason: 'decryption_failure' | 'unverified_sender_device' | 'no_olm_machine' | 'encryption_is_disabled';
+    }
+  | { kind: 'invalid'; event: MatrixEvent };
+
+/** A room key the machine received or imported in this sync. */
+export interface RoomKeyUpdate {
+  /** The Megolm algorithm, `m.megolm.v1.aes-sha2`. */
+  algorithm: string;
+  /** The room the key is for. */
+  roomId: string;
+  /** Curve25519 key of the device that created the session. */
+  senderKey: string;
+  /** The Megolm session id. */
+  sessionId: string;
+}
+
+/** What {@link OlmMachine.receiveSyncChanges} returns. */
+export interface SyncResult {
+  /** Every to-device event, decrypted where possible, in arrival order. */
+  toDeviceEvents: ProcessedToDeviceEvent[];
+  /** Room keys that were received. */
+  roomKeyUpdates: RoomKeyUpdate[];
+}
+
+/** The lock icon a client would show next to a message. */
+export type ShieldState =
+  | { color: 'none' }
+  | {
+      color: 'red' | 'grey';
+      /** e.g. `UnverifiedIdentity`, `UnsignedDevice`, `UnknownDevice`, `AuthenticityNotGuaranteed`. */
+      code: string;
+      /** A short English explanation. */
+      message: string;
+    };
+
+/** A successfully decrypted room event. */
+export interface DecryptedRoomEvent {
+  /** The decrypted event (type, content, sender, room id, ...). */
+  event: MatrixEvent;
+  /** The sender's user id. */
+  sender: string;
+  /** The sender's device id, when the machine knows the device. */
+  senderDevice: string | null;
+  /** Curve25519 key of the device that created the Megolm session. */
+  senderCurve25519Key: string | null;
+  /** Ed25519 key the session creator claimed. */
+  senderClaimedEd25519Key: string | null;
+  /** Set when the key reached us through an MSC4268 history bundle: who forwarded it. */
+  forwarder: { userId: string; deviceId: string } | null;
+  /** The Megolm session id. */
+  sessionId: string | null;
+  /**
+   * The crate's verdict on the sender, from cross-signing: `verified` when the sender's identity
+   * is verified and signed the device, `verification_violation` when a previously verified
+   * identity changed.
+   */
+  verificationState: 'verified' | 'unverified' | 'verification_violation';
+  /**
+   * Whether we trust the sender's device now, locally ({@link OlmMachine.setLocalTrust}) or
+   * through cross-signing; `null` when the device is not known (query its keys first).
+   */
+  senderDeviceVerified: boolean | null;
+  /** Shield under the lax rules (unverified identities are not flagged). */
+  shieldState: ShieldState;
+  /** Shield under the strict rules. */
+  shieldStateStrict: ShieldState;
+}
+
+/** Our local trust in a device. */
+export type LocalTrust = 'verified' | 'blacklisted' | 'ignored' | 'unset';
+
+/** A device of some user, as the machine knows it. */
+export interface DeviceInfo {
+  /** The owner. */
+  userId: string;
+  /** The device id. */
+  deviceId: string;
+  /** The device's display name, if it published one. */
+  displayName: string | null;
+  /** The device's Curve25519 identity key. */
+  curve25519Key: string | null;
+  /** The device's Ed25519 fingerprint key. */
+  ed25519Key: string | null;
+  /** The trust we set locally. */
+  localTrust: LocalTrust;
+  /** Verified locally or through cross-signing. */
+  isVerified: boolean;
+  /** Signed by its owner's self-signing key. */
+  isCrossSignedByOwner: boolean;
+  /** Blacklisted locally: never receives room keys. */
+  isBlacklisted: boolean;
+  /** The owner removed the device. */
+  isDeleted: boolean;
+  /** When the machine first saw the device (ms since the epoch). */
+  firstTimeSeenTs: number;
+}
+
+/** Which devices receive a room key. */
+export type SharingStrategy =
+  /** Every device that is not blacklisted (the default). */
+  | 'all_devices'
+  /** Only devices we verified, locally or through cross-signing; others get `m.unverified`. */
+  | 'only_trusted_devices'
+  /** Devices signed by their owner's identity; unsigned devices get `m.unverified`. */
+  | 'identity_based'
+  /** Like `all_devices`, but fail if a verified user has unsigned devices or changed identity. */
+  | 'error_on_verified_user_problem';
+
+import type { WithheldPolicy } from './withheld';
+
+/** Settings for {@link OlmMachine.shareRoomKey}; every field has a default. */
+export interface ShareSettings {
+  /** Only `m.megolm.v1.aes-sha2` is supported (the default). */
+  algorithm?: 'm.megolm.v1.aes-sha2';
+  /** Rotate the session after this many milliseconds. Default: one week. */
+  rotationPeriodMs?: number;
+  /** Rotate the session after this many messages. Default: 100. */
+  rotationPeriodMessages?: number;
+  /** The room's history visibility. Default: `shared`. */
+  historyVisibility?: 'invited' | 'joined' | 'shared' | 'world_readable';
+  /** Which devices get the key. Default: `all_devices`. */
+  sharingStrategy?: SharingStrategy;
+  /** Withheld policy for this call only; default: the machine's policy. */
+  withheld?: WithheldPolicy;
+}
+
+/** Which private cross-signing keys this device holds. */
+export interface CrossSigningStatus {
+  /** The master key. */
+  hasMaster: boolean;
+  /** The self-signing key (signs our own devices). */
+  hasSelfSigning: boolean;
+  /** The user-signing key (signs other users). */
+  hasUserSigning: boolean;
+}
+
+/** A room key in the Matrix key-export format. */
+export interface ExportedRoomKey {
+  /** `m.megolm.v1.aes-sha2`. */
+  algorithm: string;
+  /** The room. */
+  room_id: string;
+  /** Curve25519 key of the session creator. */
+  sender_key: string;
+  /** The Megolm session id. */
+  session_id: string;
+  /** The exported session key. */
+  session_key: string;
+  /** Keys the creator claimed, `{ ed25519: ... }`. */
+  sender_claimed_keys: Record<string, string>;
+  /** Curve25519 keys of the devices the key passed through. */
+  forwarding_curve25519_key_chain: string[];
+  /** Other fields are kept. */
+  [key: string]: unknown;
+}
+
+/** What {@link OlmMachine.importRoomKeys} reports. */
+export interface ImportResult {
+  /** Keys that were new or better than what we had. */
+  imported: number;
+  /** Keys in the input. */
+  total: number;
+  /** The imported session ids by room and sender key. */
+  keys: Record<string, Record<string, string[]>>;
+}

@@ -1,0 +1,16 @@
+// Vitest config for the end-to-end tests against a real Synapse (see test/e2e/synapse.ts).
+// Run: scripts/install-synapse.sh && npx vitest run -c test/e2e/vitest.config.ts
+import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    root: fileURLToPath(new URL('../..', import.meta.url)),
+    pool: 'forks',
+    include: ['test/e2e/**/*.e2e.test.ts'],
+    // Each file starts its own Synapse (~4 s, one CPU): keep the two cores from thrashing.
+    maxWorkers: 2,
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+  },
+});
