@@ -30,7 +30,12 @@ describe('OlmMachine: two devices on the test homeserver', () => {
     const sync = await bob.sync();
     expect(sync.roomKeyUpdates).toHaveLength(1);
     expect(sync.roomKeyUpdates[0]).toMatchObject({ roomId: ROOM, senderKey: alice.machine.identityKeys.curve25519 });
-    expect(sync.toDeviceEvents.some((e) => e.kind === 'decrypted' && e.event.type === 'm.room_key')).toBe(true);
+    const roomKey = sync.toDeviceEvents.find((e) => e.kind === 'decrypted' && e.event.type === 'm.room_key');
+    expect(roomKey?.kind === 'decrypted' && roomKey.encryptionInfo).toEqual({
+      sender: alice.userId,
+      senderDevice: null,
+      senderCurve25519Key: alice.machine.identityKeys.curve25519,
+    });
 
     const decrypted = await bob.machine.decryptRoomEvent(event, ROOM);
     expect(decrypted.event.content).toEqual({ msgtype: 'm.text', body: 'hi bob' });

@@ -67,7 +67,7 @@ struct OlmInfo<'a> {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(tag = "kind", rename_all_fields = "camelCase")]
 enum ProcessedOut<'a> {
     #[serde(rename = "decrypted")]
     Decrypted { event: &'a RawValue, encryption_info: OlmInfo<'a> },
@@ -114,15 +114,20 @@ fn utd_reason(reason: &ToDeviceUnableToDecryptReason) -> &'static str {
     }
 }
 
-/// Devices we successfully decrypted an Olm message from: proof of a working Olm session.
-pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = events
+/// Senders we successfully decrypted an Olm message from (user, device if the crate names it,
+/// Curve25519 key): proof of a working Olm session with that device.
+pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, Option<String>, String)> {
+    let mut out: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            ProcessedToDeviceEvent::Decrypted { encryption_info, .. } => encryption_info
-                .sender_device
-                .as_ref()
-                .map(|d| (encryption_info.sender.to_string(), d.to_string())),
+            ProcessedToDeviceEvent::Decrypted { encryption_info, .. } => match &encryption_info.algorithm_info {
+                AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => Some((
+                    encryption_info.sender.to_string(),
+                    encryption_info.sender_device.as_ref().map(|d| d.to_string()),
+                    curve25519_public_key_base64.clone(),
+                )),
+                AlgorithmInfo::MegolmV1AesSha2 { .. } => None,
+            },
             _ => None,
         })
         .collect();

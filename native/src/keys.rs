@@ -1,25 +1,85 @@
-//! Room-key export and import (the Matrix key-export JSON format).
+//! Room-key export and import (the Matrix key-export JSON format), with progress reports.
 
 use matrix_sdk_crypto::{olm::ExportedRoomKey, OlmMachine};
+use napi::{
+    bindgen_prelude::FnArgs,
+    threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
+    Status,
+};
 use ruma::OwnedRoomId;
 use serde_json::json;
 
 use crate::errors::{self, internal, invalid};
 
+/// A JS `(done, total) => void` callback, callable from the tokio threads.
+pub type ProgressCallback = ThreadsafeFunction<FnArgs<(u32, u32)>, (), FnArgs<(u32, u32)>, Status, false>;
+
+/// Reports `done / total` to JS at most ~[`Progress::STEPS`] times plus the final call, so
+/// importing 100,000 keys does not flood the JS thread with 100,000 callbacks.
+struct Progress<'a> {
+    callback: Option<&'a ProgressCallback>,
+    total: usize,
+    step: usize,
+    last: usize,
+}
+
+impl<'a> Progress<'a> {
+    const STEPS: usize = 200;
+
+    fn new(callback: Option<&'a ProgressCallback>, total: usize) -> Self {
+        Self { callback, total, step: total.div_ceil(Self::STEPS).max(1), last: 0 }
+    }
+
+    /// `done` items of `total` are finished. Intermediate reports are queued without waiting.
+    fn report(&mut self, done: usize) {
+        let Some(cb) = self.callback else { return };
+        if done < self.total && done - self.last < self.step {
+            return;
+        }
+        self.last = done;
+        if done < self.total {
+            cb.call(FnArgs::from((to_u32(done), to_u32(self.total))), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    /// The final `total / total` report. Awaited: the callback queue is FIFO, so once it returns
+    /// every earlier report has run too and the promise resolves after the last callback.
+    async fn finish(self) -> napi::Result<()> {
+        if let Some(cb) = self.callback {
+            let n = to_u32(self.total);
+            cb.call_async(FnArgs::from((n, n))).await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Export the inbound sessions matching the optional room and session filters.
-pub async fn export(machine: &OlmMachine, room: Option<OwnedRoomId>, session_id: Option<String>) -> napi::Result<String> {
-    let keys = machine
-        .store()
-        .export_room_keys(|s| {
-            room.as_deref().is_none_or(|r| s.room_id() == r) && session_id.as_deref().is_none_or(|id| s.session_id() == id)
-        })
-        .await
-        .map_err(errors::store)?;
+pub async fn export(
+    machine: &OlmMachine,
+    room: Option<OwnedRoomId>,
+    session_id: Option<String>,
+    progress: Option<&ProgressCallback>,
+) -> napi::Result<String> {
+    let mut sessions = machine.store().get_inbound_group_sessions().await.map_err(errors::store)?;
+    sessions.retain(|s| {
+        room.as_deref().is_none_or(|r| s.room_id() == r) && session_id.as_deref().is_none_or(|id| s.session_id() == id)
+    });
+    let mut report = Progress::new(progress, sessions.len());
+    let mut keys = Vec::with_capacity(sessions.len());
+    for (i, session) in sessions.iter().enumerate() {
+        keys.push(session.export().await);
+        report.report(i + 1);
+    }
+    report.finish().await?;
     serde_json::to_string(&keys).map_err(internal)
 }
 
 /// Import exported keys; sessions we already hold at a better index are kept.
-pub async fn import(machine: &OlmMachine, keys_json: &str) -> napi::Result<String> {
+pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&ProgressCallback>) -> napi::Result<String> {
     let values: Vec<serde_json::Value> = serde_json::from_str(keys_json)
         .map_err(|e| invalid("keys", format!("must be a JSON array of exported room keys ({e})")))?;
     let mut keys = Vec::with_capacity(values.len());
@@ -28,6 +88,17 @@ pub async fn import(machine: &OlmMachine, keys_json: &str) -> napi::Result<Strin
             .map_err(|e| invalid(&format!("keys[{i}]"), format!("not an exported room key ({e})")))?;
         keys.push(key);
     }
-    let result = machine.store().import_exported_room_keys(keys, |_, _| {}).await.map_err(errors::store)?;
+    let report = std::sync::Mutex::new(Progress::new(progress, keys.len()));
+    // The crate counts from 0 and reports after each key: key `i` done means `i + 1` done.
+    let result = machine
+        .store()
+        .import_exported_room_keys(keys, |i, total| {
+            let mut report = report.lock().expect("progress lock");
+            report.total = total;
+            report.report(i + 1);
+        })
+        .await
+        .map_err(errors::store)?;
+    report.into_inner().expect("progress lock").finish().await?;
     Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys }).to_string())
 }

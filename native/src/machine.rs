@@ -302,8 +302,23 @@ impl NativeMachine {
         };
         let (processed, keys) =
             machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
-        for (user, device) in events::olm_senders(&processed) {
-            self.withheld.olm_session_established(&machine, &user, &device).await.map_err(withheld_error)?;
+        for (user, device, curve) in events::olm_senders(&processed) {
+            // The crate leaves the device out for some events (m.room_key): find it by its key.
+            let device = match device {
+                Some(d) => Some(d),
+                None => {
+                    let user_id = ids::user_id("sender", &user)?;
+                    let devices = machine.get_user_devices(&user_id, None).await.map_err(errors::store)?;
+                    let found = devices
+                        .devices()
+                        .find(|d| d.curve25519_key().is_some_and(|k| k.to_base64() == curve))
+                        .map(|d| d.device_id().to_string());
+                    found
+                }
+            };
+            if let Some(device) = device {
+                self.withheld.olm_session_established(&machine, &user, &device).await.map_err(withheld_error)?;
+            }
         }
         events::sync_result(&processed, &keys)
     }
@@ -541,18 +556,29 @@ impl NativeMachine {
     }
 
     /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
+    /// `progress(done, total)` is called as keys are exported, last with `done == total`.
     #[napi]
-    pub async fn export_room_keys(&self, room_id: Option<String>, session_id: Option<String>) -> Result<String> {
+    pub async fn export_room_keys(
+        &self,
+        room_id: Option<String>,
+        session_id: Option<String>,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<keys::ProgressCallback>,
+    ) -> Result<String> {
         let machine = self.machine()?;
         let room = room_id.map(|r| ids::room_id("roomId", &r)).transpose()?;
-        keys::export(&machine, room, session_id).await
+        keys::export(&machine, room, session_id, progress.as_ref()).await
     }
 
     /// Import room keys from a JSON array; returns `{ imported, total, keys }` as JSON.
+    /// `progress(done, total)` is called as keys are imported, last with `done == total`.
     #[napi]
-    pub async fn import_room_keys(&self, keys_json: String) -> Result<String> {
+    pub async fn import_room_keys(
+        &self,
+        keys_json: String,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<keys::ProgressCallback>,
+    ) -> Result<String> {
         let machine = self.machine()?;
-        keys::import(&machine, &keys_json).await
+        keys::import(&machine, &keys_json, progress.as_ref()).await
     }
 }
 
