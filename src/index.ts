@@ -12,3 +12,5 @@ export type * from './requests';
 export type * from './types';
 export type * from './withheld';
 export * from './transport';
+export { terminalProgressBar } from './progress';
+export type { ProgressCallback, ProgressBarOptions } from './progress';

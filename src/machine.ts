@@ -5,6 +5,7 @@
  */
 import { openMachine, type NativeMachine, type NativeRequest } from '../native/index';
 import { MatrixCryptoError, native, nativeSync } from './errors';
+import { ProgressRelay, type ProgressCallback } from './progress';
 import type { OutgoingRequest, RequestType } from './requests';
 import type {
   CrossSigningStatus,
@@ -363,18 +364,30 @@ export class OlmMachine {
 
   /**
    * Export room keys in the Matrix key-export format. With no filter, every key; with `roomId`
-   * (and `sessionId`), the matching ones.
+   * (and `sessionId`), the matching ones. `onProgress` reports `(done, total)` as keys are
+   * exported; if it throws, the export still completes and the promise rejects with that error.
    */
-  async exportRoomKeys(filter: { roomId?: string; sessionId?: string } = {}): Promise<ExportedRoomKey[]> {
+  async exportRoomKeys(
+    filter: { roomId?: string; sessionId?: string; onProgress?: ProgressCallback } = {},
+  ): Promise<ExportedRoomKey[]> {
     if (filter.roomId !== undefined) requireString('roomId', filter.roomId);
     if (filter.sessionId !== undefined) requireString('sessionId', filter.sessionId);
-    const json = await native(() => this.#inner.exportRoomKeys(filter.roomId, filter.sessionId));
+    const relay = new ProgressRelay(filter.onProgress, 'onProgress');
+    const json = await native(() => this.#inner.exportRoomKeys(filter.roomId, filter.sessionId, relay.callback));
+    relay.rethrow();
     return JSON.parse(json) as ExportedRoomKey[];
   }
 
-  /** Import exported room keys; keys we already hold at a better index are kept. */
-  async importRoomKeys(keys: ExportedRoomKey[] | string): Promise<ImportResult> {
+  /**
+   * Import exported room keys; keys we already hold at a better index are kept. `onProgress`
+   * reports `(done, total)` as keys are imported; if it throws, the import still completes and
+   * the promise rejects with that error.
+   */
+  async importRoomKeys(keys: ExportedRoomKey[] | string, options: { onProgress?: ProgressCallback } = {}): Promise<ImportResult> {
     const json = typeof keys === 'string' ? keys : jsonArg('keys', keys);
-    return JSON.parse(await native(() => this.#inner.importRoomKeys(json))) as ImportResult;
+    const relay = new ProgressRelay(options.onProgress, 'onProgress');
+    const result = await native(() => this.#inner.importRoomKeys(json, relay.callback));
+    relay.rethrow();
+    return JSON.parse(result) as ImportResult;
   }
 }
