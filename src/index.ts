@@ -14,3 +14,4 @@ export type * from './withheld';
 export * from './transport';
 export { terminalProgressBar } from './progress';
 export type { ProgressCallback, ProgressBarOptions } from './progress';
+export * from './client';

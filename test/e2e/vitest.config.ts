@@ -11,6 +11,8 @@ export default defineConfig({
     // Each file starts its own Synapse (~4 s, one CPU): keep the two cores from thrashing.
     maxWorkers: 2,
     testTimeout: 60_000,
+    // matrix-js-sdk logs every request to the console: show console output of failed tests only.
+    silent: 'passed-only',
     hookTimeout: 120_000,
   },
 });

@@ -1,0 +1,360 @@
+/**
+ * {@link EncryptedClient}: an {@link OlmMachine} wired to a {@link HomeserverTransport}, for bots
+ * that talk to a real homeserver.
+ *
+ * It runs the steps every encrypted bot repeats: send the machine's outgoing requests and mark
+ * them sent, feed each `/sync` to the machine, and before sending in a room, track its members,
+ * query their devices, claim one-time keys and share the room key. Everything else (which rooms
+ * to join, persisting the sync token, what to do with messages) stays with the application, which
+ * can reach the machine and the transport directly.
+ *
+ * ```ts
+ * const client = await EncryptedClient.open({
+ *   baseUrl: 'https://matrix.example.org',
+ *   accessToken,
+ *   store: { kind: 'sqlite', path: './crypto-store' },
+ * });
+ * for (;;) {
+ *   const { timeline } = await client.syncOnce({ timeoutMs: 30_000 });
+ *   for (const item of timeline) {
+ *     if (item.kind === 'decrypted' && item.decrypted.event.content.body === '!ping') {
+ *       await client.sendEncrypted(item.roomId, 'm.room.message', { msgtype: 'm.text', body: 'pong' });
+ *     }
+ *   }
+ * }
+ * ```
+ *
+ * @module
+ */
+
+import { DecryptionError } from './errors';
+import { OlmMachine, type ShareResult, type StoreOptions } from './machine';
+import type { OutgoingRequest } from './requests';
+import {
+  HomeserverTransport,
+  toSyncChanges,
+  type HomeserverTransportOptions,
+  type RoomEvent,
+  type SyncResponse,
+} from './transport';
+import type { DecryptedRoomEvent, ShareSettings, SyncResult } from './types';
+import type { WithheldPolicy } from './withheld';
+
+/** Options of {@link EncryptedClient.open}. */
+export interface EncryptedClientOpenOptions {
+  /** The homeserver's client-server API base URL, e.g. `https://matrix.example.org`. */
+  baseUrl: string;
+  /** The access token of the device. */
+  accessToken: string;
+  /** Our user id; asked from the homeserver (`whoami`) when omitted. */
+  userId?: string;
+  /** Our device id; asked from the homeserver (`whoami`) when omitted. */
+  deviceId?: string;
+  /** Where the machine keeps its keys. Use the same store on every start of the same device. */
+  store: StoreOptions;
+  /** The machine's withheld policy; default: every code, with default reasons. */
+  withheld?: WithheldPolicy;
+  /** Further transport options (retries, back-off, a custom `fetch`, ...). */
+  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken'>;
+  /** See {@link EncryptedClientOptions.shareSettings}. */
+  shareSettings?: ShareSettings;
+  /** See {@link EncryptedClientOptions.syncToken}. */
+  syncToken?: string;
+}
+
+/** Options of the {@link EncryptedClient} constructor. */
+export interface EncryptedClientOptions {
+  /** The machine of this device. */
+  machine: OlmMachine;
+  /** A transport authenticated as the same device. */
+  transport: HomeserverTransport;
+  /**
+   * Default settings of every room-key share ({@link EncryptedClient.prepareRoomForSending});
+   * per-call settings override them field by field. Default: the machine's defaults
+   * (all devices that are not blacklisted).
+   */
+  shareSettings?: ShareSettings;
+  /**
+   * The `next_batch` token to continue syncing from, as saved from {@link EncryptedClient.syncToken}
+   * before a restart. Default: none (an initial sync).
+   */
+  syncToken?: string;
+}
+
+/** Options of {@link EncryptedClient.syncOnce}. */
+export interface SyncOnceOptions {
+  /** How long the homeserver may hold the request waiting for events, in milliseconds. Default 30 000. */
+  timeoutMs?: number;
+  /** A filter id or an inline filter, passed to the sync call. */
+  filter?: string | Record<string, unknown>;
+  /** Aborts the sync. */
+  signal?: AbortSignal;
+}
+
+/** A room timeline event from a sync, decrypted when it was encrypted; switch on `kind`. */
+export type TimelineEvent =
+  | {
+      /** The event was not encrypted. */
+      kind: 'plaintext';
+      /** The room it belongs to. */
+      roomId: string;
+      /** The event as the homeserver sent it. */
+      event: RoomEvent;
+    }
+  | {
+      /** The event was encrypted and is now decrypted. */
+      kind: 'decrypted';
+      /** The room it belongs to. */
+      roomId: string;
+      /** The `m.room.encrypted` event as the homeserver sent it. */
+      event: RoomEvent;
+      /** The decrypted event and what is known about its sender. */
+      decrypted: DecryptedRoomEvent;
+    }
+  | {
+      /** The event was encrypted and could not be decrypted (yet). */
+      kind: 'undecryptable';
+      /** The room it belongs to. */
+      roomId: string;
+      /** The `m.room.encrypted` event as the homeserver sent it. */
+      event: RoomEvent;
+      /** Why: a missing key, a withheld key, a bad ciphertext, ... */
+      error: DecryptionError;
+    };
+
+/** What {@link EncryptedClient.syncOnce} returns. */
+export interface SyncOnceResult {
+  /** The raw sync response, for everything the client does not interpret (state, invites, ...). */
+  sync: SyncResponse;
+  /** What the machine made of the sync's to-device events and key counts. */
+  changes: SyncResult;
+  /** The timeline events of every joined room in the sync, in order, decrypted where possible. */
+  timeline: TimelineEvent[];
+}
+
+/** What {@link EncryptedClient.sendEncrypted} returns. */
+export interface SendEncryptedResult {
+  /** The id of the `m.room.encrypted` event in the room. */
+  eventId: string;
+  /** The room-key share that preceded the event (who got the key, who got a withheld notice). */
+  share: ShareResult;
+}
+
+/** Options of {@link EncryptedClient.sendEncrypted}. */
+export interface SendEncryptedOptions {
+  /** The transaction id of the send; generated when omitted. Reuse it to retry a send without duplicating it. */
+  txnId?: string;
+  /** Share settings for this send, over the client's defaults. */
+  shareSettings?: ShareSettings;
+}
+
+/**
+ * One device's encrypted conversation with a homeserver: an {@link OlmMachine} plus a
+ * {@link HomeserverTransport}, and the request/sync/share loop between them.
+ *
+ * Methods may run concurrently (a sync while a message is being sent): a request of the machine
+ * that is already on its way is awaited, never sent twice.
+ */
+export class EncryptedClient {
+  /** The machine; use it directly for anything the client does not wrap (trust, key export, ...). */
+  readonly machine: OlmMachine;
+  /** The transport; use it directly for room management (`createRoom`, `joinRoom`, `roomMessages`, ...). */
+  readonly transport: HomeserverTransport;
+  private readonly shareSettings: ShareSettings;
+  private since: string | undefined;
+  private readonly inFlight = new Map<string, Promise<void>>();
+
+  /** Wraps an open machine and a transport of the same device; makes no request. */
+  constructor(options: EncryptedClientOptions) {
+    this.machine = options.machine;
+    this.transport = options.transport;
+    this.shareSettings = options.shareSettings ?? {};
+    this.since = options.syncToken;
+  }
+
+  /**
+   * Opens the device's machine on its store and a transport to the homeserver, asking the
+   * homeserver who the access token belongs to when `userId` or `deviceId` is not given.
+   * Sends nothing else: call {@link processOutgoingRequests} or {@link syncOnce} to upload keys.
+   *
+   * @throws {@link HomeserverError} when `whoami` fails (e.g. `M_UNKNOWN_TOKEN`).
+   * @throws {@link MatrixCryptoError} when the store cannot be opened (see {@link OlmMachine.open}).
+   */
+  static async open(options: EncryptedClientOpenOptions): Promise<EncryptedClient> {
+    const transport = new HomeserverTransport({
+      ...options.transport,
+      baseUrl: options.baseUrl,
+      accessToken: options.accessToken,
+    });
+    let { userId, deviceId } = options;
+    if (userId === undefined || deviceId === undefined) {
+      const me = await transport.whoami();
+      if (!me.device_id) throw new TypeError('EncryptedClient.open: the access token belongs to no device (an appservice token?); pass deviceId');
+      userId ??= me.user_id;
+      deviceId ??= me.device_id;
+    }
+    const machine = await OlmMachine.open({
+      userId,
+      deviceId,
+      store: options.store,
+      ...(options.withheld ? { withheld: options.withheld } : {}),
+    });
+    return new EncryptedClient({
+      machine,
+      transport,
+      ...(options.shareSettings ? { shareSettings: options.shareSettings } : {}),
+      ...(options.syncToken !== undefined ? { syncToken: options.syncToken } : {}),
+    });
+  }
+
+  /** Our user id. */
+  get userId(): string {
+    return this.machine.userId;
+  }
+
+  /** Our device id. */
+  get deviceId(): string {
+    return this.machine.deviceId;
+  }
+
+  /**
+   * The `next_batch` token of the last sync the machine fully processed, or the one given at
+   * construction. Save it to continue from there after a restart.
+   */
+  get syncToken(): string | undefined {
+    return this.since;
+  }
+
+  /**
+   * Sends every request the machine has queued (key uploads, key queries, to-device messages,
+   * ...) and marks each one sent with the homeserver's answer. Repeats until the machine has no
+   * new request, since an answer can queue another (e.g. more one-time keys to upload).
+   *
+   * @returns how many requests this call sent.
+   * @throws {@link HomeserverError} when the homeserver refuses a request; the request stays
+   *   queued in the machine and is sent again by the next call.
+   */
+  async processOutgoingRequests(): Promise<number> {
+    let sent = 0;
+    // Bounded: the machine queues at most a handful of follow-ups to an answer.
+    for (let round = 0; round < 10; round++) {
+      const requests = await this.machine.outgoingRequests();
+      const fresh = requests.filter((r) => !this.inFlight.has(r.id));
+      const waiting = requests.filter((r) => this.inFlight.has(r.id)).map((r) => this.inFlight.get(r.id));
+      await Promise.all([...fresh.map((r) => this.sendRequest(r)), ...waiting]);
+      sent += fresh.length;
+      if (fresh.length === 0) break;
+    }
+    return sent;
+  }
+
+  /**
+   * One round of the receive loop: `/sync` from {@link syncToken}, hand the to-device events,
+   * device-list changes and key counts to the machine, send what the machine then wants sent
+   * (claiming one-time keys for the Olm sessions it asks for, e.g. to answer a key request), and
+   * decrypt the sync's timeline events. The sync token advances only after the machine has
+   * processed the sync, so a crash in between replays it instead of losing keys.
+   */
+  async syncOnce(options: SyncOnceOptions = {}): Promise<SyncOnceResult> {
+    const sync = await this.transport.sync({
+      timeoutMs: options.timeoutMs ?? 30_000,
+      ...(this.since !== undefined ? { since: this.since } : {}),
+      ...(options.filter !== undefined ? { filter: options.filter } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    const changes = await this.machine.receiveSyncChanges(toSyncChanges(sync));
+    this.since = sync.next_batch;
+    await this.processOutgoingRequests();
+    // Olm sessions the machine wants on its own: to answer a key request from a device it has
+    // no session with, or to replace a wedged session.
+    const claim = await this.machine.getMissingSessions([]);
+    if (claim) {
+      await this.sendRequest(claim);
+      await this.processOutgoingRequests();
+    }
+    const timeline: TimelineEvent[] = [];
+    for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
+      for (const event of room.timeline?.events ?? []) timeline.push(await this.decryptEvent(roomId, event));
+    }
+    return { sync, changes, timeline };
+  }
+
+  /**
+   * Makes sure every joined member's devices can read the next encrypted event in the room:
+   * tracks the members, queries their devices, claims one-time keys for devices without an Olm
+   * session, shares the room key (creating or rotating the session as the settings require) and
+   * sends every resulting to-device message, withheld notices included.
+   *
+   * Call before {@link OlmMachine.encryptRoomEvent}; {@link sendEncrypted} calls it for you.
+   *
+   * @param settings - share settings for this call, over the client's defaults.
+   * @returns who got the key and who got a withheld notice.
+   */
+  async prepareRoomForSending(roomId: string, settings: ShareSettings = {}): Promise<ShareResult> {
+    const members = Object.keys((await this.transport.getJoinedMembers(roomId)).joined);
+    await this.machine.updateTrackedUsers(members);
+    // Sends the key query for members whose devices we do not know yet.
+    await this.processOutgoingRequests();
+    const claim = await this.machine.getMissingSessions(members);
+    if (claim) await this.sendRequest(claim);
+    const share = await this.machine.shareRoomKey(roomId, members, { ...this.shareSettings, ...settings });
+    await Promise.all(share.requests.map((r) => this.sendRequest(r)));
+    return share;
+  }
+
+  /**
+   * Encrypts an event for the room and sends it as `m.room.encrypted`, after
+   * {@link prepareRoomForSending}.
+   *
+   * @param type - the event type inside the encryption, e.g. `m.room.message`.
+   * @param content - the event content, e.g. `{ msgtype: 'm.text', body: 'hello' }`.
+   */
+  async sendEncrypted(
+    roomId: string,
+    type: string,
+    content: Record<string, unknown>,
+    options: SendEncryptedOptions = {},
+  ): Promise<SendEncryptedResult> {
+    const share = await this.prepareRoomForSending(roomId, options.shareSettings);
+    const encrypted = await this.machine.encryptRoomEvent(roomId, type, content);
+    const { event_id } = await this.transport.sendRoomEvent(roomId, 'm.room.encrypted', encrypted, options.txnId);
+    return { eventId: event_id, share };
+  }
+
+  /**
+   * Decrypts one room event (from a sync timeline, `/messages` or `/event`). Events that are not
+   * `m.room.encrypted` come back as `plaintext`; a decryption failure comes back as
+   * `undecryptable` with the typed {@link DecryptionError}.
+   *
+   * @throws {@link MatrixCryptoError} for failures that are not about this event (e.g. `MachineClosed`).
+   */
+  async decryptEvent(roomId: string, event: RoomEvent): Promise<TimelineEvent> {
+    if (event.type !== 'm.room.encrypted') return { kind: 'plaintext', roomId, event };
+    try {
+      return { kind: 'decrypted', roomId, event, decrypted: await this.machine.decryptRoomEvent(event, roomId) };
+    } catch (err) {
+      if (err instanceof DecryptionError) return { kind: 'undecryptable', roomId, event, error: err };
+      throw err;
+    }
+  }
+
+  /** Closes the machine (see {@link OlmMachine.close}); the transport holds no resources. */
+  async close(): Promise<void> {
+    await this.machine.close();
+  }
+
+  /** Sends one request and marks it sent; concurrent callers share the same send. */
+  private sendRequest(request: OutgoingRequest): Promise<void> {
+    const running = this.inFlight.get(request.id);
+    if (running) return running;
+    const p = (async () => {
+      try {
+        await this.machine.markRequestAsSent(request, await this.transport.send(request));
+      } finally {
+        this.inFlight.delete(request.id);
+      }
+    })();
+    this.inFlight.set(request.id, p);
+    return p;
+  }
+}

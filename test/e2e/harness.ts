@@ -1,0 +1,124 @@
+/**
+ * Shared set-up of the end-to-end scenarios: one Synapse per test file, our bot as an
+ * {@link EncryptedClient}, and logs printed when a test fails.
+ */
+import { afterAll, beforeAll, beforeEach } from 'vitest';
+import { EncryptedClient, type TimelineEvent } from '../../src/client';
+import type { StoreOptions } from '../../src/machine';
+import type { WithheldPolicy } from '../../src/withheld';
+import { waitFor } from './js-sdk-user';
+import { startSynapse, type Homeserver, type TestUser } from './synapse';
+
+/** Something with a log worth printing when a test fails. */
+export interface HasLog {
+  /** Shown above the log. */
+  readonly name: string;
+  /** The last lines of the log. */
+  logTail(lines?: number): string;
+}
+
+/** Per-file Synapse and log printing; call once at the top level of a test file. */
+export function useHomeserver(): { hs: () => Homeserver; logs: (h: HasLog) => void } {
+  let hs: Homeserver | undefined;
+  const logged: HasLog[] = [];
+  beforeAll(async () => {
+    hs = await startSynapse();
+  });
+  afterAll(async () => {
+    await hs?.stop();
+  });
+  beforeEach((ctx) => {
+    logged.length = 0;
+    ctx.onTestFailed(() => {
+      for (const h of logged) console.error(`--- ${h.name} log tail (${ctx.task.name}) ---\n${h.logTail(40)}`);
+      if (hs) console.error(`--- Synapse log tail (${ctx.task.name}) ---\n${hs.logTail(80)}`);
+    });
+  });
+  return {
+    hs: () => {
+      if (!hs) throw new Error('Synapse is not running');
+      return hs;
+    },
+    logs: (h) => logged.push(h),
+  };
+}
+
+/** Opens our side as an {@link EncryptedClient} for `user`'s device and uploads its keys. */
+export async function openBot(
+  hs: Homeserver,
+  user: TestUser,
+  store: StoreOptions = { kind: 'memory' },
+  withheld?: WithheldPolicy,
+): Promise<EncryptedClient> {
+  const client = await EncryptedClient.open({
+    baseUrl: hs.baseUrl,
+    accessToken: user.accessToken,
+    userId: user.userId,
+    deviceId: user.deviceId,
+    store,
+    ...(withheld ? { withheld } : {}),
+  });
+  await client.processOutgoingRequests();
+  return client;
+}
+
+/** Every timeline event a bot saw in {@link syncUntil}, by client. */
+const seen = new WeakMap<EncryptedClient, TimelineEvent[]>();
+
+/**
+ * Syncs `client` (short polls) until `check` finds what it wants among every timeline event the
+ * client has seen so far. Undecryptable events are decrypted again after each sync, since their
+ * key may come later.
+ */
+export async function syncUntil<T>(
+  client: EncryptedClient,
+  what: string,
+  check: (timeline: TimelineEvent[]) => T | undefined,
+  timeoutMs = 20_000,
+): Promise<T> {
+  let all = seen.get(client);
+  if (!all) seen.set(client, (all = []));
+  const items = all;
+  return waitFor(
+    `${client.userId}/${client.deviceId}: ${what}`,
+    async () => {
+      const { timeline } = await client.syncOnce({ timeoutMs: 300 });
+      items.push(...timeline);
+      for (let i = 0; i < items.length; i++) {
+        const item = items[i]!;
+        if (item.kind === 'undecryptable') items[i] = await client.decryptEvent(item.roomId, item.event);
+      }
+      return check(items);
+    },
+    timeoutMs,
+  );
+}
+
+/** Syncs until the event arrived, decrypted or not. */
+export function syncUntilEvent(client: EncryptedClient, eventId: string, timeoutMs = 20_000): Promise<TimelineEvent> {
+  return syncUntil(client, `event ${eventId}`, (items) => items.find((i) => i.event.event_id === eventId), timeoutMs);
+}
+
+/** Syncs until the event is decrypted and returns it; fails with the last decryption error otherwise. */
+export async function syncUntilDecrypted(
+  client: EncryptedClient,
+  eventId: string,
+  timeoutMs = 20_000,
+): Promise<Extract<TimelineEvent, { kind: 'decrypted' }>> {
+  let last: TimelineEvent | undefined;
+  try {
+    return await syncUntil(
+      client,
+      `decrypted ${eventId}`,
+      (items) => {
+        const item = items.find((i) => i.event.event_id === eventId);
+        last = item;
+        return item?.kind === 'decrypted' ? item : undefined;
+      },
+      timeoutMs,
+    );
+  } catch (err) {
+    const state = last ? (last.kind === 'undecryptable' ? `${last.error.code}: ${last.error.message}` : last.kind) : 'never arrived';
+    throw new Error(`${(err as Error).message} (last state: ${state})`);
+  }
+}
