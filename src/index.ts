@@ -14,4 +14,6 @@ export type * from './withheld';
 export * from './transport';
 export { terminalProgressBar } from './progress';
 export type { ProgressCallback, ProgressBarOptions } from './progress';
+export { setLogger, formatLogRecord } from './logging';
+export type { LogLevel, LogRecord, LogSpan, LogSink, LoggerLike, LoggingOptions } from './logging';
 export * from './client';

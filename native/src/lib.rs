@@ -17,6 +17,8 @@ mod ids;
 #[cfg(feature = "node")]
 mod keys;
 #[cfg(feature = "node")]
+mod logging;
+#[cfg(feature = "node")]
 mod machine;
 #[cfg(feature = "node")]
 mod requests;
