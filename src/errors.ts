@@ -1,3 +1,5 @@
+import type { WithheldExplanation } from './withheld';
+
 /**
  * Typed errors. Every rejection from this library is a {@link MatrixCryptoError} with a stable
  * `code`; decryption failures are {@link DecryptionError}s that say why.
@@ -57,20 +59,42 @@ export class MatrixCryptoError extends Error {
   }
 }
 
-/** A room event that could not be decrypted, with the reason as a stable `code`. */
+/**
+ * A room event that could not be decrypted, with the reason as a stable `code` and, when a
+ * withheld notice explains it, that notice.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await machine.decryptRoomEvent(event, roomId);
+ * } catch (err) {
+ *   if (err instanceof DecryptionError && err.withheld) {
+ *     console.log(`withheld (${err.withheld.scope}): ${err.withheld.code} ${err.withheld.reason ?? ''}`);
+ *   }
+ * }
+ * ```
+ */
 export class DecryptionError extends MatrixCryptoError {
   declare readonly code: DecryptionErrorCode;
   /** The Megolm session id of the event, when the event names one. */
   readonly sessionId: string | null;
-  /** The withheld code the crate associates with the missing key, if any (e.g. `m.unverified`). */
-  readonly withheldCode: string | null;
+  /**
+   * The withheld notice that explains the failure, validated against the session's creator;
+   * `null` when none does (e.g. the key simply has not arrived yet).
+   */
+  readonly withheld: WithheldExplanation | null;
 
   /** @internal */
-  constructor(code: DecryptionErrorCode, message: string, sessionId: string | null, withheldCode: string | null) {
+  constructor(code: DecryptionErrorCode, message: string, sessionId: string | null, withheld: WithheldExplanation | null) {
     super(code, message);
     this.name = 'DecryptionError';
     this.sessionId = sessionId;
-    this.withheldCode = withheldCode;
+    this.withheld = withheld;
+  }
+
+  /** Shorthand for `withheld?.code`. */
+  get withheldCode(): string | null {
+    return this.withheld?.code ?? null;
   }
 }
 
@@ -83,7 +107,7 @@ interface NativePayload {
     field?: string;
     decryptionCode?: DecryptionErrorCode;
     sessionId?: string | null;
-    withheldCode?: string | null;
+    withheld?: WithheldExplanation | null;
   };
 }
 
@@ -103,7 +127,7 @@ export function toTypedError(err: unknown): MatrixCryptoError {
   }
   const details = payload.details ?? {};
   if (payload.code === 'DecryptionError' && details.decryptionCode) {
-    return new DecryptionError(details.decryptionCode, payload.message, details.sessionId ?? null, details.withheldCode ?? null);
+    return new DecryptionError(details.decryptionCode, payload.message, details.sessionId ?? null, details.withheld ?? null);
   }
   return new MatrixCryptoError(payload.code as ErrorCode, payload.message, details.field);
 }

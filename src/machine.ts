@@ -20,7 +20,16 @@ import type {
   SyncResult,
 } from './types';
 import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest } from './requests';
-import type { DeviceRef, NoOlmState, WithheldPolicy, WithheldRecipient } from './withheld';
+import type {
+  DeviceRef,
+  NoOlmRecord,
+  NoOlmState,
+  WithheldMetrics,
+  WithheldNotice,
+  WithheldPolicy,
+  WithheldRecipient,
+  WithheldRecord,
+} from './withheld';
 
 /** Where the machine keeps its keys. */
 export type StoreOptions =
@@ -130,6 +139,7 @@ function jsonArg(field: string, value: unknown): string {
  */
 export class OlmMachine {
   readonly #inner: NativeMachine;
+  readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
   private constructor(inner: NativeMachine) {
     this.#inner = inner;
@@ -197,8 +207,76 @@ export class OlmMachine {
    */
   async receiveSyncChanges(changes: SyncChanges): Promise<SyncResult> {
     const json = jsonArg('changes', changes ?? {});
-    const result = await native(() => this.#inner.receiveSyncChanges(json));
-    return JSON.parse(result) as SyncResult;
+    const result = JSON.parse(await native(() => this.#inner.receiveSyncChanges(json))) as SyncResult;
+    for (const notice of result.withheldNotices) {
+      for (const listener of this.#withheldListeners) {
+        try {
+          listener(notice);
+        } catch (err) {
+          // A listener's failure must not undo a processed sync: report it like an uncaught error.
+          queueMicrotask(() => {
+            throw err;
+          });
+        }
+      }
+    }
+    return result;
+  }
+
+  /**
+   * Subscribe to received withheld notices (room notices and `m.no_olm`, plain or inside
+   * encrypted to-device events), as {@link receiveSyncChanges} processes them. Spoofed notices
+   * are reported too, with `verdict: 'spoofed'`. Returns a function that unsubscribes.
+   *
+   * @example
+   * ```ts
+   * const stop = machine.on('withheld', (notice) => {
+   *   if (notice.kind === 'room') log(`${notice.sender} withheld ${notice.sessionId}: ${notice.code}`);
+   * });
+   * ```
+   */
+  on(event: 'withheld', listener: (notice: WithheldNotice) => void): () => void {
+    if (event !== 'withheld') {
+      throw new MatrixCryptoError('InvalidArgument', `event: unknown event ${String(event)}; only 'withheld'`, 'event');
+    }
+    if (typeof listener !== 'function') {
+      throw new MatrixCryptoError('InvalidArgument', 'listener: must be a function', 'listener');
+    }
+    this.#withheldListeners.add(listener);
+    return () => this.off(event, listener);
+  }
+
+  /** Remove a listener added with {@link on}. */
+  off(event: 'withheld', listener: (notice: WithheldNotice) => void): void {
+    if (event === 'withheld') this.#withheldListeners.delete(listener);
+  }
+
+  /**
+   * The withheld records of a session, oldest first: one per sender and source (room notices,
+   * a forwarded key's `withheld`, an imported export). Which of them explains a failed event is
+   * decided per event (its sender must be the notice's sender); see {@link DecryptionError.withheld}.
+   */
+  async getWithheldRecords(roomId: string, sessionId: string): Promise<WithheldRecord[]> {
+    requireString('roomId', roomId);
+    requireString('sessionId', sessionId);
+    return JSON.parse(await native(() => this.#inner.withheldRecords(roomId, sessionId))) as WithheldRecord[];
+  }
+
+  /**
+   * The `m.no_olm` notices received from a user's devices; with `deviceId`, those that name the
+   * device or carry its key.
+   */
+  async getNoOlmNotices(userId: string, deviceId?: string): Promise<NoOlmRecord[]> {
+    requireString('userId', userId);
+    const list = JSON.parse(await native(() => this.#inner.noOlmNotices(userId))) as NoOlmRecord[];
+    if (deviceId === undefined) return list;
+    const key = (await this.getDevice(userId, requireString('deviceId', deviceId)))?.curve25519Key;
+    return list.filter((n) => n.fromDevice === deviceId || (key != null && n.senderKey === key));
+  }
+
+  /** Counters of received withheld notices, including ignored spoofed ones. */
+  withheldMetrics(): WithheldMetrics {
+    return JSON.parse(nativeSync(() => this.#inner.withheldMetrics())) as WithheldMetrics;
   }
 
   /**

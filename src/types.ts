@@ -69,6 +69,8 @@ export interface SyncResult {
   toDeviceEvents: ProcessedToDeviceEvent[];
   /** Room keys that were received. */
   roomKeyUpdates: RoomKeyUpdate[];
+  /** Withheld notices in this batch (plain or inside encrypted events), with their verdict. */
+  withheldNotices: WithheldNotice[];
 }
 
 /** The lock icon a client would show next to a message. */
@@ -155,7 +157,7 @@ export type SharingStrategy =
   /** Like `all_devices`, but fail if a verified user has unsigned devices or changed identity. */
   | 'error_on_verified_user_problem';
 
-import type { WithheldPolicy } from './withheld';
+import type { WithheldNotice, WithheldPolicy } from './withheld';
 
 /** Settings for {@link OlmMachine.shareRoomKey}; every field has a default. */
 export interface ShareSettings {

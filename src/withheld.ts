@@ -68,3 +68,126 @@ export interface NoOlmState {
    */
   rearmed: boolean;
 }
+
+/**
+ * How much a notice is trusted. Only `trusted` and `unconfirmed` notices explain decryption
+ * failures; `spoofed` ones are counted in {@link WithheldMetrics} and otherwise ignored.
+ */
+export type WithheldVerdict =
+  /** Sender and key match the session's creator or the sender's known devices. */
+  | 'trusted'
+  /** Nothing known contradicts it yet (the sender's devices were not queried). */
+  | 'unconfirmed'
+  /** From another of our own devices, answering our key request; not from the session's creator. */
+  | 'key_request_answer'
+  /** Contradicts what we know (e.g. someone else's key, or another user's session). */
+  | 'spoofed';
+
+/** Fields every received notice has. */
+interface NoticeBase {
+  /** The user who sent the notice (set by the homeserver). */
+  sender: string;
+  /** The Curve25519 key the notice claims for the sending device. */
+  senderKey: string;
+  /** The sending device, when the notice names it (MSC3735). */
+  fromDevice: string | null;
+  /** The human-readable reason, kept for every code (shown when the code is not understood). */
+  reason: string | null;
+  /** When we received it, ms since the epoch. */
+  receivedAt: number;
+  /** The result of the spoofing checks. */
+  verdict: WithheldVerdict;
+  /**
+   * True if it arrived Olm-encrypted. The crate rewrites the reason of encrypted notices with
+   * its own text; notices sent in the clear, as the spec says, keep the sender's reason.
+   */
+  encrypted: boolean;
+}
+
+/** A room-scoped notice: the key of one session was withheld from us. */
+export interface RoomWithheldNotice extends NoticeBase {
+  /** Discriminant. */
+  kind: 'room';
+  /** Why; never `m.no_olm`. */
+  code: WithheldCode;
+  /** The room of the session. */
+  roomId: string;
+  /** The Megolm session id. */
+  sessionId: string;
+}
+
+/** A channel notice: the sender device could not set up an Olm session with us. */
+export interface NoOlmWithheldNotice extends NoticeBase {
+  /** Discriminant. */
+  kind: 'no_olm';
+  /** Always `m.no_olm`. */
+  code: 'm.no_olm';
+}
+
+/** A received `m.room_key.withheld` notice; switch on `kind`. */
+export type WithheldNotice = RoomWithheldNotice | NoOlmWithheldNotice;
+
+/** How much of a session a withheld explanation covers. */
+export type WithheldScope =
+  /** We have no key for the session at all; a room notice covers it. */
+  | 'session'
+  /** We hold the session from a later index; the messages before it were withheld. */
+  | 'before-first-index'
+  /** The sender's device had no Olm channel to us when it sent the message. */
+  | 'no_olm';
+
+/** Why a message cannot be decrypted, attached to {@link DecryptionError.withheld}. */
+export interface WithheldExplanation {
+  /** The withheld code. */
+  code: WithheldCode;
+  /** The sender's reason text, if it gave one. */
+  reason: string | null;
+  /** What the notice covers. */
+  scope: WithheldScope;
+}
+
+/** A withheld record of a session (see {@link OlmMachine.getWithheldRecords}). */
+export interface WithheldRecord {
+  /** The withheld code. */
+  code: WithheldCode;
+  /** The reason text, if any. */
+  reason: string | null;
+  /** The room. */
+  roomId: string;
+  /** The session. */
+  sessionId: string;
+  /** Who sent it. */
+  sender: string;
+  /** The key it claims (the session creator's). */
+  senderKey: string;
+  /** The sending device, if named. */
+  fromDevice: string | null;
+  /** When it arrived, ms since the epoch. */
+  receivedAt: number;
+  /** A notice from the creator, a forwarded key's `withheld` property, or an imported export. */
+  source: 'notice' | 'forwarded_key' | 'key_export';
+}
+
+/** An `m.no_olm` notice we received from one device (see {@link OlmMachine.getNoOlmNotices}). */
+export interface NoOlmRecord {
+  /** The sending user. */
+  sender: string;
+  /** The sending device's Curve25519 key. */
+  senderKey: string;
+  /** The sending device, if named. */
+  fromDevice: string | null;
+  /** The reason, if any. */
+  reason: string | null;
+  /** When it arrived, ms since the epoch. */
+  receivedAt: number;
+}
+
+/** Counters of received notices since the machine was opened. */
+export interface WithheldMetrics {
+  /** Notices accepted (trusted, unconfirmed, or answers to our key requests). */
+  acceptedNotices: number;
+  /** Notices ignored because they contradict the session's creator or the sender's devices. */
+  spoofedNotices: number;
+  /** Notices ignored because required fields were missing. */
+  malformedNotices: number;
+}

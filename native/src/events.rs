@@ -93,6 +93,7 @@ struct RoomKeyOut {
 struct SyncOut<'a> {
     to_device_events: Vec<ProcessedOut<'a>>,
     room_key_updates: Vec<RoomKeyOut>,
+    withheld_notices: Vec<Value>,
 }
 
 fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
@@ -137,7 +138,7 @@ pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, Option<Str
 }
 
 /// Serialise the result of `receive_sync_changes`.
-pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo]) -> napi::Result<String> {
+pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo], withheld_notices: Vec<Value>) -> napi::Result<String> {
     let to_device_events = events
         .iter()
         .map(|e| match e {
@@ -160,7 +161,7 @@ pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo]) -> n
             session_id: k.session_id.clone(),
         })
         .collect();
-    serde_json::to_string(&SyncOut { to_device_events, room_key_updates }).map_err(crate::errors::internal)
+    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices }).map_err(crate::errors::internal)
 }
 
 fn shield(state: ShieldState) -> Value {
@@ -224,23 +225,28 @@ pub fn decrypted_room_event(event: &RawValue, info: &EncryptionInfo, sender_devi
     .map_err(crate::errors::internal)
 }
 
-/// Stable codes for `DecryptionError.code`, shared with `src/errors.ts`.
-pub fn decryption_error(err: MegolmError, session_id: Option<&str>) -> napi::Error {
+/// The stable `DecryptionError.code` of a crate error.
+pub fn decryption_code(err: &MegolmError) -> &'static str {
     use vodozemac::megolm::DecryptionError as VDecryption;
-    let (kind, withheld) = match &err {
-        MegolmError::MissingRoomKey(code) => ("MissingRoomKey", code.as_ref().map(|c| c.as_str().to_owned())),
-        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => ("UnknownMessageIndex", None),
-        MegolmError::Decryption(_) => ("DecryptionFailed", None),
-        MegolmError::MismatchedIdentityKeys(_) => ("MismatchedIdentityKeys", None),
-        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => ("MismatchedSender", None),
-        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => ("MalformedEvent", None),
-        MegolmError::SenderIdentityNotTrusted(_) => ("SenderIdentityNotTrusted", None),
-        MegolmError::Store(e) => return crate::errors::store(e),
-    };
+    match err {
+        MegolmError::MissingRoomKey(_) => "MissingRoomKey",
+        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => "UnknownMessageIndex",
+        MegolmError::Decryption(_) => "DecryptionFailed",
+        MegolmError::MismatchedIdentityKeys(_) => "MismatchedIdentityKeys",
+        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => "MismatchedSender",
+        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => "MalformedEvent",
+        MegolmError::SenderIdentityNotTrusted(_) => "SenderIdentityNotTrusted",
+        MegolmError::Store(_) => "StoreError",
+    }
+}
+
+/// A typed decryption error; `withheld` is the validated explanation, if any.
+pub fn decryption_error(kind: &str, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
+    let withheld_code = withheld.as_ref().and_then(|w| w.get("code").cloned());
     typed(
         code::DECRYPTION,
-        err.to_string(),
-        json!({ "decryptionCode": kind, "sessionId": session_id, "withheldCode": withheld }),
+        message,
+        json!({ "decryptionCode": kind, "sessionId": session_id, "withheld": withheld, "withheldCode": withheld_code }),
     )
 }
 

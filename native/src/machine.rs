@@ -30,7 +30,7 @@ use crate::{
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
-    withheld::{policy::SendPolicy, Withheld, WithheldError},
+    withheld::{inbound, ledger, policy::SendPolicy, Withheld, WithheldError},
 };
 
 /// Identity keys of this device.
@@ -320,7 +320,8 @@ impl NativeMachine {
                 self.withheld.olm_session_established(&machine, &user, &device).await.map_err(withheld_error)?;
             }
         }
-        events::sync_result(&processed, &keys)
+        let notices = inbound::process(&machine, &self.withheld.metrics, &processed, &keys).await.map_err(withheld_error)?;
+        events::sync_result(&processed, &keys, notices.iter().map(|n| n.to_json()).collect())
     }
 
     /// Requests the machine wants sent now: key uploads, key queries, to-device messages.
@@ -418,6 +419,30 @@ impl NativeMachine {
         serde_json::to_string(&self.withheld.policy()).map_err(internal)
     }
 
+    /// The withheld records of a session (one per sender and source), as a JSON array.
+    #[napi]
+    pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<String> {
+        let machine = self.machine()?;
+        let room = ids::room_id("roomId", &room_id)?;
+        let records = ledger::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)?;
+        serde_json::to_string(&records).map_err(internal)
+    }
+
+    /// The `m.no_olm` notices received from a user's devices, as a JSON array.
+    #[napi]
+    pub async fn no_olm_notices(&self, user_id: String) -> Result<String> {
+        let machine = self.machine()?;
+        let user = ids::user_id("userId", &user_id)?;
+        let list = ledger::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
+        serde_json::to_string(&list).map_err(internal)
+    }
+
+    /// Counters of received withheld notices, as JSON.
+    #[napi]
+    pub fn withheld_metrics(&self) -> Result<String> {
+        serde_json::to_string(&self.withheld.metrics.snapshot()).map_err(internal)
+    }
+
     /// The `m.no_olm` state of a recipient device as JSON, or null if it was never notified.
     #[napi]
     pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<String>> {
@@ -466,13 +491,28 @@ impl NativeMachine {
         let room_id = ids::room_id("roomId", &room_id)?;
         let raw: Raw<matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent> =
             parse_json("event", &event_json)?;
-        let session_id = raw.get_field::<serde_json::Value>("content").ok().flatten().and_then(|c| {
-            c.get("session_id").and_then(|s| s.as_str()).map(str::to_owned)
-        });
-        let decrypted = machine
-            .decrypt_room_event(&raw, &room_id, &events::decryption_settings())
-            .await
-            .map_err(|e| events::decryption_error(e, session_id.as_deref()))?;
+        let result = machine.decrypt_room_event(&raw, &room_id, &events::decryption_settings()).await;
+        let decrypted = match result {
+            Ok(d) => d,
+            Err(matrix_sdk_crypto::MegolmError::Store(e)) => return Err(errors::store(e)),
+            Err(err) => {
+                let event: serde_json::Value = serde_json::from_str(&event_json).unwrap_or_default();
+                let session_id = event.pointer("/content/session_id").and_then(|v| v.as_str()).map(str::to_owned);
+                let mut kind = events::decryption_code(&err);
+                let mut withheld = None;
+                if matches!(kind, "MissingRoomKey" | "UnknownMessageIndex") {
+                    let (below_first_index, explanation) =
+                        inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
+                    kind = if below_first_index { "UnknownMessageIndex" } else { "MissingRoomKey" };
+                    withheld = explanation.map(|e| serde_json::to_value(e).unwrap_or_default());
+                }
+                let message = match &withheld {
+                    Some(w) => format!("{err} (withheld: {})", w["code"].as_str().unwrap_or_default()),
+                    None => err.to_string(),
+                };
+                return Err(events::decryption_error(kind, message, session_id.as_deref(), withheld));
+            }
+        };
         let info = &decrypted.encryption_info;
         let sender_device_verified = match &info.sender_device {
             Some(d) => machine.get_device(&info.sender, d, None).await.map_err(errors::store)?.map(|d| d.is_verified()),

@@ -3,6 +3,10 @@
 //! forwarded-key metadata). Plain Rust, no N-API, so it is unit-tested with `cargo test`.
 
 pub mod codes;
+pub mod explain;
+pub mod inbound;
+pub mod ledger;
+pub mod received;
 pub mod no_olm;
 pub mod policy;
 pub mod share;
@@ -73,6 +77,8 @@ pub struct ShareOutcome {
 
 /// Per-machine withheld state.
 pub struct Withheld {
+    /// Counters of received notices.
+    pub metrics: ledger::Metrics,
     policy: RwLock<SendPolicy>,
     /// The crate re-issues a pending withheld request on every share until it is marked sent;
     /// remember how we filtered it so every copy is the same.
@@ -84,6 +90,7 @@ pub struct Withheld {
 impl Withheld {
     pub fn new(policy: SendPolicy) -> Self {
         Self {
+            metrics: ledger::Metrics::default(),
             policy: RwLock::new(policy),
             filtered: Mutex::new(HashMap::new()),
             no_olm: tokio::sync::Mutex::new(NoOlmLedger::default()),

@@ -1,0 +1,243 @@
+//! Received withheld notices: parsing (keeping the reason the crate drops), validation against
+//! the session creator and the sender's devices (spoofing), and the records we persist.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::codes;
+
+/// Where a room-scoped record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An `m.room_key.withheld` notice from the session's creator.
+    Notice,
+    /// The `withheld` property of an `m.forwarded_room_key` from one of our verified devices.
+    ForwardedKey,
+    /// The withheld field of an imported room-key export.
+    KeyExport,
+}
+
+/// A room-scoped withheld record: why (part of) a session is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRecord {
+    pub code: String,
+    pub reason: Option<String>,
+    pub room_id: String,
+    pub session_id: String,
+    pub sender: String,
+    pub sender_key: String,
+    pub from_device: Option<String>,
+    pub received_at: u64,
+    pub source: Source,
+}
+
+/// A channel notice (`m.no_olm`) from one device of a sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NoOlmRecord {
+    pub sender: String,
+    pub sender_key: String,
+    pub from_device: Option<String>,
+    pub reason: Option<String>,
+    pub received_at: u64,
+}
+
+/// A notice as received, before validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Room(RoomRecord),
+    NoOlm(NoOlmRecord),
+}
+
+impl Notice {
+    pub fn sender(&self) -> &str {
+        match self {
+            Notice::Room(r) => &r.sender,
+            Notice::NoOlm(n) => &n.sender,
+        }
+    }
+    pub fn sender_key(&self) -> &str {
+        match self {
+            Notice::Room(r) => &r.sender_key,
+            Notice::NoOlm(n) => &n.sender_key,
+        }
+    }
+    pub fn from_device(&self) -> Option<&str> {
+        match self {
+            Notice::Room(r) => r.from_device.as_deref(),
+            Notice::NoOlm(n) => n.from_device.as_deref(),
+        }
+    }
+}
+
+/// Parse the content of an `m.room_key.withheld` event sent by `sender`. `None` for a notice
+/// that lacks what the spec requires (it is counted as malformed, never trusted).
+pub fn parse(sender: &str, content: &Map<String, Value>, now_ms: u64) -> Option<Notice> {
+    let code = codes::str_field(content, "code")?.to_owned();
+    let sender_key = codes::str_field(content, "sender_key")?.to_owned();
+    let reason = codes::str_field(content, "reason").map(str::to_owned);
+    let from_device = codes::str_field(content, "from_device").map(str::to_owned);
+    if code.is_empty() || sender_key.is_empty() {
+        return None;
+    }
+    if code == codes::NO_OLM {
+        return Some(Notice::NoOlm(NoOlmRecord { sender: sender.to_owned(), sender_key, from_device, reason, received_at: now_ms }));
+    }
+    let room_id = codes::str_field(content, "room_id")?.to_owned();
+    let session_id = codes::str_field(content, "session_id")?.to_owned();
+    Some(Notice::Room(RoomRecord {
+        code,
+        reason,
+        room_id,
+        session_id,
+        sender: sender.to_owned(),
+        sender_key,
+        from_device,
+        received_at: now_ms,
+        source: Source::Notice,
+    }))
+}
+
+/// What we know that can confirm or contradict a notice.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The Curve25519 key of the session's creator, and its user when known, if we hold the session.
+    pub session_creator: Option<(String, Option<String>)>,
+    /// The known devices of the notice's sender: (device id, Curve25519 key). Empty when unknown.
+    pub sender_devices: Vec<(String, String)>,
+    /// Our own user id.
+    pub own_user: String,
+}
+
+/// The verdict on a notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Sender and key match what we know of the session's creator or the sender's devices.
+    Trusted,
+    /// Nothing known contradicts it, nothing confirms it yet (the sender's devices are unknown).
+    Unconfirmed,
+    /// An answer from another of our own devices to our key request: true, but not from the
+    /// session's creator, so it does not explain missing messages.
+    KeyRequestAnswer,
+    /// Contradicts what we know: ignored for explanations and counted.
+    Spoofed,
+}
+
+/// Validate a notice (MSC2399 security note: only the session creator's notices count).
+pub fn validate(notice: &Notice, facts: &Facts) -> Verdict {
+    let key = notice.sender_key();
+    let key_owner = facts.sender_devices.iter().find(|(_, k)| k == key);
+    let device_matches = match (notice.from_device(), key_owner) {
+        (Some(dev), Some((owner, _))) => dev == owner,
+        _ => true,
+    };
+    let key_is_senders = !facts.sender_devices.is_empty() && key_owner.is_some() && device_matches;
+    if !facts.sender_devices.is_empty() && !key_is_senders {
+        return Verdict::Spoofed;
+    }
+    if let (Notice::Room(_), Some((creator_key, creator_user))) = (notice, &facts.session_creator) {
+        let creator_user_ok = creator_user.as_deref().is_none_or(|u| u == notice.sender());
+        if creator_key == key && creator_user_ok {
+            return Verdict::Trusted;
+        }
+        if notice.sender() == facts.own_user && key_is_senders {
+            return Verdict::KeyRequestAnswer;
+        }
+        return Verdict::Spoofed;
+    }
+    if key_is_senders {
+        Verdict::Trusted
+    } else {
+        Verdict::Unconfirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn content(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn room(sender: &str, key: &str) -> Notice {
+        parse(
+            sender,
+            &content(json!({"algorithm":"m.megolm.v1.aes-sha2","code":"m.unverified","reason":"verify!","room_id":"!r:x","session_id":"S","sender_key":key})),
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parse_keeps_the_reason_and_custom_codes() {
+        let n = room("@a:x", "KA");
+        let Notice::Room(r) = &n else { panic!() };
+        assert_eq!(r.reason.as_deref(), Some("verify!"));
+        let custom = parse("@a:x", &content(json!({"code":"com.example.policy","room_id":"!r:x","session_id":"S","sender_key":"K"})), 1);
+        assert!(matches!(custom, Some(Notice::Room(r)) if r.code == "com.example.policy"));
+    }
+
+    #[test]
+    fn parse_no_olm_needs_no_room() {
+        let n = parse("@a:x", &content(json!({"code":"m.no_olm","sender_key":"KA","from_device":"A"})), 5).unwrap();
+        assert_eq!(n, Notice::NoOlm(NoOlmRecord { sender: "@a:x".into(), sender_key: "KA".into(), from_device: Some("A".into()), reason: None, received_at: 5 }));
+    }
+
+    #[test]
+    fn parse_rejects_notices_missing_required_fields() {
+        assert!(parse("@a:x", &content(json!({"code":"m.unverified","sender_key":"K"})), 1).is_none(), "room code without room");
+        assert!(parse("@a:x", &content(json!({"code":"m.no_olm"})), 1).is_none(), "no sender_key");
+        assert!(parse("@a:x", &content(json!({"sender_key":"K"})), 1).is_none(), "no code");
+    }
+
+    fn facts(creator: Option<(&str, Option<&str>)>, devices: &[(&str, &str)]) -> Facts {
+        Facts {
+            session_creator: creator.map(|(k, u)| (k.to_owned(), u.map(str::to_owned))),
+            sender_devices: devices.iter().map(|(d, k)| (d.to_string(), k.to_string())).collect(),
+            own_user: "@me:x".into(),
+        }
+    }
+
+    #[test]
+    fn the_creators_notice_is_trusted() {
+        assert_eq!(validate(&room("@a:x", "KA"), &facts(Some(("KA", Some("@a:x"))), &[("A", "KA")])), Verdict::Trusted);
+        assert_eq!(validate(&room("@a:x", "KA"), &facts(Some(("KA", None)), &[])), Verdict::Trusted);
+        assert_eq!(validate(&room("@a:x", "KA"), &facts(None, &[("A", "KA")])), Verdict::Trusted);
+    }
+
+    #[test]
+    fn a_third_party_claiming_the_creators_key_is_spoofed() {
+        // Mallory (whose devices we know) sends a notice with Alice's key about Alice's session.
+        assert_eq!(validate(&room("@mallory:x", "KA"), &facts(Some(("KA", Some("@a:x"))), &[("M", "KM")])), Verdict::Spoofed);
+        // Mallory's devices unknown, but the session's creator is Alice.
+        assert_eq!(validate(&room("@mallory:x", "KA"), &facts(Some(("KA", Some("@a:x"))), &[])), Verdict::Spoofed);
+        // Mallory's own key on someone else's session.
+        assert_eq!(validate(&room("@mallory:x", "KM"), &facts(Some(("KA", None)), &[("M", "KM")])), Verdict::Spoofed);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_senders_is_spoofed() {
+        assert_eq!(validate(&room("@a:x", "KX"), &facts(None, &[("A", "KA")])), Verdict::Spoofed);
+    }
+
+    #[test]
+    fn a_from_device_that_does_not_own_the_key_is_spoofed() {
+        let n = parse("@a:x", &content(json!({"code":"m.no_olm","sender_key":"KA","from_device":"OTHER"})), 1).unwrap();
+        assert_eq!(validate(&n, &facts(None, &[("A", "KA"), ("OTHER", "KO")])), Verdict::Spoofed);
+    }
+
+    #[test]
+    fn nothing_known_leaves_it_unconfirmed() {
+        assert_eq!(validate(&room("@a:x", "KA"), &facts(None, &[])), Verdict::Unconfirmed);
+    }
+
+    #[test]
+    fn our_own_devices_refusals_are_key_request_answers() {
+        assert_eq!(validate(&room("@me:x", "KME2"), &facts(Some(("KA", Some("@a:x"))), &[("ME2", "KME2")])), Verdict::KeyRequestAnswer);
+    }
+}
