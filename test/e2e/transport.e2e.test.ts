@@ -1,8 +1,9 @@
 // End-to-end tests of HomeserverTransport against a real Synapse on 127.0.0.1.
 // Needs scripts/install-synapse.sh to have run; start with `npx vitest run -c test/e2e/vitest.config.ts`.
-import { createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HomeserverError, HomeserverTransport, toSyncChanges } from '../../src/transport';
+import { b64, rawPublicKey, signJson, verifyJson } from './raw-device';
 import { startSynapse, type Homeserver, type TestUser } from './synapse';
 
 let hs: Homeserver;
@@ -33,44 +34,6 @@ beforeEach((ctx) => {
     console.error(`--- Synapse log tail (${ctx.task.name}) ---\n${hs.logTail(50)}`);
   });
 });
-
-// ---- a little Matrix key material, made with node:crypto ----
-
-function b64(buf: Buffer): string {
-  return buf.toString('base64').replace(/=+$/, '');
-}
-
-function rawPublicKey(key: KeyObject): Buffer {
-  // SPKI DER of ed25519/x25519 public keys ends with the 32 raw key bytes.
-  const der = key.export({ format: 'der', type: 'spki' });
-  return der.subarray(der.length - 32);
-}
-
-/** Matrix canonical JSON: sorted keys, no whitespace. */
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const o = value as Record<string, unknown>;
-    return `{${Object.keys(o)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
-
-function signJson(obj: Record<string, unknown>, privateKey: KeyObject): string {
-  const { signatures: _s, unsigned: _u, ...rest } = obj;
-  return b64(sign(null, Buffer.from(canonicalJson(rest)), privateKey));
-}
-
-function verifyJson(obj: Record<string, unknown>, signature: string, ed25519Raw: Buffer): boolean {
-  const { signatures: _s, unsigned: _u, ...rest } = obj;
-  // Rebuild an SPKI key object from the raw 32 bytes.
-  const spkiPrefix = Buffer.from('302a300506032b6570032100', 'hex');
-  const key = createPublicKey({ key: Buffer.concat([spkiPrefix, ed25519Raw]), format: 'der', type: 'spki' });
-  return verify(null, Buffer.from(canonicalJson(rest)), key, Buffer.from(signature, 'base64'));
-}
 
 async function syncUntil<T>(
   t: HomeserverTransport,
