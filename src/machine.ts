@@ -56,6 +56,12 @@ export interface OpenOptions {
   store: StoreOptions;
   /** Which withheld notices to send; default: every code, with default reasons. */
   withheld?: WithheldPolicy;
+  /**
+   * On a trusted `m.no_olm` notice, claim a one-time key of the sender device, create an Olm
+   * session and send it an encrypted `m.dummy`, so it can reach us next time (at most once per
+   * device per hour, persisted). Default: `true`.
+   */
+  reactToNoOlm?: boolean;
 }
 
 /** What {@link OlmMachine.shareRoomKey} returns. */
@@ -167,8 +173,19 @@ export class OlmMachine {
     const passphrase =
       store.kind === 'sqlite' && store.passphrase !== undefined ? requireString('store.passphrase', store.passphrase) : undefined;
     const withheldPolicy = options.withheld === undefined ? undefined : jsonArg('withheld', options.withheld);
+    if (options.reactToNoOlm !== undefined && typeof options.reactToNoOlm !== 'boolean') {
+      throw new MatrixCryptoError('InvalidArgument', 'reactToNoOlm: must be a boolean', 'reactToNoOlm');
+    }
     const inner = await native(() =>
-      openMachine({ userId, deviceId, storeKind: kind, storePath: path, storePassphrase: passphrase, withheldPolicy }),
+      openMachine({
+        userId,
+        deviceId,
+        storeKind: kind,
+        storePath: path,
+        storePassphrase: passphrase,
+        withheldPolicy,
+        reactToNoOlm: options.reactToNoOlm,
+      }),
     );
     return new OlmMachine(inner);
   }
@@ -354,6 +371,12 @@ export class OlmMachine {
   /** The machine-wide withheld policy. */
   get withheldPolicy(): WithheldPolicy {
     return JSON.parse(nativeSync(() => this.#inner.withheldPolicy())) as WithheldPolicy;
+  }
+
+  /** Turn the reaction to `m.no_olm` notices on or off (see {@link OpenOptions.reactToNoOlm}). */
+  setReactToNoOlm(on: boolean): void {
+    if (typeof on !== 'boolean') throw new MatrixCryptoError('InvalidArgument', 'on: must be a boolean', 'on');
+    this.#inner.setReactToNoOlm(on);
   }
 
   /** Replace the machine-wide withheld policy (not persisted: pass it to {@link open} too). */

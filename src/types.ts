@@ -71,6 +71,8 @@ export interface SyncResult {
   roomKeyUpdates: RoomKeyUpdate[];
   /** Withheld notices in this batch (plain or inside encrypted events), with their verdict. */
   withheldNotices: WithheldNotice[];
+  /** How each incoming room-key request in this batch was answered. */
+  keyRequestAnswers: KeyRequestAnswer[];
 }
 
 /** The lock icon a client would show next to a message. */
@@ -157,7 +159,7 @@ export type SharingStrategy =
   /** Like `all_devices`, but fail if a verified user has unsigned devices or changed identity. */
   | 'error_on_verified_user_problem';
 
-import type { WithheldNotice, WithheldPolicy } from './withheld';
+import type { KeyRequestAnswer, WithheldNotice, WithheldPolicy } from './withheld';
 
 /** Settings for {@link OlmMachine.shareRoomKey}; every field has a default. */
 export interface ShareSettings {

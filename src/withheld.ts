@@ -190,4 +190,27 @@ export interface WithheldMetrics {
   spoofedNotices: number;
   /** Notices ignored because required fields were missing. */
   malformedNotices: number;
+  /** Incoming room-key requests dropped by the flood bounds. */
+  rateLimitedKeyRequests: number;
+}
+
+/** What the machine did with one incoming room-key request (see {@link SyncResult.keyRequestAnswers}). */
+export interface KeyRequestAnswer {
+  /** The requesting user. */
+  sender: string;
+  /** The requesting device. */
+  requestingDevice: string;
+  /** The room of the requested session. */
+  roomId: string;
+  /** The requested session. */
+  sessionId: string;
+  /**
+   * `forwarded` (our own verified device gets the session from our first known index),
+   * the withheld code of the refusal (`m.unauthorised` for other users, `m.unverified` for our
+   * unverified devices, `m.unavailable` when we do not hold the session), `ignored` (an unknown
+   * device, or ourselves), or `rate_limited` (over the bounds; nothing is sent).
+   */
+  answer: 'forwarded' | 'ignored' | 'rate_limited' | WithheldCode;
+  /** False when nothing was queued: ignored, rate limited, or a refusal the policy suppresses. */
+  sent: boolean;
 }

@@ -94,6 +94,7 @@ struct SyncOut<'a> {
     to_device_events: Vec<ProcessedOut<'a>>,
     room_key_updates: Vec<RoomKeyOut>,
     withheld_notices: Vec<Value>,
+    key_request_answers: Vec<Value>,
 }
 
 fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
@@ -138,7 +139,12 @@ pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, Option<Str
 }
 
 /// Serialise the result of `receive_sync_changes`.
-pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo], withheld_notices: Vec<Value>) -> napi::Result<String> {
+pub fn sync_result(
+    events: &[ProcessedToDeviceEvent],
+    keys: &[RoomKeyInfo],
+    withheld_notices: Vec<Value>,
+    key_request_answers: Vec<Value>,
+) -> napi::Result<String> {
     let to_device_events = events
         .iter()
         .map(|e| match e {
@@ -161,7 +167,7 @@ pub fn sync_result(events: &[ProcessedToDeviceEvent], keys: &[RoomKeyInfo], with
             session_id: k.session_id.clone(),
         })
         .collect();
-    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices }).map_err(crate::errors::internal)
+    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices, key_request_answers }).map_err(crate::errors::internal)
 }
 
 fn shield(state: ShieldState) -> Value {

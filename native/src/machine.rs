@@ -26,11 +26,12 @@ use serde_json::json;
 
 use crate::{
     devices,
+    withheld,
     errors::{self, code, internal, invalid, parse_json, typed},
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
-    withheld::{inbound, ledger, policy::SendPolicy, Withheld, WithheldError},
+    withheld::{inbound, ledger, outgoing::Queued, policy::SendPolicy, received::Notice, OwnSent, Withheld, WithheldError},
 };
 
 /// Identity keys of this device.
@@ -51,6 +52,8 @@ pub struct OpenOptions {
     pub store_passphrase: Option<String>,
     /// The machine-wide withheld policy as JSON (`{ send, reasons }`); default: send all codes.
     pub withheld_policy: Option<String>,
+    /// React to `m.no_olm` notices with a new Olm session and an `m.dummy`; default true.
+    pub react_to_no_olm: Option<bool>,
 }
 
 /// What `shareRoomKey` returns: the requests and a JSON summary of who got what.
@@ -119,6 +122,8 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         ),
         other => store_open_error(other),
     })?;
+    // Key requests are answered by our withheld layer (refusals, rate limits, `withheld`).
+    machine.set_room_key_forwarding_enabled(false);
     let keys = machine.identity_keys();
     Ok(NativeMachine {
         user_id: machine.user_id().to_string(),
@@ -126,7 +131,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         identity_keys: (keys.curve25519.to_base64(), keys.ed25519.to_base64()),
         inner: RwLock::new(Some(machine)),
         pending: Mutex::new(HashMap::new()),
-        withheld: Arc::new(Withheld::new(policy)),
+        withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
     })
 }
 
@@ -321,7 +326,18 @@ impl NativeMachine {
             }
         }
         let notices = inbound::process(&machine, &self.withheld.metrics, &processed, &keys).await.map_err(withheld_error)?;
-        events::sync_result(&processed, &keys, notices.iter().map(|n| n.to_json()).collect())
+        for n in &notices {
+            if let (Notice::NoOlm(record), withheld::received::Verdict::Trusted) = (&n.notice, n.verdict) {
+                self.withheld.react_to_no_olm(&machine, record).await.map_err(withheld_error)?;
+            }
+        }
+        let answers = self.withheld.answer_key_requests(&machine, &processed).await.map_err(withheld_error)?;
+        events::sync_result(
+            &processed,
+            &keys,
+            notices.iter().map(|n| n.to_json()).collect(),
+            answers.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect(),
+        )
     }
 
     /// Requests the machine wants sent now: key uploads, key queries, to-device messages.
@@ -329,7 +345,21 @@ impl NativeMachine {
     pub async fn outgoing_requests(&self) -> Result<Vec<NativeRequest>> {
         let machine = self.machine()?;
         let list = machine.outgoing_requests().await.map_err(errors::store)?;
-        let out = list.iter().map(requests::outgoing).collect::<Result<Vec<_>>>()?;
+        let mut out = list.iter().map(requests::outgoing).collect::<Result<Vec<_>>>()?;
+        for q in self.withheld.queued() {
+            out.push(match q {
+                Queued::ToDevice(r) => requests::to_device(&r)?,
+                Queued::Claim { id, body, .. } => NativeRequest {
+                    id,
+                    kind: "keys_claim".to_owned(),
+                    body,
+                    event_type: None,
+                    txn_id: None,
+                    room_id: None,
+                    version: None,
+                },
+            });
+        }
         self.remember(&out);
         Ok(out)
     }
@@ -353,7 +383,11 @@ impl NativeMachine {
             let txn: &TransactionId = id.as_str().into();
             machine.mark_request_as_sent(txn, parsed.as_incoming()).await.map_err(errors::olm)?;
         }
-        self.withheld.mark_own_request_sent(&machine, &id).await.map_err(withheld_error)?;
+        if let OwnSent::Claim { user, device, then } =
+            self.withheld.mark_own_request_sent(&machine, &id).await.map_err(withheld_error)?
+        {
+            self.withheld.after_claim(&machine, &user, &device, then).await.map_err(withheld_error)?;
+        }
         if let OwnedResponse::KeysClaim(claim) = &parsed {
             self.rearm_after_claim(&machine, claim).await?;
         }
@@ -403,6 +437,12 @@ impl NativeMachine {
         let requests = self.to_device_requests(outcome.requests.iter())?;
         let summary = json!({ "sharedWith": outcome.shared_with, "withheld": outcome.withheld }).to_string();
         Ok(ShareResult { requests, summary })
+    }
+
+    /// Turn the reaction to `m.no_olm` notices on or off.
+    #[napi]
+    pub fn set_react_to_no_olm(&self, on: bool) {
+        self.withheld.set_react_to_no_olm(on);
     }
 
     /// Replace the machine-wide withheld policy (JSON `{ send, reasons }`).

@@ -18,6 +18,7 @@ const NO_OLM_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_received";
 /// How many notices were received and how many were ignored, since the machine opened.
 #[derive(Default, Debug)]
 pub struct Metrics {
+    pub rate_limited: AtomicU64,
     pub accepted: AtomicU64,
     pub spoofed: AtomicU64,
     pub malformed: AtomicU64,
@@ -30,6 +31,7 @@ pub struct MetricsSnapshot {
     pub accepted_notices: u64,
     pub spoofed_notices: u64,
     pub malformed_notices: u64,
+    pub rate_limited_key_requests: u64,
 }
 
 impl Metrics {
@@ -38,6 +40,7 @@ impl Metrics {
             accepted_notices: self.accepted.load(Ordering::Relaxed),
             spoofed_notices: self.spoofed.load(Ordering::Relaxed),
             malformed_notices: self.malformed.load(Ordering::Relaxed),
+            rate_limited_key_requests: self.rate_limited.load(Ordering::Relaxed),
         }
     }
 

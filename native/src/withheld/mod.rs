@@ -5,15 +5,21 @@
 pub mod codes;
 pub mod explain;
 pub mod inbound;
+pub mod key_requests;
 pub mod ledger;
 pub mod received;
 pub mod no_olm;
+pub mod outgoing;
 pub mod policy;
+pub mod reactions;
 pub mod share;
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, RwLock,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -22,6 +28,7 @@ use ruma::{api::client::to_device::send_event_to_device::v3::Response as ToDevic
 
 use self::{
     no_olm::{Decision, NoOlmLedger, UserLedger},
+    outgoing::{Deferred, Queued},
     policy::SendPolicy,
     share::{DeviceRef, WithheldRecipient},
 };
@@ -68,6 +75,23 @@ enum OwnRequest {
     NoOlm(Vec<(String, String)>),
 }
 
+/// What marking one of our own requests as sent means for the caller.
+pub enum OwnSent {
+    /// Not ours: the crate's request.
+    NotOurs,
+    /// Ours, and nothing more to do.
+    Done,
+    /// Our one-device claim: give the response to the crate (it creates the Olm session), then
+    /// call [`Withheld::after_claim`].
+    Claim { user: String, device: String, then: Vec<Deferred> },
+}
+
+/// A queued request, and the key request it answers (so a cancellation can withdraw it).
+struct QueueEntry {
+    request: Queued,
+    answers: Option<(String, String, String)>,
+}
+
 /// The result of a share: the requests to send and who got what.
 pub struct ShareOutcome {
     pub requests: Vec<ToDeviceRequest>,
@@ -85,17 +109,57 @@ pub struct Withheld {
     filtered: Mutex<HashMap<String, Option<ToDeviceRequest>>>,
     no_olm: tokio::sync::Mutex<NoOlmLedger>,
     own: Mutex<HashMap<String, OwnRequest>>,
+    /// Requests we created that `outgoingRequests()` hands out until they are marked sent.
+    queue: Mutex<Vec<QueueEntry>>,
+    limiter: Mutex<key_requests::Limiter>,
+    react_to_no_olm: AtomicBool,
+    unwedge_lock: tokio::sync::Mutex<()>,
 }
 
 impl Withheld {
-    pub fn new(policy: SendPolicy) -> Self {
+    pub fn new(policy: SendPolicy, react_to_no_olm: bool) -> Self {
         Self {
+            queue: Mutex::new(Vec::new()),
+            limiter: Mutex::new(key_requests::Limiter::default()),
+            react_to_no_olm: AtomicBool::new(react_to_no_olm),
+            unwedge_lock: tokio::sync::Mutex::new(()),
             metrics: ledger::Metrics::default(),
             policy: RwLock::new(policy),
             filtered: Mutex::new(HashMap::new()),
             no_olm: tokio::sync::Mutex::new(NoOlmLedger::default()),
             own: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether trusted `m.no_olm` notices trigger a new Olm session and an `m.dummy`.
+    pub fn react_to_no_olm_enabled(&self) -> bool {
+        self.react_to_no_olm.load(Ordering::Relaxed)
+    }
+
+    pub fn set_react_to_no_olm(&self, on: bool) {
+        self.react_to_no_olm.store(on, Ordering::Relaxed);
+    }
+
+    /// Queue a request for `outgoingRequests()`.
+    pub fn enqueue(&self, request: Queued) {
+        self.queue.lock().expect("queue").push(QueueEntry { request, answers: None });
+    }
+
+    fn enqueue_answer(&self, request: Queued, answers: (&str, &str, &str)) {
+        let answers = Some((answers.0.to_owned(), answers.1.to_owned(), answers.2.to_owned()));
+        self.queue.lock().expect("queue").push(QueueEntry { request, answers });
+    }
+
+    /// Withdraw queued answers to requests that were cancelled before we sent them.
+    fn cancel_answers(&self, cancelled: &[(String, String, String)]) {
+        if !cancelled.is_empty() {
+            self.queue.lock().expect("queue").retain(|e| e.answers.as_ref().is_none_or(|a| !cancelled.contains(a)));
+        }
+    }
+
+    /// The requests we created that wait to be sent, oldest first.
+    pub fn queued(&self) -> Vec<Queued> {
+        self.queue.lock().expect("queue").iter().map(|e| e.request.clone()).collect()
     }
 
     pub fn policy(&self) -> SendPolicy {
@@ -213,13 +277,23 @@ impl Withheld {
         Ok(ShareOutcome { requests, shared_with, withheld })
     }
 
-    /// Handle the "sent" of a request we created. Returns false if it is not ours (the crate's).
-    pub async fn mark_own_request_sent(&self, machine: &OlmMachine, id: &str) -> Result<bool, WithheldError> {
+    /// Handle the "sent" of a request we created.
+    pub async fn mark_own_request_sent(&self, machine: &OlmMachine, id: &str) -> Result<OwnSent, WithheldError> {
+        let queued = {
+            let mut queue = self.queue.lock().expect("queue");
+            let at = queue.iter().position(|e| e.request.id() == id);
+            at.map(|i| queue.remove(i).request)
+        };
+        match queued {
+            Some(Queued::Claim { user, device, then, .. }) => return Ok(OwnSent::Claim { user, device, then }),
+            Some(Queued::ToDevice(_)) => return Ok(OwnSent::Done),
+            None => {}
+        }
         let own = self.own.lock().expect("own requests").remove(id);
         match own {
             None => {
                 self.filtered.lock().expect("filter cache").remove(id);
-                Ok(false)
+                Ok(OwnSent::NotOurs)
             }
             Some(OwnRequest::NoOlm(devices)) => {
                 let mut ledger = self.no_olm.lock().await;
@@ -234,14 +308,16 @@ impl Withheld {
                 for u in users {
                     Self::save_user(machine, &ledger, u).await?;
                 }
-                Ok(true)
+                Ok(OwnSent::Done)
             }
         }
     }
 
-    /// Whether `id` names a request this layer created.
+    /// Whether `id` names a request this layer created that the crate must not see (our
+    /// one-device claims are the exception: the crate must process their response).
     pub fn is_own_request(&self, id: &str) -> bool {
         self.own.lock().expect("own requests").contains_key(id)
+            || self.queue.lock().expect("queue").iter().any(|e| matches!(&e.request, Queued::ToDevice(r) if r.txn_id.as_str() == id))
     }
 
     /// An Olm session with a device was established now: re-arm its `m.no_olm` rule.
