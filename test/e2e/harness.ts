@@ -18,28 +18,51 @@ export interface HasLog {
 }
 
 /** Per-file Synapse and log printing; call once at the top level of a test file. */
-export function useHomeserver(): { hs: () => Homeserver; logs: (h: HasLog) => void } {
+export function useHomeserver(): {
+  hs: () => Homeserver;
+  logs: (h: HasLog) => void;
+  setup: (fn: () => Promise<void>, timeoutMs?: number) => void;
+} {
   let hs: Homeserver | undefined;
-  const logged: HasLog[] = [];
+  // Logs registered in a beforeAll hook belong to every test of the file; those registered in a
+  // test, to that test only.
+  const fileLogs: HasLog[] = [];
+  const testLogs: HasLog[] = [];
+  let inTest = false;
   beforeAll(async () => {
     hs = await startSynapse();
   });
   afterAll(async () => {
     await hs?.stop();
   });
+  const print = (label: string, list: HasLog[]): void => {
+    for (const h of list) console.error(`--- ${h.name} log tail (${label}) ---\n${h.logTail(40)}`);
+    if (hs) console.error(`--- Synapse log tail (${label}) ---\n${hs.logTail(80)}`);
+  };
   beforeEach((ctx) => {
-    logged.length = 0;
-    ctx.onTestFailed(() => {
-      for (const h of logged) console.error(`--- ${h.name} log tail (${ctx.task.name}) ---\n${h.logTail(40)}`);
-      if (hs) console.error(`--- Synapse log tail (${ctx.task.name}) ---\n${hs.logTail(80)}`);
+    testLogs.length = 0;
+    inTest = true;
+    ctx.onTestFinished(() => {
+      inTest = false;
     });
+    ctx.onTestFailed(() => print(ctx.task.name, [...fileLogs, ...testLogs]));
   });
   return {
     hs: () => {
       if (!hs) throw new Error('Synapse is not running');
       return hs;
     },
-    logs: (h) => logged.push(h),
+    logs: (h) => (inTest ? testLogs : fileLogs).push(h),
+    // A beforeAll hook that prints the logs when it fails.
+    setup: (fn, timeoutMs) =>
+      beforeAll(async () => {
+        try {
+          await fn();
+        } catch (err) {
+          print('setup', fileLogs);
+          throw err;
+        }
+      }, timeoutMs),
   };
 }
 
@@ -121,4 +144,29 @@ export async function syncUntilDecrypted(
     const state = last ? (last.kind === 'undecryptable' ? `${last.error.code}: ${last.error.message}` : last.kind) : 'never arrived';
     throw new Error(`${(err as Error).message} (last state: ${state})`);
   }
+}
+
+/**
+ * Keeps `client` syncing in the background (answering key requests, receiving keys) until the
+ * returned function is called; that function rethrows the first error of the loop. Do not call
+ * `syncOnce` on the client yourself meanwhile.
+ */
+export function keepSyncing(client: EncryptedClient): () => Promise<void> {
+  const abort = new AbortController();
+  const loop = (async () => {
+    while (!abort.signal.aborted) {
+      try {
+        await client.syncOnce({ timeoutMs: 500, signal: abort.signal });
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        throw err;
+      }
+    }
+  })();
+  // Surfaced by the stop function; keep Node from reporting it as unhandled meanwhile.
+  loop.catch(() => undefined);
+  return async () => {
+    abort.abort();
+    await loop;
+  };
 }

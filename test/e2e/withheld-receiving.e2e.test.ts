@@ -1,0 +1,162 @@
+// Withheld notices we receive, from independent senders on Synapse:
+// scenario 2 (a js-sdk user shares only with verified devices: our error says m.unverified) and
+// scenario 6 (key requests between the bot user's devices: verified ones get the key, an
+// unverified one gets m.unverified).
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import type { EncryptedClient, TimelineEvent } from '../../src/client';
+import type { WithheldNotice } from '../../src/withheld';
+import { keepSyncing, openBot, syncUntil, syncUntilDecrypted, useHomeserver } from './harness';
+import { JsSdkUser, waitFor } from './js-sdk-user';
+import type { TestUser } from './synapse';
+
+const { hs, logs, setup } = useHomeserver();
+const cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+async function jsUser(localpart: string): Promise<JsSdkUser> {
+  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
+  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
+  cleanup.push(() => u.stop());
+  return u;
+}
+
+async function device(user: TestUser): Promise<EncryptedClient> {
+  const c = await openBot(hs(), user);
+  cleanup.push(() => c.close());
+  return c;
+}
+
+/** Collects the withheld notices a client's machine receives. */
+function collectNotices(c: EncryptedClient): WithheldNotice[] {
+  const notices: WithheldNotice[] = [];
+  const stop = c.machine.on('withheld', (n) => notices.push(n));
+  cleanup.push(async () => stop());
+  return notices;
+}
+
+/** Syncs until the event is undecryptable with a withheld explanation, and returns the error. */
+async function syncUntilWithheld(c: EncryptedClient, eventId: string) {
+  let last: TimelineEvent | undefined;
+  try {
+    return await syncUntil(c, `withheld explanation for ${eventId}`, (items) => {
+      const item = items.find((i) => i.event.event_id === eventId);
+      last = item;
+      return item?.kind === 'undecryptable' && item.error.withheld ? item.error : undefined;
+    });
+  } catch (err) {
+    const state = last ? (last.kind === 'undecryptable' ? `${last.error.code}, withheld ${JSON.stringify(last.error.withheld)}` : last.kind) : 'never arrived';
+    throw new Error(`${(err as Error).message} (last state: ${state})`);
+  }
+}
+
+describe('scenario 2: the js-sdk user shares only with verified devices', () => {
+  it("our decryption error carries m.unverified from the js-sdk client's notice", async () => {
+    const alice = await jsUser('alice2');
+    const bot = await device(await hs().registerUser('bot2'));
+    const notices = collectNotices(bot);
+    alice.crypto.globalBlacklistUnverifiedDevices = true;
+    const roomId = await alice.createEncryptedRoom([bot.userId]);
+    await bot.transport.joinRoom(roomId);
+    await alice.waitForMember(roomId, bot.userId);
+
+    const m1 = await alice.sendText(roomId, 'only for verified devices');
+    const err = await syncUntilWithheld(bot, m1);
+    expect(err.code).toBe('MissingRoomKey');
+    expect(err.withheld).toMatchObject({ code: 'm.unverified', scope: 'session' });
+    expect(err.withheldCode).toBe('m.unverified');
+    const notice = notices.find((n) => n.kind === 'room' && n.sessionId === err.sessionId);
+    expect(notice).toMatchObject({ kind: 'room', code: 'm.unverified', sender: alice.user.userId, roomId, encrypted: false });
+
+    // alice verifies the bot's device: the session reaches us from its current index, and the
+    // earlier message stays explained by the notice.
+    await alice.crypto.setDeviceVerified(bot.userId, bot.deviceId, true);
+    const m2 = await alice.sendText(roomId, 'now that you are verified');
+    const got = await syncUntilDecrypted(bot, m2);
+    expect(got.decrypted.event.content.body).toBe('now that you are verified');
+    expect(got.event.content.session_id).toBe(err.sessionId);
+    const again = await bot.decryptEvent(roomId, (await bot.transport.roomMessages(roomId, undefined, 'b', 50)).chunk.find((e) => e.event_id === m1)!);
+    expect(again.kind).toBe('undecryptable');
+    if (again.kind === 'undecryptable') {
+      expect(again.error.withheld).toMatchObject({ code: 'm.unverified', scope: 'before-first-index' });
+    }
+  });
+});
+
+describe('scenario 6: key requests between our own devices', () => {
+  // alice sends a message the bot's first device can read; then two more devices of the bot user
+  // log in. Each trusts the first device (so it asks it for keys); the first device verified only
+  // the second. Both fail to decrypt the message and send a key request.
+  const fileCleanup: Array<() => Promise<void>> = [];
+  let alice: JsSdkUser;
+  let botUser: TestUser;
+  let d1: EncryptedClient;
+  let d2: EncryptedClient;
+  let d3: EncryptedClient;
+  let d3Notices: WithheldNotice[];
+  let roomId: string;
+  let m1: string;
+  let m1SenderKey: string | null;
+
+  setup(async () => {
+    alice = await JsSdkUser.start(hs().baseUrl, await hs().registerUser('alice6'));
+    fileCleanup.push(() => alice.stop());
+    logs({ name: 'js-sdk alice6', logTail: (n) => alice.logTail(n) });
+    botUser = await hs().registerUser('bot6');
+    d1 = await openBot(hs(), botUser);
+    fileCleanup.push(() => d1.close());
+    roomId = await alice.createEncryptedRoom([botUser.userId]);
+    await d1.transport.joinRoom(roomId);
+    await alice.waitForMember(roomId, botUser.userId);
+    m1 = await alice.sendText(roomId, 'a key worth asking for');
+    const atD1 = await syncUntilDecrypted(d1, m1);
+    expect(atD1.decrypted.event.content.body).toBe('a key worth asking for');
+    m1SenderKey = atD1.decrypted.senderCurve25519Key;
+    expect(m1SenderKey).toBeTruthy();
+
+    [d2, d3] = await Promise.all([
+      hs().login(botUser.userId, botUser.password).then((u) => openBot(hs(), u)),
+      hs().login(botUser.userId, botUser.password).then((u) => openBot(hs(), u)),
+    ]);
+    fileCleanup.push(() => d2.close(), () => d3.close());
+    const stop = d3.machine.on('withheld', (n) => d3Notices.push(n));
+    d3Notices = [];
+    fileCleanup.push(async () => stop());
+    for (const d of [d2, d3]) {
+      await d.machine.updateTrackedUsers([botUser.userId]);
+      await d.processOutgoingRequests();
+      await waitFor(`${d.deviceId} to know ${d1.deviceId}`, () => d.machine.getDevice(botUser.userId, d1.deviceId).then((x) => x ?? undefined));
+      await d.machine.setLocalTrust(botUser.userId, d1.deviceId, 'verified');
+    }
+    await waitFor(`${d1.deviceId} to know the new devices`, async () => {
+      await d1.syncOnce({ timeoutMs: 200 });
+      const known = await Promise.all([d2, d3].map((d) => d1.machine.getDevice(botUser.userId, d.deviceId)));
+      return known.every((k) => k !== null) ? true : undefined;
+    });
+    await d1.machine.setLocalTrust(botUser.userId, d2.deviceId, 'verified');
+    // From here on the first device syncs in the background, answering the key requests.
+    const stopD1 = keepSyncing(d1);
+    fileCleanup.push(stopD1);
+  }, 90_000);
+  afterAll(async () => {
+    for (const f of fileCleanup.splice(0).reverse()) await f();
+  });
+
+  it('the verified device gets the key', async () => {
+    const got = await syncUntilDecrypted(d2, m1, 30_000);
+    expect(got.decrypted.event.content.body).toBe('a key worth asking for');
+    expect(got.decrypted.sender).toBe(alice.user.userId);
+    // The forwarded key keeps the creator's identity: alice's device, not the forwarding one.
+    expect(got.decrypted.senderCurve25519Key).toBe(m1SenderKey);
+  });
+
+  it('the unverified device gets m.unverified', async () => {
+    const err = await syncUntilWithheld(d3, m1);
+    expect(err.code).toBe('MissingRoomKey');
+    expect(err.withheld).toMatchObject({ code: 'm.unverified' });
+    expect(d3Notices).toContainEqual(
+      expect.objectContaining({ kind: 'room', code: 'm.unverified', sender: botUser.userId, roomId, sessionId: err.sessionId }),
+    );
+  });
+});
