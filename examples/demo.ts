@@ -1,17 +1,40 @@
 /**
  * The README's demo: three devices on an in-process homeserver exchange encrypted messages,
  * with every key stored in SQLite in a temporary folder. Run with `npm run demo`.
+ *
+ * Against a real homeserver (Synapse, with `registration_shared_secret` set):
+ * `npm run demo -- --homeserver http://127.0.0.1:8008 --shared-secret SECRET`, or set
+ * MATRIX_HOMESERVER and MATRIX_SHARED_SECRET. See examples/demo-homeserver.ts.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DecryptionError, OlmMachine } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
+import { runHomeserverDemo, type HomeserverDemoOptions } from './demo-homeserver';
 
 const ROOM = '!demo:example.org';
 const step = (n: number, text: string) => console.log(`\n[${n}] ${text}`);
 
+/** `--homeserver URL --shared-secret S` (or `--flag=value`, or the environment), or null for the in-process demo. */
+function homeserverOptions(argv: string[]): HomeserverDemoOptions | null {
+  const flag = (name: string): string | undefined => {
+    const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+    if (i === -1) return undefined;
+    return argv[i]!.includes('=') ? argv[i]!.slice(argv[i]!.indexOf('=') + 1) : argv[i + 1];
+  };
+  const homeserver = flag('homeserver') ?? process.env.MATRIX_HOMESERVER;
+  const sharedSecret = flag('shared-secret') ?? process.env.MATRIX_SHARED_SECRET;
+  if (homeserver === undefined && sharedSecret === undefined) return null;
+  if (!homeserver || !sharedSecret) {
+    throw new Error('the homeserver demo needs both --homeserver URL and --shared-secret SECRET (or MATRIX_HOMESERVER and MATRIX_SHARED_SECRET)');
+  }
+  return { homeserver, sharedSecret };
+}
+
 async function main() {
+  const hsOptions = homeserverOptions(process.argv.slice(2));
+  if (hsOptions) return runHomeserverDemo(hsOptions);
   const dir = mkdtempSync(join(tmpdir(), 'matrix-crypto-node-demo-'));
   const store = (name: string) => ({ kind: 'sqlite' as const, path: join(dir, name) });
   try {
