@@ -662,12 +662,24 @@ impl NativeMachine {
     }
 }
 
-/// Drop a machine inside the tokio runtime: the SQLite pool hands its connections to
+/// Drop a machine inside a tokio runtime: the SQLite pool hands its connections to
 /// `spawn_blocking` on drop, which panics (and aborts Node) outside a runtime. `close()` and the
-/// JS garbage collector both run on the JS thread.
+/// JS garbage collector both run on the JS thread, and at process exit the finalizers of
+/// machines never closed run after napi-rs has shut its runtime down, so drops get a small
+/// runtime of their own that lives as long as the process.
 fn release(machine: Option<OlmMachine>) {
+    static DROP_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     if let Some(m) = machine {
-        napi::bindgen_prelude::within_runtime_if_available(move || drop(m));
+        let runtime = DROP_RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("mcn-release")
+                .enable_all()
+                .build()
+                .expect("tokio runtime for releasing machines")
+        });
+        let _guard = runtime.enter();
+        drop(m);
     }
 }
 

@@ -1,0 +1,121 @@
+// The published layout, end to end: `npm pack` the main package and the linux-x64-gnu platform
+// package, install the tarballs into fresh projects (the registry is only asked about the other
+// platforms' optional packages), and run a small encrypt/decrypt program from there.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { accessSync, constants, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+const repo = path.resolve(__dirname, '..');
+const { platformTag } = require('../native/platform') as { platformTag(): string };
+const tag = platformTag();
+
+const PROGRAM = `
+const { OlmMachine } = require('matrix-crypto-node');
+const { TestHomeserver, TestDevice } = require('matrix-crypto-node/testing');
+(async () => {
+  const hs = new TestHomeserver();
+  const alice = await TestDevice.create(hs, '@alice:example.org', 'ALICE');
+  const bob = await TestDevice.create(hs, '@bob:example.org', 'BOB');
+  const event = await alice.sendMessage('!room:example.org', [alice.userId, bob.userId], { msgtype: 'm.text', body: 'packed and shipped' });
+  await bob.sync();
+  const { event: clear } = await bob.machine.decryptRoomEvent(event, '!room:example.org');
+  console.log(JSON.stringify({ body: clear.content.body, ciphertext: event.content.algorithm, isClass: typeof OlmMachine.open }));
+})().catch((err) => { console.error(err.message); process.exit(1); });
+`;
+
+function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
+  return execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** A PATH without any directory that holds cargo: a machine without a Rust toolchain. */
+function pathWithoutCargo(): string {
+  return (process.env.PATH ?? '')
+    .split(path.delimiter)
+    .filter((dir) => {
+      try {
+        accessSync(path.join(dir, 'cargo'), constants.X_OK);
+        return false;
+      } catch {
+        return true;
+      }
+    })
+    .join(path.delimiter);
+}
+
+function freshProject(dir: string, tarballs: string[]) {
+  mkdirSync(dir);
+  writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: path.basename(dir), version: '1.0.0', private: true }));
+  writeFileSync(path.join(dir, 'program.js'), PROGRAM);
+  run('npm', ['install', '--no-audit', '--no-fund', ...tarballs], dir);
+}
+
+describe('npm pack, install into a fresh project, run', () => {
+  let tmp: string;
+  let mainTgz: string;
+  let platformTgz: string;
+
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(tmpdir(), 'mcn-pack-'));
+    // prepack compiles the TypeScript; the addon is the one `npm run build` made.
+    run('npm', ['pack', '--pack-destination', tmp], repo);
+    const platformDir = path.join(tmp, `platform-${tag}`);
+    cpSync(path.join(repo, 'npm', tag), platformDir, { recursive: true });
+    const addon = path.join(platformDir, `matrix-crypto-node.${tag}.node`);
+    cpSync(path.join(repo, 'native', `matrix-crypto-node.${tag}.node`), addon);
+    // The debug build carries ~100 MB of debug info; dropping it only makes packing faster.
+    spawnSync('strip', ['--strip-debug', addon]);
+    run('npm', ['pack', '--pack-destination', tmp], platformDir);
+    mainTgz = path.join(tmp, 'matrix-crypto-node-0.1.0.tgz');
+    platformTgz = path.join(tmp, `matrix-crypto-node-${tag}-0.1.0.tgz`);
+  }, 180_000);
+
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('ships the sources for a source build and no binary in the main package', () => {
+    const files = run('tar', ['-tzf', mainTgz], tmp).split('\n');
+    expect(files).toEqual(expect.arrayContaining(['package/native/src/lib.rs', 'package/Cargo.lock']));
+    expect(files.filter((f) => f.endsWith('.node'))).toEqual([]);
+  });
+
+  it('installs with the prebuilt platform package and encrypts/decrypts', () => {
+    const app = path.join(tmp, 'app');
+    freshProject(app, [mainTgz, platformTgz]);
+    const installed = path.join(app, 'node_modules', 'matrix-crypto-node');
+    // The addon comes from the platform package: nothing was built, nothing downloaded.
+    expect(readdirSync(path.join(installed, 'native')).filter((f) => f.endsWith('.node'))).toEqual([]);
+    expect(existsSync(path.join(installed, 'target'))).toBe(false);
+    const out = run(process.execPath, ['program.js'], app, { ...process.env, PATH: pathWithoutCargo() });
+    expect(JSON.parse(out)).toEqual({ body: 'packed and shipped', ciphertext: 'm.megolm.v1.aes-sha2', isClass: 'function' });
+  }, 180_000);
+
+  it('without a prebuilt addon and without cargo, fails with one error that says what to install', () => {
+    const app = path.join(tmp, 'app-no-prebuilt');
+    freshProject(app, [mainTgz]);
+    const result = spawnSync(process.execPath, ['program.js'], {
+      cwd: app,
+      encoding: 'utf8',
+      env: { ...process.env, PATH: pathWithoutCargo() },
+    });
+    expect(result.status).not.toBe(0);
+    expect(result.stderr).toContain(`matrix-crypto-node: no native addon for ${tag}`);
+    expect(result.stderr).toContain('cargo is not on PATH');
+    expect(result.stderr).toMatch(/install a Rust toolchain >= 1\.\d+ \(cargo, from https:\/\/rustup\.rs\)/);
+    expect(result.stderr).toContain('npx matrix-crypto-node-build');
+  }, 180_000);
+
+  // A release build of the whole dependency tree takes many minutes on two cores: opt in.
+  it.runIf(process.env.MCN_TEST_SOURCE_BUILD === '1')(
+    'without a prebuilt addon but with cargo, builds from source on first use',
+    () => {
+      const app = path.join(tmp, 'app-source-build');
+      freshProject(app, [mainTgz]);
+      const out = run(process.execPath, ['program.js'], app);
+      expect(JSON.parse(out)).toMatchObject({ body: 'packed and shipped' });
+      const native = path.join(app, 'node_modules', 'matrix-crypto-node', 'native');
+      expect(existsSync(path.join(native, `matrix-crypto-node.${tag}.node`))).toBe(true);
+    },
+    3_600_000,
+  );
+});
