@@ -9,9 +9,13 @@ mod bench;
 #[cfg(feature = "node")]
 mod devices;
 #[cfg(feature = "node")]
+mod diagnostics;
+#[cfg(feature = "node")]
 mod errors;
 #[cfg(feature = "node")]
 mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 #[cfg(feature = "node")]
 mod ids;
 #[cfg(feature = "node")]

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -94,6 +94,8 @@ pub struct NativeMachine {
     device_id: String,
     identity_keys: (String, String),
     withheld: Arc<Withheld>,
+    /// The SQLite store folder's lock, held until `close()` or garbage collection.
+    store_lock: Mutex<Option<store::StoreLock>>,
 }
 
 /// Open (or create) the account of `userId`/`deviceId` in the chosen store.
@@ -113,8 +115,8 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         },
         other => return Err(invalid("store.kind", format!("{other:?} is not one of sqlite, memory"))),
     };
-    let store = store::open(&config).await?;
-    let machine = OlmMachine::with_store(&user_id, &device_id, store, None).await.map_err(|e| match e {
+    let opened = store::open(&config).await?;
+    let machine = OlmMachine::with_store(&user_id, &device_id, opened.store, None).await.map_err(|e| match e {
         matrix_sdk_crypto::CryptoStoreError::MismatchedAccount { expected, got } => typed(
             code::STORE_MISMATCHED_ACCOUNT,
             format!("userId/deviceId: the store belongs to {} {}, not {} {}", expected.0, expected.1, got.0, got.1),
@@ -132,6 +134,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         inner: RwLock::new(Some(machine)),
         pending: Mutex::new(HashMap::new()),
         withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
+        store_lock: Mutex::new(opened.lock),
     })
 }
 
@@ -218,7 +221,7 @@ impl NativeMachine {
     }
 
     fn remember(&self, requests: &[NativeRequest]) {
-        let mut pending = self.pending.lock().expect("pending map lock");
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
         }
@@ -283,12 +286,13 @@ impl NativeMachine {
     }
 
     /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn close(&self) {
         if let Ok(mut inner) = self.inner.write() {
             release(inner.take());
         }
-        self.pending.lock().expect("pending map lock").clear();
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 
     /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
@@ -368,7 +372,7 @@ impl NativeMachine {
     #[napi]
     pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String) -> Result<()> {
         let machine = self.machine()?;
-        let known = self.pending.lock().expect("pending map lock").get(&id).cloned();
+        let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
         match known {
             None => {
                 return Err(invalid("id", format!("{id:?} is not a request this machine handed out (or it was already marked as sent)")))
@@ -391,7 +395,7 @@ impl NativeMachine {
         if let OwnedResponse::KeysClaim(claim) = &parsed {
             self.rearm_after_claim(&machine, claim).await?;
         }
-        self.pending.lock().expect("pending map lock").remove(&id);
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         Ok(())
     }
 
@@ -440,13 +444,13 @@ impl NativeMachine {
     }
 
     /// Turn the reaction to `m.no_olm` notices on or off.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_react_to_no_olm(&self, on: bool) {
         self.withheld.set_react_to_no_olm(on);
     }
 
     /// Replace the machine-wide withheld policy (JSON `{ send, reasons }`).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_withheld_policy(&self, policy_json: String) -> Result<()> {
         self.machine()?;
         self.withheld.set_policy(parse_policy("policy", &policy_json)?);
@@ -454,7 +458,7 @@ impl NativeMachine {
     }
 
     /// The machine-wide withheld policy as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn withheld_policy(&self) -> Result<String> {
         serde_json::to_string(&self.withheld.policy()).map_err(internal)
     }
@@ -478,7 +482,7 @@ impl NativeMachine {
     }
 
     /// Counters of received withheld notices, as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn withheld_metrics(&self) -> Result<String> {
         serde_json::to_string(&self.withheld.metrics.snapshot()).map_err(internal)
     }

@@ -1,0 +1,26 @@
+//! Hidden diagnostics for the reliability tests: a way to make the addon panic on purpose.
+//!
+//! Fuzzing found no input that makes the binding or the crate panic, yet the promise that "a
+//! Rust panic surfaces as a typed error and never aborts Node" must be tested against the real
+//! addon, on the real tokio runtime and through the real napi-rs trampolines. These exports do
+//! nothing else. They are not part of the TypeScript API (`src/` never re-exports them) and
+//! their `__` names keep them out of the way of anyone reading the generated binding.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+/// Panic inside an async method, on a tokio worker, as a bug in the crate or in this binding
+/// would. `owned` selects a `String` payload (`panic!("{x}")`) instead of a `&'static str` one.
+#[napi(js_name = "__panicForTest")]
+pub async fn panic_for_test(owned: bool) -> Result<()> {
+    if owned {
+        panic!("{}", String::from("deliberate panic for a test (owned message)"));
+    }
+    panic!("deliberate panic for a test");
+}
+
+/// Panic inside a synchronous method on the JS thread.
+#[napi(js_name = "__panicForTestSync", catch_unwind)]
+pub fn panic_for_test_sync() -> Result<()> {
+    panic!("deliberate panic for a test (synchronous)");
+}

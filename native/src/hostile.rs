@@ -1,0 +1,650 @@
+//! Hostile-input harness: feeds untrusted bytes to everything that parses network data, without
+//! N-API, so the same code runs under `cargo fuzz` (`fuzz/`) and in a bounded randomized unit
+//! test (`cargo test --no-default-features`).
+//!
+//! A real peer device ("bob") is set up against the target machine ("alice") at start: Olm
+//! session, shared room key, an encrypted room event, the homeserver's responses. Fuzz inputs
+//! are turned into *mutations* of those valid templates (replace, delete, truncate, retype or
+//! inflate any JSON node), so most inputs get past the JSON parser into Olm and Megolm
+//! decryption, signature checks, the withheld ledger and the key-request answers, and a few are
+//! fed in raw. Every input exercises one of:
+//! - a sync batch (to-device events including withheld notices and key requests, device-list
+//!   changes, one-time-key counts) through `receive_sync_changes` and the withheld layer;
+//! - an encrypted room event through `decrypt_room_event` and the withheld explanation;
+//! - a homeserver response (keys/query, keys/claim, keys/upload, to-device, signatures);
+//! - the pure parsers: withheld notices, key requests, sending policies, share filtering.
+//!
+//! A panic anywhere is the failure the fuzzer looks for. [`Harness::run`] also reports whether
+//! the input was rejected, so callers can check that rejected input changed nothing.
+
+use std::collections::BTreeMap;
+
+use matrix_sdk_crypto::{
+    types::{
+        events::room::encrypted::EncryptedEvent,
+        requests::{AnyOutgoingRequest, ToDeviceRequest},
+    },
+    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+};
+use ruma::{
+    api::{
+        client::{
+            keys::{claim_keys, get_keys, upload_keys, upload_signatures},
+            sync::sync_events::DeviceLists,
+            to_device::send_event_to_device,
+        },
+        IncomingResponse,
+    },
+    events::{AnyMessageLikeEventContent, AnyToDeviceEvent, AnyToDeviceEventContent},
+    serde::Raw,
+    to_device::DeviceIdOrAllDevices,
+    OneTimeKeyAlgorithm, OwnedUserId, RoomId, TransactionId, UInt, UserId,
+};
+use serde_json::{json, Map, Value};
+
+use crate::withheld::{
+    codes, explain, inbound, key_requests,
+    policy::SendPolicy,
+    received::{self, Facts, Notice, Verdict},
+    share, Withheld,
+};
+
+const ALICE: &str = "@alice:example.org";
+const BOB: &str = "@bob:example.org";
+const ROOM: &str = "!room:example.org";
+
+/// Largest string an input may inflate a node to: big enough to hit size limits in parsers,
+/// small enough to keep a fuzzing run fast.
+const MAX_INFLATE: usize = 64 * 1024;
+
+/// What one input did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The call under test returned an error (the input was refused as a whole).
+    pub rejected: bool,
+    /// The input reached a machine call (not only a pure parser).
+    pub reached_machine: bool,
+}
+
+/// Valid inputs made by a real peer, for the mutations to start from.
+struct Templates {
+    to_device: Vec<Value>,
+    room_event: Value,
+    keys_query: Value,
+    keys_claim: Value,
+    keys_upload: Value,
+    signature_upload: Value,
+    policy: Value,
+    facts: Value,
+}
+
+/// The machine under attack and what it needs.
+pub struct Harness {
+    rt: tokio::runtime::Runtime,
+    target: OlmMachine,
+    withheld: Withheld,
+    templates: Templates,
+}
+
+fn response<R: IncomingResponse>(body: &Value) -> Result<R, String> {
+    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let http = http::Response::builder().status(200).body(bytes).map_err(|e| e.to_string())?;
+    R::try_from_http_response(http).map_err(|e| e.to_string())
+}
+
+fn settings() -> DecryptionSettings {
+    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
+}
+
+/// Upload a machine's keys; returns its signed device keys and one-time keys as JSON.
+async fn upload(machine: &OlmMachine) -> (Value, Map<String, Value>) {
+    let mut device_keys = Value::Null;
+    let mut one_time_keys = Map::new();
+    for r in machine.outgoing_requests().await.expect("outgoing requests") {
+        if let AnyOutgoingRequest::KeysUpload(u) = r.request() {
+            device_keys = serde_json::to_value(&u.device_keys).expect("device keys");
+            for (id, key) in &u.one_time_keys {
+                one_time_keys.insert(id.to_string(), serde_json::to_value(key).expect("one-time key"));
+            }
+            let counts = json!({ "one_time_key_counts": { "signed_curve25519": u.one_time_keys.len() } });
+            let parsed: upload_keys::v3::Response = response(&counts).expect("upload response");
+            machine.mark_request_as_sent(r.request_id(), &parsed).await.expect("mark upload");
+        }
+    }
+    (device_keys, one_time_keys)
+}
+
+fn to_device_events(sender: &str, requests: &[std::sync::Arc<ToDeviceRequest>]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in requests {
+        for devices in r.messages.values() {
+            for content in devices.values() {
+                let content: Value = content.deserialize_as_unchecked().expect("request content");
+                out.push(json!({ "type": r.event_type.to_string(), "sender": sender, "content": content }));
+            }
+        }
+    }
+    out
+}
+
+impl Harness {
+    /// Set up alice (the target) and bob (a real peer) on memory stores.
+    pub fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let (target, templates) = rt.block_on(Self::setup());
+        let withheld = Withheld::new(SendPolicy::default(), true);
+        Self { rt, target, withheld, templates }
+    }
+
+    async fn setup() -> (OlmMachine, Templates) {
+        let (alice_id, bob_id) = (UserId::parse(ALICE).expect("id"), UserId::parse(BOB).expect("id"));
+        let room = RoomId::parse(ROOM).expect("room id");
+        let alice = OlmMachine::new(&alice_id, "ALICE".into()).await;
+        let bob = OlmMachine::new(&bob_id, "BOB".into()).await;
+        let (alice_keys, alice_otks) = upload(&alice).await;
+        let (bob_keys, _) = upload(&bob).await;
+
+        let keys_query = json!({
+            "device_keys": { ALICE: { "ALICE": alice_keys }, BOB: { "BOB": bob_keys } },
+            "failures": {},
+        });
+        for m in [&alice, &bob] {
+            m.update_tracked_users([alice_id.as_ref(), bob_id.as_ref()]).await.expect("track");
+            for r in m.outgoing_requests().await.expect("outgoing") {
+                if let AnyOutgoingRequest::KeysQuery(_) = r.request() {
+                    let parsed: get_keys::v3::Response = response(&keys_query).expect("query response");
+                    m.mark_request_as_sent(r.request_id(), &parsed).await.expect("mark query");
+                }
+            }
+        }
+
+        let (otk_id, otk) = alice_otks.iter().next().expect("alice uploaded one-time keys");
+        let keys_claim = json!({ "one_time_keys": { ALICE: { "ALICE": { otk_id.clone(): otk } } }, "failures": {} });
+        let (claim_id, _) = bob.get_missing_sessions([alice_id.as_ref()].into_iter()).await.expect("claim").expect("a claim");
+        let parsed: claim_keys::v3::Response = response(&keys_claim).expect("claim response");
+        bob.mark_request_as_sent(&claim_id, &parsed).await.expect("mark claim");
+
+        let shared = bob
+            .share_room_key(&room, [alice_id.as_ref(), bob_id.as_ref()].into_iter(), EncryptionSettings::default())
+            .await
+            .expect("share");
+        let mut to_device = to_device_events(BOB, &shared);
+        for r in &shared {
+            bob.mark_request_as_sent(&r.txn_id, &send_event_to_device::v3::Response::new()).await.expect("mark share");
+        }
+        let content: Raw<AnyMessageLikeEventContent> =
+            Raw::new(&json!({ "msgtype": "m.text", "body": "hello" })).expect("content").cast_unchecked();
+        let encrypted = bob.encrypt_room_event_raw(&room, "m.room.message", &content).await.expect("encrypt");
+        let encrypted: Value = encrypted.content.deserialize_as_unchecked().expect("encrypted content");
+        let session_id = encrypted["session_id"].clone();
+        let room_event = json!({
+            "type": "m.room.encrypted", "sender": BOB, "event_id": "$event:example.org",
+            "origin_server_ts": 1_700_000_000_000u64, "room_id": ROOM, "content": encrypted,
+        });
+
+        // Alice receives the room key once, so the room event decrypts before it is mutated.
+        let events: Vec<Raw<AnyToDeviceEvent>> =
+            to_device.iter().map(|e| Raw::new(e).expect("event").cast_unchecked()).collect();
+        let lists = DeviceLists::new();
+        let counts = BTreeMap::new();
+        alice
+            .receive_sync_changes(
+                EncryptionSyncChanges {
+                    to_device_events: events,
+                    changed_devices: &lists,
+                    one_time_keys_counts: &counts,
+                    unused_fallback_keys: None,
+                    next_batch_token: None,
+                },
+                &settings(),
+            )
+            .await
+            .expect("alice receives the room key");
+        let room_event_raw: Raw<EncryptedEvent> = Raw::new(&room_event).expect("event").cast_unchecked();
+        alice.decrypt_room_event(&room_event_raw, &room, &settings()).await.expect("the template decrypts");
+
+        let bob_curve = bob.identity_keys().curve25519.to_base64();
+        to_device.extend([
+            json!({ "type": codes::WITHHELD_EVENT_TYPE, "sender": BOB, "content": codes::room_notice(
+                codes::UNVERIFIED, "verify first", ROOM, session_id.as_str().unwrap_or_default(), &bob_curve, "BOB") }),
+            json!({ "type": codes::WITHHELD_EVENT_TYPE, "sender": BOB, "content": codes::no_olm_notice("no channel", &bob_curve, "BOB") }),
+            json!({ "type": "m.room_key_request", "sender": BOB, "content": {
+                "action": "request", "requesting_device_id": "BOB", "request_id": "r1",
+                "body": { "algorithm": codes::MEGOLM_V1, "room_id": ROOM, "session_id": session_id, "sender_key": bob_curve } } }),
+            json!({ "type": "m.room_key_request", "sender": ALICE, "content": {
+                "action": "request_cancellation", "requesting_device_id": "OTHER", "request_id": "r2" } }),
+            json!({ "type": "m.dummy", "sender": BOB, "content": {} }),
+        ]);
+        let templates = Templates {
+            to_device,
+            room_event,
+            keys_query,
+            keys_claim,
+            keys_upload: json!({ "one_time_key_counts": { "signed_curve25519": 50, "curve25519": 0 } }),
+            signature_upload: json!({ "failures": { BOB: { "BOB": { "errcode": "M_INVALID_SIGNATURE", "error": "bad" } } } }),
+            policy: json!({ "send": ["m.unverified", "com.example.code"], "reasons": { "m.unverified": "verify" } }),
+            facts: json!({ "creator": [bob_curve, BOB], "devices": [["BOB", bob_curve]], "own": ALICE }),
+        };
+        (alice, templates)
+    }
+
+    /// Number of to-device templates (for seed corpora: one seed per template).
+    pub fn to_device_templates(&self) -> usize {
+        self.templates.to_device.len()
+    }
+
+    /// Feed one input. Panics only if the code under test panics.
+    pub fn run(&self, data: &[u8]) -> Outcome {
+        let mut input = Input { data, pos: 0 };
+        match input.byte() % 6 {
+            0 => self.rt.block_on(self.sync(&mut input)),
+            1 => self.rt.block_on(self.raw_sync(input.rest())),
+            2 => self.rt.block_on(self.decrypt(&mut input)),
+            3 => self.rt.block_on(self.response(&mut input)),
+            4 => self.parsers(&mut input),
+            _ => self.policy(&mut input),
+        }
+    }
+
+    async fn process(&self, events: Vec<Raw<AnyToDeviceEvent>>, lists: &DeviceLists, counts: &BTreeMap<OneTimeKeyAlgorithm, UInt>, fallback: Option<&[OneTimeKeyAlgorithm]>) -> Outcome {
+        let changes = EncryptionSyncChanges {
+            to_device_events: events,
+            changed_devices: lists,
+            one_time_keys_counts: counts,
+            unused_fallback_keys: fallback,
+            next_batch_token: None,
+        };
+        let Ok((processed, keys)) = self.target.receive_sync_changes(changes, &settings()).await else {
+            return Outcome { rejected: true, reached_machine: true };
+        };
+        let notices = match inbound::process(&self.target, &self.withheld.metrics, &processed, &keys).await {
+            Ok(n) => n,
+            Err(_) => return Outcome { rejected: true, reached_machine: true },
+        };
+        for n in &notices {
+            let _ = n.to_json();
+            if let (Notice::NoOlm(record), Verdict::Trusted) = (&n.notice, n.verdict) {
+                let _ = self.withheld.react_to_no_olm(&self.target, record).await;
+            }
+        }
+        let rejected = self.withheld.answer_key_requests(&self.target, &processed).await.is_err();
+        // Drain what the answers queued, as an application would send it.
+        let _ = self.withheld.queued();
+        Outcome { rejected, reached_machine: true }
+    }
+
+    async fn sync(&self, input: &mut Input<'_>) -> Outcome {
+        let count = 1 + usize::from(input.byte() % 4);
+        let mut events = Vec::with_capacity(count);
+        for _ in 0..count {
+            let template = &self.templates.to_device[usize::from(input.byte()) % self.templates.to_device.len()];
+            let event = mutate(template, input);
+            events.push(Raw::new(&event).expect("a JSON value serialises").cast_unchecked());
+        }
+        let mut lists = DeviceLists::new();
+        for _ in 0..input.byte() % 3 {
+            if let Ok(u) = OwnedUserId::try_from(input.string()) {
+                if input.byte() % 2 == 0 { lists.changed.push(u) } else { lists.left.push(u) }
+            }
+        }
+        let mut counts = BTreeMap::new();
+        if input.byte() % 2 == 0 {
+            counts.insert(OneTimeKeyAlgorithm::SignedCurve25519, UInt::new_saturating(input.u64()));
+        }
+        let fallback = match input.byte() % 3 {
+            0 => None,
+            1 => Some(vec![]),
+            _ => Some(vec![OneTimeKeyAlgorithm::SignedCurve25519]),
+        };
+        self.process(events, &lists, &counts, fallback.as_deref()).await
+    }
+
+    async fn raw_sync(&self, bytes: &[u8]) -> Outcome {
+        let Ok(events) = serde_json::from_slice::<Vec<Raw<AnyToDeviceEvent>>>(bytes) else { return Outcome::default() };
+        if events.iter().any(|e| !e.json().get().trim_start().starts_with('{')) {
+            return Outcome::default();
+        }
+        self.process(events, &DeviceLists::new(), &BTreeMap::new(), None).await
+    }
+
+    async fn decrypt(&self, input: &mut Input<'_>) -> Outcome {
+        let event = mutate(&self.templates.room_event, input);
+        let room = RoomId::parse(ROOM).expect("room id");
+        let Ok(raw) = serde_json::from_value::<Raw<EncryptedEvent>>(event.clone()) else { return Outcome::default() };
+        match self.target.decrypt_room_event(&raw, &room, &settings()).await {
+            Ok(_) => Outcome { rejected: false, reached_machine: true },
+            Err(_) => {
+                let _ = inbound::explain_failure(&self.target, &room, &event).await;
+                Outcome { rejected: true, reached_machine: true }
+            }
+        }
+    }
+
+    async fn response(&self, input: &mut Input<'_>) -> Outcome {
+        let kind = input.byte() % 5;
+        let template = match kind {
+            0 => &self.templates.keys_query,
+            1 => &self.templates.keys_claim,
+            2 => &self.templates.keys_upload,
+            3 => &self.templates.signature_upload,
+            _ => &Value::Object(Map::new()),
+        };
+        let body = mutate(template, input);
+        let txn = TransactionId::new();
+        let result = match kind {
+            0 => match response::<get_keys::v3::Response>(&body) {
+                Ok(r) => self.target.mark_request_as_sent(&txn, &r).await,
+                Err(_) => return Outcome { rejected: true, reached_machine: false },
+            },
+            1 => match response::<claim_keys::v3::Response>(&body) {
+                Ok(r) => self.target.mark_request_as_sent(&txn, &r).await,
+                Err(_) => return Outcome { rejected: true, reached_machine: false },
+            },
+            2 => match response::<upload_keys::v3::Response>(&body) {
+                Ok(r) => self.target.mark_request_as_sent(&txn, &r).await,
+                Err(_) => return Outcome { rejected: true, reached_machine: false },
+            },
+            3 => match response::<upload_signatures::v3::Response>(&body) {
+                Ok(r) => self.target.mark_request_as_sent(&txn, &r).await,
+                Err(_) => return Outcome { rejected: true, reached_machine: false },
+            },
+            _ => match response::<send_event_to_device::v3::Response>(&body) {
+                Ok(r) => self.target.mark_request_as_sent(&txn, &r).await,
+                Err(_) => return Outcome { rejected: true, reached_machine: false },
+            },
+        };
+        Outcome { rejected: result.is_err(), reached_machine: true }
+    }
+
+    fn parsers(&self, input: &mut Input<'_>) -> Outcome {
+        let template = &self.templates.to_device[usize::from(input.byte()) % self.templates.to_device.len()];
+        let event = mutate(template, input);
+        let sender = event.get("sender").and_then(Value::as_str).unwrap_or_default();
+        let Some(content) = event.get("content").and_then(Value::as_object) else { return Outcome { rejected: true, reached_machine: false } };
+        let facts = facts(&mutate(&self.templates.facts, input));
+        let mut rejected = true;
+        if let Some(notice) = received::parse(sender, content, input.u64()) {
+            rejected = false;
+            let verdict = received::validate(&notice, &facts);
+            if let (Notice::NoOlm(n), Verdict::Trusted | Verdict::Unconfirmed) = (&notice, verdict) {
+                let failed = explain::FailedEvent {
+                    sender,
+                    origin_server_ts: Some(input.u64()),
+                    sender_key: Some(&n.sender_key),
+                    device_id: n.from_device.as_deref(),
+                    below_first_index: input.byte() % 2 == 0,
+                };
+                let _ = explain::explain(&failed, None, std::slice::from_ref(n));
+            }
+        }
+        if let Some(request) = key_requests::parse(sender, content) {
+            rejected = false;
+            let f = key_requests::RequestFacts {
+                from_own_user: input.byte() % 2 == 0,
+                from_this_device: input.byte() % 2 == 0,
+                device_known: input.byte() % 2 == 0,
+                device_verified: input.byte() % 2 == 0,
+                session_held: input.byte() % 2 == 0,
+            };
+            let _ = key_requests::decide(f);
+            let mut limiter = key_requests::Limiter::default();
+            if let Some(body) = &request.body {
+                limiter.admit(&request.sender, &request.requesting_device, &body.session_id, input.u64());
+            }
+        }
+        // The share filter reads the crate's withheld requests: give it this content as one.
+        if let Ok(user) = OwnedUserId::try_from(sender) {
+            if let Ok(raw) = Raw::new(content).map(Raw::cast_unchecked::<AnyToDeviceEventContent>) {
+                let mut messages = BTreeMap::new();
+                messages.insert(user, BTreeMap::from([(DeviceIdOrAllDevices::AllDevices, raw)]));
+                let request = ToDeviceRequest {
+                    event_type: codes::WITHHELD_EVENT_TYPE.into(),
+                    txn_id: TransactionId::new(),
+                    messages,
+                };
+                let _ = share::filter_crate_request(&request, &SendPolicy::default());
+            }
+        }
+        Outcome { rejected, reached_machine: false }
+    }
+
+    fn policy(&self, input: &mut Input<'_>) -> Outcome {
+        let value = mutate(&self.templates.policy, input);
+        let Ok(policy) = serde_json::from_value::<SendPolicy>(value) else { return Outcome { rejected: true, reached_machine: false } };
+        let valid = policy.validate("withheld").is_ok();
+        if valid {
+            for code in codes::SENDABLE {
+                let _ = (policy.allows(code), policy.reason(code));
+            }
+        }
+        Outcome { rejected: !valid, reached_machine: false }
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn facts(v: &Value) -> Facts {
+    let s = |v: &Value| v.as_str().map(str::to_owned);
+    Facts {
+        session_creator: v.get("creator").and_then(|c| Some((s(c.get(0)?)?, c.get(1).and_then(s)))),
+        sender_devices: v
+            .get("devices")
+            .and_then(Value::as_array)
+            .map(|list| list.iter().filter_map(|d| Some((s(d.get(0)?)?, s(d.get(1)?)?))).collect())
+            .unwrap_or_default(),
+        own_user: v.get("own").and_then(s).unwrap_or_default(),
+    }
+}
+
+/// Reads fuzz bytes as decisions; past the end it reads zeros, so every input is complete.
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut out = 0u64;
+        for _ in 0..8 {
+            out = (out << 8) | u64::from(self.byte());
+        }
+        out
+    }
+
+    /// A length-prefixed string (lossy UTF-8).
+    fn string(&mut self) -> String {
+        let len = usize::from(self.byte() % 64);
+        let start = self.pos.min(self.data.len());
+        let end = (self.pos + len).min(self.data.len());
+        self.pos += len;
+        String::from_utf8_lossy(&self.data[start..end]).into_owned()
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.data[self.pos.min(self.data.len())..]
+    }
+}
+
+/// Every node of a JSON value, as paths of object keys and array indices.
+fn paths(v: &Value, prefix: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    out.push(prefix.clone());
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                prefix.push(Step::Key(k.clone()));
+                paths(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(list) => {
+            for (i, child) in list.iter().enumerate() {
+                prefix.push(Step::Index(i));
+                paths(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn node_mut<'a>(v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |node, step| match step {
+        Step::Key(k) => node.get_mut(k.as_str()),
+        Step::Index(i) => node.get_mut(*i),
+    })
+}
+
+/// Apply up to eight input-chosen mutations to a copy of `template`.
+fn mutate(template: &Value, input: &mut Input<'_>) -> Value {
+    let mut v = template.clone();
+    for _ in 0..input.byte() % 9 {
+        let mut all = Vec::new();
+        paths(&v, &mut Vec::new(), &mut all);
+        let path = all[usize::from(input.byte()) % all.len()].clone();
+        let op = input.byte() % 12;
+        if op == 0 {
+            // Delete the node from its parent.
+            if let Some((last, parent)) = path.split_last() {
+                match (node_mut(&mut v, parent), last) {
+                    (Some(Value::Object(m)), Step::Key(k)) => {
+                        m.remove(k);
+                    }
+                    (Some(Value::Array(a)), Step::Index(i)) if *i < a.len() => {
+                        a.remove(*i);
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let replacement = match op {
+            1 => Value::String(input.string()),
+            2 => Value::Null,
+            3 => json!(input.u64()),
+            4 => json!(-(i64::from(input.byte())) - 1),
+            5 => Value::Bool(input.byte() % 2 == 0),
+            6 => json!([]),
+            7 => json!({}),
+            8 => {
+                // Truncate or corrupt a string (base64 ciphertexts, keys, signatures, ids).
+                let Some(Value::String(s)) = node_mut(&mut v, &path).map(|n| n.clone()) else { continue };
+                let mut bytes = s.into_bytes();
+                if !bytes.is_empty() {
+                    let at = usize::from(input.byte()) % bytes.len();
+                    if input.byte() % 2 == 0 {
+                        bytes.truncate(at);
+                    } else {
+                        bytes[at] = input.byte();
+                    }
+                }
+                Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            9 => {
+                // Inflate: a very long string, to find size assumptions.
+                let len = (usize::from(input.byte()) * 257).min(MAX_INFLATE);
+                Value::String("A".repeat(len))
+            }
+            10 => {
+                // Move another node here (right type, wrong place).
+                let other = &all[usize::from(input.byte()) % all.len()];
+                node_mut(&mut v.clone(), other).cloned().unwrap_or(Value::Null)
+            }
+            _ => {
+                // Add an unexpected key to an object.
+                if let Some(Value::Object(m)) = node_mut(&mut v, &path) {
+                    m.insert(input.string(), Value::String(input.string()));
+                }
+                continue;
+            }
+        };
+        if let Some(node) = node_mut(&mut v, &path) {
+            *node = replacement;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a fixed-seed generator, so a failure names an input that reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    fn store_snapshot(h: &Harness) -> (usize, usize) {
+        h.rt.block_on(async {
+            let sessions = h.target.store().get_inbound_group_sessions().await.expect("sessions").len();
+            let room = ledger_len(&h.target).await;
+            (sessions, room)
+        })
+    }
+
+    async fn ledger_len(machine: &OlmMachine) -> usize {
+        crate::withheld::ledger::no_olm_records(machine, BOB).await.expect("records").len()
+    }
+
+    #[test]
+    fn the_templates_are_valid_input() {
+        let h = Harness::new();
+        // Zero mutations of each template (the mutation count byte is 0 past the input's end).
+        for i in 0..h.to_device_templates() {
+            let out = h.run(&[0, 0, i as u8]);
+            assert!(out.reached_machine && !out.rejected, "to-device template {i}: {out:?}");
+        }
+        assert!(!h.run(&[2]).rejected, "the room event decrypts");
+        for kind in 0..5u8 {
+            let out = h.run(&[3, kind]);
+            assert!(out.reached_machine, "response template {kind} parses: {out:?}");
+        }
+        assert!(!h.run(&[5]).rejected, "the policy template is valid");
+    }
+
+    #[test]
+    fn random_mutations_never_panic_and_rejected_calls_change_nothing() {
+        let h = Harness::new();
+        let mut rng = Rng(0x5EED_0F_C0FFEE);
+        let (mut tried, mut rejected) = (0u32, 0u32);
+        for _ in 0..2_000 {
+            let len = (rng.next() % 96) as usize;
+            let input = rng.bytes(len);
+            let before = store_snapshot(&h);
+            let out = h.run(&input);
+            tried += 1;
+            if out.rejected && out.reached_machine {
+                rejected += 1;
+                assert_eq!(store_snapshot(&h), before, "a rejected input changed the store: {input:?}");
+            }
+        }
+        assert_eq!(tried, 2_000);
+        assert!(rejected > 0, "the inputs must include rejected ones for the property to mean anything");
+    }
+}
