@@ -2,4 +2,19 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_NODE").is_some() {
         napi_build::setup();
     }
+    // `getVersions()` of the compat layer reports the crate versions actually compiled in.
+    let lock_path = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock_path.display());
+    let lock = std::fs::read_to_string(&lock_path).unwrap_or_default();
+    for (krate, var) in [("vodozemac", "MCN_VODOZEMAC_VERSION"), ("matrix-sdk-crypto", "MCN_MATRIX_SDK_CRYPTO_VERSION")] {
+        println!("cargo:rustc-env={var}={}", locked_version(&lock, krate).unwrap_or("unknown"));
+    }
+}
+
+/// The version of `krate` in Cargo.lock (`name = "..."` followed by `version = "..."`).
+fn locked_version<'a>(lock: &'a str, krate: &str) -> Option<&'a str> {
+    let marker = format!("name = \"{krate}\"\nversion = \"");
+    let start = lock.find(&marker)? + marker.len();
+    let len = lock[start..].find('"')?;
+    Some(&lock[start..start + len])
 }

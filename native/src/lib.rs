@@ -7,6 +7,8 @@
 #[cfg(feature = "node")]
 mod bench;
 #[cfg(feature = "node")]
+mod compat;
+#[cfg(feature = "node")]
 mod devices;
 #[cfg(feature = "node")]
 mod diagnostics;

@@ -212,7 +212,7 @@ fn encryption_settings(settings: ShareSettings) -> Result<EncryptionSettings> {
 
 impl NativeMachine {
     /// A handle to the crate's machine, or the typed "closed" error.
-    fn machine(&self) -> Result<OlmMachine> {
+    pub(crate) fn machine(&self) -> Result<OlmMachine> {
         self.inner
             .read()
             .map_err(|_| internal("machine lock poisoned"))?
@@ -220,7 +220,7 @@ impl NativeMachine {
             .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))
     }
 
-    fn remember(&self, requests: &[NativeRequest]) {
+    pub(crate) fn remember(&self, requests: &[NativeRequest]) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
