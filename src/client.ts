@@ -148,12 +148,22 @@ export interface SendEncryptedOptions {
   shareSettings?: ShareSettings;
 }
 
+/** Waits for every promise, then rejects with the first failure if any (no send is left running). */
+async function settleAll(promises: Promise<void>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /**
  * One device's encrypted conversation with a homeserver: an {@link OlmMachine} plus a
  * {@link HomeserverTransport}, and the request/sync/share loop between them.
  *
- * Methods may run concurrently (a sync while a message is being sent): a request of the machine
- * that is already on its way is awaited, never sent twice.
+ * Methods may run concurrently (a sync while a message is being sent). The client runs one at a
+ * time what must not overlap: draining the machine's outgoing requests (the machine hands out a
+ * fresh key upload or key query on every call, so two overlapping drains would send both),
+ * one-time-key claims (two claims would spend two keys per device), and room-key shares of the
+ * same room.
  */
 export class EncryptedClient {
   /** The machine; use it directly for anything the client does not wrap (trust, key export, ...). */
@@ -162,7 +172,8 @@ export class EncryptedClient {
   readonly transport: HomeserverTransport;
   private readonly shareSettings: ShareSettings;
   private since: string | undefined;
-  private readonly inFlight = new Map<string, Promise<void>>();
+  /** The tail of each queue of tasks that must not overlap, by queue name. */
+  private readonly queues = new Map<string, Promise<void>>();
 
   /** Wraps an open machine and a transport of the same device; makes no request. */
   constructor(options: EncryptedClientOptions) {
@@ -234,18 +245,18 @@ export class EncryptedClient {
    * @throws {@link HomeserverError} when the homeserver refuses a request; the request stays
    *   queued in the machine and is sent again by the next call.
    */
-  async processOutgoingRequests(): Promise<number> {
-    let sent = 0;
-    // Bounded: the machine queues at most a handful of follow-ups to an answer.
-    for (let round = 0; round < 10; round++) {
-      const requests = await this.machine.outgoingRequests();
-      const fresh = requests.filter((r) => !this.inFlight.has(r.id));
-      const waiting = requests.filter((r) => this.inFlight.has(r.id)).map((r) => this.inFlight.get(r.id));
-      await Promise.all([...fresh.map((r) => this.sendRequest(r)), ...waiting]);
-      sent += fresh.length;
-      if (fresh.length === 0) break;
-    }
-    return sent;
+  processOutgoingRequests(): Promise<number> {
+    return this.serialized('outgoing', async () => {
+      let sent = 0;
+      // Bounded: an answer queues at most a handful of follow-ups (e.g. more one-time keys).
+      for (let round = 0; round < 10; round++) {
+        const requests = await this.machine.outgoingRequests();
+        if (requests.length === 0) break;
+        await settleAll(requests.map((r) => this.sendRequest(r)));
+        sent += requests.length;
+      }
+      return sent;
+    });
   }
 
   /**
@@ -267,11 +278,7 @@ export class EncryptedClient {
     await this.processOutgoingRequests();
     // Olm sessions the machine wants on its own: to answer a key request from a device it has
     // no session with, or to replace a wedged session.
-    const claim = await this.machine.getMissingSessions([]);
-    if (claim) {
-      await this.sendRequest(claim);
-      await this.processOutgoingRequests();
-    }
+    if (await this.claimMissingSessions([])) await this.processOutgoingRequests();
     const timeline: TimelineEvent[] = [];
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
       for (const event of room.timeline?.events ?? []) timeline.push(await this.decryptEvent(roomId, event));
@@ -290,16 +297,28 @@ export class EncryptedClient {
    * @param settings - share settings for this call, over the client's defaults.
    * @returns who got the key and who got a withheld notice.
    */
-  async prepareRoomForSending(roomId: string, settings: ShareSettings = {}): Promise<ShareResult> {
+  prepareRoomForSending(roomId: string, settings: ShareSettings = {}): Promise<ShareResult> {
+    return this.serialized(`room ${roomId}`, () => this.prepare(roomId, settings));
+  }
+
+  private async prepare(roomId: string, settings: ShareSettings): Promise<ShareResult> {
     const members = Object.keys((await this.transport.getJoinedMembers(roomId)).joined);
     await this.machine.updateTrackedUsers(members);
     // Sends the key query for members whose devices we do not know yet.
     await this.processOutgoingRequests();
-    const claim = await this.machine.getMissingSessions(members);
-    if (claim) await this.sendRequest(claim);
+    await this.claimMissingSessions(members);
     const share = await this.machine.shareRoomKey(roomId, members, { ...this.shareSettings, ...settings });
-    await Promise.all(share.requests.map((r) => this.sendRequest(r)));
+    await settleAll(share.requests.map((r) => this.sendRequest(r)));
     return share;
+  }
+
+  /** Claims one-time keys for the devices of `users` without an Olm session (and those the machine asks for). */
+  private claimMissingSessions(users: string[]): Promise<boolean> {
+    return this.serialized('claim', async () => {
+      const claim = await this.machine.getMissingSessions(users);
+      if (claim) await this.sendRequest(claim);
+      return claim !== null;
+    });
   }
 
   /**
@@ -315,8 +334,12 @@ export class EncryptedClient {
     content: Record<string, unknown>,
     options: SendEncryptedOptions = {},
   ): Promise<SendEncryptedResult> {
-    const share = await this.prepareRoomForSending(roomId, options.shareSettings);
-    const encrypted = await this.machine.encryptRoomEvent(roomId, type, content);
+    // Share and encrypt back to back, so a concurrent share in the room cannot rotate the
+    // session in between.
+    const { share, encrypted } = await this.serialized(`room ${roomId}`, async () => {
+      const share = await this.prepare(roomId, options.shareSettings ?? {});
+      return { share, encrypted: await this.machine.encryptRoomEvent(roomId, type, content) };
+    });
     const { event_id } = await this.transport.sendRoomEvent(roomId, 'm.room.encrypted', encrypted, options.txnId);
     return { eventId: event_id, share };
   }
@@ -343,18 +366,22 @@ export class EncryptedClient {
     await this.machine.close();
   }
 
-  /** Sends one request and marks it sent; concurrent callers share the same send. */
-  private sendRequest(request: OutgoingRequest): Promise<void> {
-    const running = this.inFlight.get(request.id);
-    if (running) return running;
-    const p = (async () => {
-      try {
-        await this.machine.markRequestAsSent(request, await this.transport.send(request));
-      } finally {
-        this.inFlight.delete(request.id);
-      }
-    })();
-    this.inFlight.set(request.id, p);
-    return p;
+  /** Sends one request and marks it sent. */
+  private async sendRequest(request: OutgoingRequest): Promise<void> {
+    await this.machine.markRequestAsSent(request, await this.transport.send(request));
+  }
+
+  /** Runs `task` once every task queued before it under the same name has settled. */
+  private serialized<T>(queue: string, task: () => Promise<T>): Promise<T> {
+    const run = (this.queues.get(queue) ?? Promise.resolve()).then(task);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.queues.set(queue, tail);
+    void tail.then(() => {
+      if (this.queues.get(queue) === tail) this.queues.delete(queue);
+    });
+    return run;
   }
 }

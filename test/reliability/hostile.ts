@@ -127,7 +127,7 @@ export function mutate(template: Json, edits: Edit[]): Json {
     const all = paths(root);
     const path = all[e.at % all.length];
     if (path.length === 0) {
-      if (e.op === 'set') root = e.value;
+      if (e.op === 'set') root = structuredClone(e.value);
       continue;
     }
     const parent = path.slice(0, -1).reduce<any>((node, step) => node?.[step], root);
@@ -140,7 +140,7 @@ export function mutate(template: Json, edits: Edit[]): Json {
         else delete parent[last];
         break;
       case 'set':
-        parent[last] = e.value;
+        parent[last] = structuredClone(e.value);
         break;
       case 'truncate':
         if (typeof current === 'string') parent[last] = current.slice(0, e.n % (current.length + 1));
@@ -155,7 +155,7 @@ export function mutate(template: Json, edits: Edit[]): Json {
         parent[last] = 'A'.repeat((e.n % 64) * 1024);
         break;
       case 'addKey':
-        if (current !== null && typeof current === 'object' && !Array.isArray(current)) current[e.key] = e.value;
+        if (current !== null && typeof current === 'object' && !Array.isArray(current)) current[e.key] = structuredClone(e.value);
         break;
     }
   }
