@@ -111,6 +111,8 @@ async function child(): Promise<void> {
     void p.finally(() => busy.delete(p));
   };
   process.on('SIGTERM', () => abort.abort());
+  // The parent died without stopping us: stop too.
+  process.on('disconnect', () => abort.abort());
   process.on('message', (m: ToChild) => {
     track(
       (async () => {

@@ -1,5 +1,5 @@
 // End-to-end tests of HomeserverTransport against a real Synapse on 127.0.0.1.
-// Needs scripts/install-synapse.sh to have run; start with `npx vitest run -c test/e2e/vitest.config.ts`.
+// Run with `npm run test:e2e` (scripts/test-e2e.sh).
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HomeserverError, HomeserverTransport, toSyncChanges } from '../../src/transport';

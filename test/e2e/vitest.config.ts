@@ -1,5 +1,5 @@
 // Vitest config for the end-to-end tests against a real Synapse (see test/e2e/synapse.ts).
-// Run: scripts/install-synapse.sh && npx vitest run -c test/e2e/vitest.config.ts
+// Run: npm run test:e2e (scripts/test-e2e.sh: installs Synapse if needed, runs vitest under Node 24).
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
