@@ -491,4 +491,48 @@ export class OlmMachine {
     relay.rethrow();
     return JSON.parse(result) as ImportResult;
   }
+
+  /**
+   * Export room keys as an encrypted key-export file (the spec's "MEGOLM SESSION DATA" format,
+   * readable by Element and the other SDKs), protected by `passphrase`. Unlike the crate's own
+   * export, every field survives, including the withheld extension (see {@link ExportedRoomKey}).
+   *
+   * @example
+   * ```ts
+   * const file = await machine.exportRoomKeysFile('correct horse battery staple');
+   * await fs.writeFile('element-keys.txt', file);
+   * ```
+   */
+  async exportRoomKeysFile(
+    passphrase: string,
+    options: { roomId?: string; sessionId?: string; rounds?: number; onProgress?: ProgressCallback } = {},
+  ): Promise<string> {
+    requireString('passphrase', passphrase);
+    if (options.roomId !== undefined) requireString('roomId', options.roomId);
+    if (options.sessionId !== undefined) requireString('sessionId', options.sessionId);
+    if (options.rounds !== undefined && (!Number.isInteger(options.rounds) || options.rounds < 1 || options.rounds > 0xffffffff)) {
+      throw new MatrixCryptoError('InvalidArgument', 'rounds: must be a positive integer', 'rounds');
+    }
+    const relay = new ProgressRelay(options.onProgress, 'onProgress');
+    const text = await native(() =>
+      this.#inner.exportRoomKeysFile(passphrase, options.rounds, options.roomId, options.sessionId, relay.callback),
+    );
+    relay.rethrow();
+    return text;
+  }
+
+  /**
+   * Import an encrypted key-export file made by {@link exportRoomKeysFile} or any client.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `passphrase` (wrong passphrase or
+   *   damaged file) or `file` (not a key-export file).
+   */
+  async importRoomKeysFile(text: string, passphrase: string, options: { onProgress?: ProgressCallback } = {}): Promise<ImportResult> {
+    requireString('text', text);
+    requireString('passphrase', passphrase);
+    const relay = new ProgressRelay(options.onProgress, 'onProgress');
+    const result = await native(() => this.#inner.importRoomKeysFile(text, passphrase, relay.callback));
+    relay.rethrow();
+    return JSON.parse(result) as ImportResult;
+  }
 }

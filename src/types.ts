@@ -203,6 +203,12 @@ export interface ExportedRoomKey {
   sender_claimed_keys: Record<string, string>;
   /** Curve25519 keys of the devices the key passed through. */
   forwarding_curve25519_key_chain: string[];
+  /**
+   * Extension beyond the spec: for a session held only from a later index, why its start was
+   * withheld. Clients that do not know the field ignore it; {@link OlmMachine.importRoomKeys}
+   * restores it so decryption errors stay explained on the importing device.
+   */
+  'io.github.matrix_crypto_node.withheld'?: { code: string; reason: string | null; first_known_index: number };
   /** Other fields are kept. */
   [key: string]: unknown;
 }
@@ -215,4 +221,6 @@ export interface ImportResult {
   total: number;
   /** The imported session ids by room and sender key. */
   keys: Record<string, Record<string, string[]>>;
+  /** Withheld records restored from the export's extension field. */
+  withheldRecords: number;
 }

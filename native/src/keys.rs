@@ -9,7 +9,10 @@ use napi::{
 use ruma::OwnedRoomId;
 use serde_json::json;
 
-use crate::errors::{self, internal, invalid};
+use crate::{
+    errors::{self, internal, invalid},
+    key_file, withheld,
+};
 
 /// A JS `(done, total) => void` callback, callable from the tokio threads.
 pub type ProgressCallback = ThreadsafeFunction<FnArgs<(u32, u32)>, (), FnArgs<(u32, u32)>, Status, false>;
@@ -71,7 +74,9 @@ pub async fn export(
     let mut report = Progress::new(progress, sessions.len());
     let mut keys = Vec::with_capacity(sessions.len());
     for (i, session) in sessions.iter().enumerate() {
-        keys.push(session.export().await);
+        let mut key = serde_json::to_value(session.export().await).map_err(internal)?;
+        withheld::export::annotate(machine, session, &mut key).await.map_err(errors::store)?;
+        keys.push(key);
         report.report(i + 1);
     }
     report.finish().await?;
@@ -83,6 +88,8 @@ pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&Pro
     let values: Vec<serde_json::Value> = serde_json::from_str(keys_json)
         .map_err(|e| invalid("keys", format!("must be a JSON array of exported room keys ({e})")))?;
     let mut keys = Vec::with_capacity(values.len());
+    let importer = machine.user_id().to_string();
+    let withheld_records: Vec<_> = values.iter().filter_map(|v| withheld::export::extract(v, &importer)).collect();
     for (i, v) in values.into_iter().enumerate() {
         let key: ExportedRoomKey = serde_json::from_value(v)
             .map_err(|e| invalid(&format!("keys[{i}]"), format!("not an exported room key ({e})")))?;
@@ -100,5 +107,45 @@ pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&Pro
         .await
         .map_err(errors::store)?;
     report.into_inner().expect("progress lock").finish().await?;
-    Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys }).to_string())
+    let imported: Vec<(String, String)> = result
+        .keys
+        .iter()
+        .flat_map(|(room, by_sender)| by_sender.values().flatten().map(move |s| (room.to_string(), s.clone())))
+        .collect();
+    let withheld = withheld::export::restore(machine, withheld_records, &imported).await.map_err(errors::store)?;
+    Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys, "withheldRecords": withheld }).to_string())
+}
+
+/// Export as an encrypted key-export file (the spec's format), keeping every field.
+pub async fn export_file(
+    machine: &OlmMachine,
+    room: Option<OwnedRoomId>,
+    session_id: Option<String>,
+    passphrase: String,
+    rounds: u32,
+    progress: Option<&ProgressCallback>,
+) -> napi::Result<String> {
+    let json = export(machine, room, session_id, progress).await?;
+    // PBKDF2 with hundreds of thousands of rounds: keep it off the async workers.
+    tokio::task::spawn_blocking(move || key_file::encrypt(json.as_bytes(), &passphrase, rounds))
+        .await
+        .map_err(internal)
+}
+
+/// Import an encrypted key-export file.
+pub async fn import_file(
+    machine: &OlmMachine,
+    text: String,
+    passphrase: String,
+    progress: Option<&ProgressCallback>,
+) -> napi::Result<String> {
+    let plaintext = tokio::task::spawn_blocking(move || key_file::decrypt(&text, &passphrase))
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            key_file::KeyFileError::WrongPassphrase => invalid("passphrase", e),
+            other => invalid("file", other),
+        })?;
+    let json = String::from_utf8(plaintext).map_err(|_| invalid("file", "the decrypted file is not UTF-8 JSON"))?;
+    import(machine, &json, progress).await
 }

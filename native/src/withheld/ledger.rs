@@ -92,11 +92,19 @@ pub async fn no_olm_records(machine: &OlmMachine, user: &str) -> Result<Vec<NoOl
     Ok(stored.unwrap_or_default())
 }
 
+/// `m.no_olm` records kept per sender, newest kept: one per device key, so a user's own devices
+/// fit, while a flood of notices with made-up keys (unconfirmed while the sender's devices are
+/// unknown) can neither grow the store nor make each new notice cost more than the last.
+pub const MAX_NO_OLM_RECORDS_PER_SENDER: usize = 64;
+
 /// Store an `m.no_olm` record, replacing the previous one from the same device key.
 pub async fn put_no_olm_record(machine: &OlmMachine, record: &NoOlmRecord) -> Result<(), WithheldError> {
     let mut list = no_olm_records(machine, &record.sender).await?;
     list.retain(|r| r.sender_key != record.sender_key);
     list.push(record.clone());
+    if list.len() > MAX_NO_OLM_RECORDS_PER_SENDER {
+        list.drain(..list.len() - MAX_NO_OLM_RECORDS_PER_SENDER);
+    }
     machine
         .store()
         .set_value(&format!("{NO_OLM_KEY}:{}", record.sender), &list)

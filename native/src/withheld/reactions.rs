@@ -13,7 +13,7 @@ use super::{
     ledger,
     now_ms,
     outgoing::{self, Deferred, Queued},
-    received::{NoOlmRecord, Source},
+    received::NoOlmRecord,
     Withheld, WithheldError,
 };
 
@@ -57,14 +57,8 @@ async fn forwarded_content(machine: &OlmMachine, room_id: &RoomId, session_id: &
         "forwarding_curve25519_key_chain": [],
     });
     if first > 0 {
-        let creator = session.sender_key().to_base64();
         let records = ledger::room_records(machine, room_id.as_str(), session_id).await?;
-        let record = records
-            .iter()
-            .rev()
-            .find(|r| r.source == Source::Notice && r.sender_key == creator)
-            .or_else(|| records.iter().rev().find(|r| r.source != Source::Notice));
-        if let Some(r) = record {
+        if let Some(r) = super::export::best_record(&records, &session.sender_key().to_base64()) {
             content["withheld"] = json!({ "code": r.code, "reason": r.reason.clone().unwrap_or_else(|| codes::default_reason(&r.code).to_owned()) });
         }
     }
