@@ -25,6 +25,23 @@ const { TestHomeserver, TestDevice } = require('matrix-crypto-node/testing');
 })().catch((err) => { console.error(err.message); process.exit(1); });
 `;
 
+// Code written for the official bindings, run unchanged against the aliased package.
+const ALIAS_PROGRAM = `
+const { OlmMachine, UserId, DeviceId, RoomId, EncryptionSettings, RequestType } = require('@matrix-org/matrix-sdk-crypto-nodejs');
+(async () => {
+  const m = await OlmMachine.initialize(new UserId('@bot:example.org'), new DeviceId('BOT'));
+  const [upload] = await m.outgoingRequests();
+  await m.markRequestAsSent(upload.id, upload.type, JSON.stringify({ one_time_key_counts: { signed_curve25519: 50 } }));
+  const room = new RoomId('!r:example.org');
+  await m.shareRoomKey(room, [m.userId], new EncryptionSettings());
+  const encrypted = JSON.parse(await m.encryptRoomEvent(room, 'm.room.message', JSON.stringify({ body: 'official API, other engine' })));
+  const event = { type: 'm.room.encrypted', sender: '@bot:example.org', event_id: '$1', origin_server_ts: 1, content: encrypted };
+  const decrypted = await m.decryptRoomEvent(JSON.stringify(event), room);
+  console.log(JSON.stringify({ body: JSON.parse(decrypted.event).content.body, type: RequestType.KeysUpload }));
+  m.close();
+})().catch((err) => { console.error(err); process.exit(1); });
+`;
+
 function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
   return execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
@@ -55,6 +72,7 @@ describe('npm pack, install into a fresh project, run', () => {
   let tmp: string;
   let mainTgz: string;
   let platformTgz: string;
+  let shimTgz: string;
 
   beforeAll(() => {
     tmp = mkdtempSync(path.join(tmpdir(), 'mcn-pack-'));
@@ -67,7 +85,9 @@ describe('npm pack, install into a fresh project, run', () => {
     // The debug build carries ~100 MB of debug info; dropping it only makes packing faster.
     spawnSync('strip', ['--strip-debug', addon]);
     run('npm', ['pack', '--pack-destination', tmp], platformDir);
+    run('npm', ['pack', '--pack-destination', tmp], path.join(repo, 'compat-shim'));
     mainTgz = path.join(tmp, 'matrix-crypto-node-0.1.0.tgz');
+    shimTgz = path.join(tmp, 'matrix-crypto-node-compat-0.1.0.tgz');
     platformTgz = path.join(tmp, `matrix-crypto-node-${tag}-0.1.0.tgz`);
   }, 180_000);
 
@@ -75,7 +95,7 @@ describe('npm pack, install into a fresh project, run', () => {
 
   it('ships the sources for a source build and no binary in the main package', () => {
     const files = run('tar', ['-tzf', mainTgz], tmp).split('\n');
-    expect(files).toEqual(expect.arrayContaining(['package/native/src/lib.rs', 'package/Cargo.lock']));
+    expect(files).toEqual(expect.arrayContaining(['package/native/src/lib.rs', 'package/Cargo.lock', 'package/dist/compat/index.js']));
     expect(files.filter((f) => f.endsWith('.node'))).toEqual([]);
   });
 
@@ -88,6 +108,23 @@ describe('npm pack, install into a fresh project, run', () => {
     expect(existsSync(path.join(installed, 'target'))).toBe(false);
     const out = run(process.execPath, ['program.js'], app, { ...process.env, PATH: pathWithoutCargo() });
     expect(JSON.parse(out)).toEqual({ body: 'packed and shipped', ciphertext: 'm.megolm.v1.aes-sha2', isClass: 'function' });
+  }, 180_000);
+
+  it('stands in for @matrix-org/matrix-sdk-crypto-nodejs under that name through the compat shim', () => {
+    const app = path.join(tmp, 'app-alias');
+    mkdirSync(app);
+    writeFileSync(
+      path.join(app, 'package.json'),
+      JSON.stringify({
+        name: 'app-alias',
+        version: '1.0.0',
+        private: true,
+        dependencies: { '@matrix-org/matrix-sdk-crypto-nodejs': `file:${shimTgz}`, 'matrix-crypto-node': `file:${mainTgz}`, [`matrix-crypto-node-${tag}`]: `file:${platformTgz}` },
+      }),
+    );
+    writeFileSync(path.join(app, 'program.js'), ALIAS_PROGRAM);
+    run('npm', ['install', '--no-audit', '--no-fund'], app);
+    expect(JSON.parse(run(process.execPath, ['program.js'], app))).toEqual({ body: 'official API, other engine', type: 0 });
   }, 180_000);
 
   it('without a prebuilt addon and without cargo, fails with one error that says what to install', () => {

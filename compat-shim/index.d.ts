@@ -1,0 +1,1 @@
+export * from 'matrix-crypto-node/compat';
