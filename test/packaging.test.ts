@@ -2,14 +2,11 @@
 // package, install the tarballs into fresh projects (the registry is only asked about the other
 // platforms' optional packages), and run a small encrypt/decrypt program from there.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { accessSync, constants, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-
-const repo = path.resolve(__dirname, '..');
-const { platformTag } = require('../native/platform') as { platformTag(): string };
-const tag = platformTag();
+import { packDistribution, pathWithoutCargo, run, tag, type Tarballs } from './helpers/pack';
 
 const PROGRAM = `
 const { OlmMachine } = require('matrix-crypto-node');
@@ -42,25 +39,6 @@ const { OlmMachine, UserId, DeviceId, RoomId, EncryptionSettings, RequestType } 
 })().catch((err) => { console.error(err); process.exit(1); });
 `;
 
-function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
-  return execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-/** A PATH without any directory that holds cargo: a machine without a Rust toolchain. */
-function pathWithoutCargo(): string {
-  return (process.env.PATH ?? '')
-    .split(path.delimiter)
-    .filter((dir) => {
-      try {
-        accessSync(path.join(dir, 'cargo'), constants.X_OK);
-        return false;
-      } catch {
-        return true;
-      }
-    })
-    .join(path.delimiter);
-}
-
 function freshProject(dir: string, tarballs: string[]) {
   mkdirSync(dir);
   writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: path.basename(dir), version: '1.0.0', private: true }));
@@ -70,38 +48,24 @@ function freshProject(dir: string, tarballs: string[]) {
 
 describe('npm pack, install into a fresh project, run', () => {
   let tmp: string;
-  let mainTgz: string;
-  let platformTgz: string;
-  let shimTgz: string;
+  let tgz: Tarballs;
 
   beforeAll(() => {
     tmp = mkdtempSync(path.join(tmpdir(), 'mcn-pack-'));
-    // prepack compiles the TypeScript; the addon is the one `npm run build` made.
-    run('npm', ['pack', '--pack-destination', tmp], repo);
-    const platformDir = path.join(tmp, `platform-${tag}`);
-    cpSync(path.join(repo, 'npm', tag), platformDir, { recursive: true });
-    const addon = path.join(platformDir, `matrix-crypto-node.${tag}.node`);
-    cpSync(path.join(repo, 'native', `matrix-crypto-node.${tag}.node`), addon);
-    // The debug build carries ~100 MB of debug info; dropping it only makes packing faster.
-    spawnSync('strip', ['--strip-debug', addon]);
-    run('npm', ['pack', '--pack-destination', tmp], platformDir);
-    run('npm', ['pack', '--pack-destination', tmp], path.join(repo, 'compat-shim'));
-    mainTgz = path.join(tmp, 'matrix-crypto-node-0.1.0.tgz');
-    shimTgz = path.join(tmp, 'matrix-crypto-node-compat-0.1.0.tgz');
-    platformTgz = path.join(tmp, `matrix-crypto-node-${tag}-0.1.0.tgz`);
+    tgz = packDistribution(tmp);
   }, 180_000);
 
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
   it('ships the sources for a source build and no binary in the main package', () => {
-    const files = run('tar', ['-tzf', mainTgz], tmp).split('\n');
+    const files = run('tar', ['-tzf', tgz.main], tmp).split('\n');
     expect(files).toEqual(expect.arrayContaining(['package/native/src/lib.rs', 'package/Cargo.lock', 'package/dist/compat/index.js']));
     expect(files.filter((f) => f.endsWith('.node'))).toEqual([]);
   });
 
   it('installs with the prebuilt platform package and encrypts/decrypts', () => {
     const app = path.join(tmp, 'app');
-    freshProject(app, [mainTgz, platformTgz]);
+    freshProject(app, [tgz.main, tgz.platform]);
     const installed = path.join(app, 'node_modules', 'matrix-crypto-node');
     // The addon comes from the platform package: nothing was built, nothing downloaded.
     expect(readdirSync(path.join(installed, 'native')).filter((f) => f.endsWith('.node'))).toEqual([]);
@@ -119,7 +83,7 @@ describe('npm pack, install into a fresh project, run', () => {
         name: 'app-alias',
         version: '1.0.0',
         private: true,
-        dependencies: { '@matrix-org/matrix-sdk-crypto-nodejs': `file:${shimTgz}`, 'matrix-crypto-node': `file:${mainTgz}`, [`matrix-crypto-node-${tag}`]: `file:${platformTgz}` },
+        dependencies: { '@matrix-org/matrix-sdk-crypto-nodejs': `file:${tgz.shim}`, 'matrix-crypto-node': `file:${tgz.main}`, [`matrix-crypto-node-${tag}`]: `file:${tgz.platform}` },
       }),
     );
     writeFileSync(path.join(app, 'program.js'), ALIAS_PROGRAM);
@@ -129,7 +93,7 @@ describe('npm pack, install into a fresh project, run', () => {
 
   it('without a prebuilt addon and without cargo, fails with one error that says what to install', () => {
     const app = path.join(tmp, 'app-no-prebuilt');
-    freshProject(app, [mainTgz]);
+    freshProject(app, [tgz.main]);
     const result = spawnSync(process.execPath, ['program.js'], {
       cwd: app,
       encoding: 'utf8',
@@ -147,7 +111,7 @@ describe('npm pack, install into a fresh project, run', () => {
     'without a prebuilt addon but with cargo, builds from source on first use',
     () => {
       const app = path.join(tmp, 'app-source-build');
-      freshProject(app, [mainTgz]);
+      freshProject(app, [tgz.main]);
       const out = run(process.execPath, ['program.js'], app);
       expect(JSON.parse(out)).toMatchObject({ body: 'packed and shipped' });
       const native = path.join(app, 'node_modules', 'matrix-crypto-node', 'native');
