@@ -28,8 +28,9 @@ export type WithheldCode = SpecWithheldCode | (string & Record<never, never>);
 /**
  * Which withheld notices leave the machine (sending them is optional under MSC2399).
  *
- * @example Send only `m.unverified`, with our own wording
+ * @example
  * ```ts
+ * // Send only m.unverified, with our own wording:
  * const policy: WithheldPolicy = { send: ['m.unverified'], reasons: { 'm.unverified': 'Verify this device to read the room.' } };
  * ```
  */
@@ -78,7 +79,10 @@ export type WithheldVerdict =
   | 'trusted'
   /** Nothing known contradicts it yet (the sender's devices were not queried). */
   | 'unconfirmed'
-  /** From another of our own devices, answering our key request; not from the session's creator. */
+  /**
+   * From another of our own devices (an answer to our key request): authentic, but it explains
+   * only our own user's messages, never another sender's.
+   */
   | 'key_request_answer'
   /** Contradicts what we know (e.g. someone else's key, or another user's session). */
   | 'spoofed';

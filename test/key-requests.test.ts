@@ -63,7 +63,7 @@ describe('answers to room-key requests', () => {
     expect(keyRequestAnswers).toEqual([expect.objectContaining({ requestingDevice: 'A2', answer: 'm.unverified', sent: true })]);
     const { withheldNotices } = await a2.sync();
     expect(withheldNotices).toEqual([
-      expect.objectContaining({ kind: 'room', code: 'm.unverified', sender: ALICE, fromDevice: 'A1', sessionId: event.content.session_id }),
+      expect.objectContaining({ kind: 'room', code: 'm.unverified', sender: ALICE, fromDevice: 'A1', sessionId: event.content.session_id, verdict: 'key_request_answer' }),
     ]);
     expect(hs.sentTo(ALICE, 'A2', 'm.room.encrypted')).toHaveLength(0);
   });

@@ -126,7 +126,11 @@ pub async fn process(
                     Metrics::count(&metrics.accepted);
                     ledger::put_no_olm_record(machine, n).await?;
                 }
-                (_, Verdict::KeyRequestAnswer) => Metrics::count(&metrics.accepted),
+                (Notice::Room(r), Verdict::KeyRequestAnswer) => {
+                    Metrics::count(&metrics.accepted);
+                    ledger::put_room_record(machine, r, true).await?;
+                }
+                (Notice::NoOlm(_), Verdict::KeyRequestAnswer) => Metrics::count(&metrics.accepted),
             }
             out.push(Reported { notice, verdict, encrypted });
         } else if kind == "m.forwarded_room_key" && encrypted && sender == machine.user_id().as_str() {
@@ -204,9 +208,16 @@ pub async fn explain_failure(
             Source::ForwardedKey | Source::KeyExport => true,
             Source::Notice => {
                 let notice = Notice::Room(r.clone());
+                let verdict = received::validate(&notice, &facts(machine, &notice).await?);
                 r.sender == sender
                     && (session.is_none() || below_first_index)
-                    && matches!(received::validate(&notice, &facts(machine, &notice).await?), Verdict::Trusted | Verdict::Unconfirmed)
+                    && match verdict {
+                        Verdict::Trusted | Verdict::Unconfirmed => true,
+                        // Our own device's notice counts for our own messages while we lack the
+                        // session; once we hold it, only its creator's notice counts.
+                        Verdict::KeyRequestAnswer => session.is_none(),
+                        Verdict::Spoofed => false,
+                    }
             }
         };
         if counts && room.as_ref().is_none_or(|best: &RoomRecord| best.source != Source::Notice) {

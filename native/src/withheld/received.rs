@@ -119,8 +119,8 @@ pub enum Verdict {
     Trusted,
     /// Nothing known contradicts it, nothing confirms it yet (the sender's devices are unknown).
     Unconfirmed,
-    /// An answer from another of our own devices to our key request: true, but not from the
-    /// session's creator, so it does not explain missing messages.
+    /// From another of our own devices: an answer to our key request. Authentic, but it
+    /// explains only our own user's messages, never another sender's.
     KeyRequestAnswer,
     /// Contradicts what we know: ignored for explanations and counted.
     Spoofed,
@@ -147,6 +147,12 @@ pub fn validate(notice: &Notice, facts: &Facts) -> Verdict {
             return Verdict::KeyRequestAnswer;
         }
         return Verdict::Spoofed;
+    }
+    if key_is_senders && notice.sender() == facts.own_user && matches!(notice, Notice::Room(_)) {
+        // From another of our devices about a session we do not hold: an answer to our key
+        // request, unless that device created the session (then it explains only our own
+        // user's messages, which the explanation step checks).
+        return Verdict::KeyRequestAnswer;
     }
     if key_is_senders {
         Verdict::Trusted
@@ -239,5 +245,6 @@ mod tests {
     #[test]
     fn our_own_devices_refusals_are_key_request_answers() {
         assert_eq!(validate(&room("@me:x", "KME2"), &facts(Some(("KA", Some("@a:x"))), &[("ME2", "KME2")])), Verdict::KeyRequestAnswer);
+        assert_eq!(validate(&room("@me:x", "KME2"), &facts(None, &[("ME2", "KME2")])), Verdict::KeyRequestAnswer, "session not held");
     }
 }
