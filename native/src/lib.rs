@@ -29,6 +29,8 @@ mod machine;
 #[cfg(feature = "node")]
 mod requests;
 #[cfg(feature = "node")]
+mod runtime;
+#[cfg(feature = "node")]
 mod store;
 
 pub mod key_file;

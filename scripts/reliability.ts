@@ -1,0 +1,60 @@
+/**
+ * `npm run reliability [-- section...]`: the full-size reliability runs behind the README's
+ * "Reliability" figures. Sections: hostile, crash, concurrency, memory, many, flood (default:
+ * all). Prints each section's figures as JSON lines (prefixed `figures`) and writes them all to
+ * reliability-results.json. The vitest suite (test/reliability) runs reduced sizes of the same
+ * code and asserts behaviour; this script measures.
+ *
+ * Needs `node --expose-gc` (the npm script passes it). Sizes can be overridden with
+ * MCN_RELIABILITY_SCALE (a factor, e.g. 0.1 for a quick look).
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runConcurrency } from '../test/reliability/concurrency';
+import { runCrashSafety } from '../test/reliability/crash';
+import { runFlood } from '../test/reliability/flood';
+import { runHostileInput } from '../test/reliability/hostile';
+import { runManyMachines } from '../test/reliability/many-machines';
+import { runEncryptDecryptSoak, runFinalizers, runOpenCloseCycles, runShareSoak } from '../test/reliability/memory';
+
+const scale = Number(process.env.MCN_RELIABILITY_SCALE ?? 1);
+const size = (n: number, min = 1) => Math.max(min, Math.round(n * scale));
+
+const sections: Record<string, () => Promise<Record<string, unknown>>> = {
+  hostile: async () => ({ fastCheck: await runHostileInput(size(10_000)) }),
+  crash: async () => ({ sigkill: await runCrashSafety(size(50, 2)) }),
+  concurrency: async () => ({ overlapping: await runConcurrency(size(100), size(300), 600_000) }),
+  memory: async () => ({
+    encryptDecrypt: await runEncryptDecryptSoak(size(100_000, 1_000), 'memory'),
+    encryptDecryptSqlite: await runEncryptDecryptSoak(size(20_000, 1_000), 'sqlite'),
+    shares1000: await runShareSoak(1_000, size(30, 6)),
+    finalizers: await runFinalizers(size(1_000, 10)),
+    openCloseCycles: await runOpenCloseCycles(size(10, 3), size(100, 10)),
+  }),
+  many: async () => ({ machines: await runManyMachines(size(1_000, 10)) }),
+  flood: async () => ({
+    keyRequests: await runFlood('key requests', size(10_000, 100)),
+    roomNotices: await runFlood('room notices', size(10_000, 100)),
+    noOlmNotices: await runFlood('m.no_olm notices', size(10_000, 100)),
+  }),
+};
+
+(async () => {
+  if (!global.gc) throw new Error('run with node --expose-gc (npm run reliability does)');
+  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(sections);
+  const results: Record<string, unknown> = { node: process.version, scale, startedAt: new Date().toISOString() };
+  for (const name of wanted) {
+    const run = sections[name];
+    if (!run) throw new Error(`unknown section ${name}; one of ${Object.keys(sections).join(', ')}`);
+    const start = performance.now();
+    const figures = await run();
+    const seconds = Math.round((performance.now() - start) / 1000);
+    results[name] = { ...figures, seconds };
+    process.stdout.write(`figures ${name} ${JSON.stringify({ ...figures, seconds })}\n`);
+  }
+  writeFileSync(join(process.cwd(), 'reliability-results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  process.exit(0);
+})().catch((err) => {
+  process.stderr.write(`${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});
