@@ -664,6 +664,40 @@ impl NativeMachine {
         let machine = self.machine()?;
         keys::import(&machine, &keys_json, progress.as_ref()).await
     }
+
+    /// Export room keys as an encrypted key-export file (armored text).
+    #[napi]
+    pub async fn export_room_keys_file(
+        &self,
+        passphrase: String,
+        rounds: Option<u32>,
+        room_id: Option<String>,
+        session_id: Option<String>,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<keys::ProgressCallback>,
+    ) -> Result<String> {
+        let machine = self.machine()?;
+        if passphrase.is_empty() {
+            return Err(invalid("passphrase", "must not be empty"));
+        }
+        let rounds = rounds.unwrap_or(crate::key_file::DEFAULT_ROUNDS);
+        if rounds == 0 {
+            return Err(invalid("rounds", "must be positive"));
+        }
+        let room = room_id.map(|r| ids::room_id("roomId", &r)).transpose()?;
+        keys::export_file(&machine, room, session_id, passphrase, rounds, progress.as_ref()).await
+    }
+
+    /// Import an encrypted key-export file; returns `{ imported, total, keys }` as JSON.
+    #[napi]
+    pub async fn import_room_keys_file(
+        &self,
+        text: String,
+        passphrase: String,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<keys::ProgressCallback>,
+    ) -> Result<String> {
+        let machine = self.machine()?;
+        keys::import_file(&machine, text, passphrase, progress.as_ref()).await
+    }
 }
 
 /// Drop a machine inside a tokio runtime: the SQLite pool hands its connections to
