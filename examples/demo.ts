@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DecryptionError, OlmMachine } from '../src/index';
+import { DecryptionError, OlmMachine, terminalProgressBar } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
 import { runHomeserverDemo, type HomeserverDemoOptions } from './demo-homeserver';
 
@@ -96,6 +96,14 @@ async function main() {
       if (!(err instanceof DecryptionError)) throw err;
       console.log(`    DecryptionError code=${err.code} session=${err.sessionId?.slice(0, 16)}...`);
     }
+
+    step(8, 'The bot archives the room keys of 2,000 rooms; a new device imports them (progress on a terminal)');
+    for (let i = 0; i < 2000; i++) await bot.machine.shareRoomKey(`!archive${i}:example.org`, [bot.userId]);
+    const archive = await bot.machine.exportRoomKeys({ onProgress: terminalProgressBar('    exporting room keys') });
+    const fresh = await OlmMachine.open({ userId: bot.userId, deviceId: 'BOTRESTORE', store: { kind: 'memory' } });
+    const imported = await fresh.importRoomKeys(archive, { onProgress: terminalProgressBar('    importing room keys') });
+    console.log(`    ${imported.imported} of ${imported.total} keys imported`);
+    await fresh.close();
 
     for (const d of [bot, alice, laptop, late]) await d.machine.close();
     console.log('\nDone.');
