@@ -18,6 +18,7 @@
  * @module
  */
 export * from './enums';
+export { MatrixCryptoError, DecryptionError } from '../errors';
 export { UserId, DeviceId, DeviceKeyId, DeviceKeyAlgorithm, RoomId, ServerName } from './identifiers';
 export { Ed25519PublicKey, Curve25519PublicKey, IdentityKeys, Ed25519Signature, Signature, MaybeSignature, Signatures } from './keys';
 export {
