@@ -2,7 +2,7 @@
  * matrix-crypto-node: end-to-end encryption for Node Matrix bots, bridges and application
  * services, over matrix-sdk-crypto.
  *
- * @packageDocumentation
+ * @module matrix-crypto-node
  */
 export { OlmMachine } from './machine';
 export type { OpenOptions, StoreOptions, CrossSigningBootstrapRequests, ShareResult } from './machine';

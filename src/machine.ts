@@ -82,7 +82,14 @@ export interface CrossSigningBootstrapRequests {
    * `POST /_matrix/client/v3/keys/device_signing/upload`: the public cross-signing keys. The
    * homeserver usually demands user-interactive auth for it; add the `auth` object to the body.
    */
-  uploadSigningKeys: { id: string; type: 'signing_keys_upload'; body: string };
+  uploadSigningKeys: {
+    /** Pass it back to `markRequestAsSent`. */
+    id: string;
+    /** The request kind: `signing_keys_upload`. */
+    type: 'signing_keys_upload';
+    /** `{ master_key, self_signing_key, user_signing_key }` as a JSON string. */
+    body: string;
+  };
   /** Signatures of our device by the new self-signing key. */
   uploadSignatures: SignatureUploadRequest;
 }
@@ -201,7 +208,12 @@ export class OlmMachine {
   }
 
   /** Our device's public identity keys. */
-  get identityKeys(): { curve25519: string; ed25519: string } {
+  get identityKeys(): {
+    /** The Curve25519 key (unpadded base64), used to establish Olm sessions. */
+    curve25519: string;
+    /** The Ed25519 key (unpadded base64), used for signing. */
+    ed25519: string;
+  } {
     return this.#inner.identityKeys;
   }
 

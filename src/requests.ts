@@ -10,28 +10,39 @@
 
 /** `POST /_matrix/client/v3/keys/upload`: device keys, one-time keys and fallback keys. */
 export interface KeysUploadRequest {
+  /** The request kind: `keys_upload`. */
   readonly type: 'keys_upload';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The HTTP request body, a ready-to-send JSON string. */
   readonly body: string;
 }
 
 /** `POST /_matrix/client/v3/keys/query`: download device keys of tracked users. */
 export interface KeysQueryRequest {
+  /** The request kind: `keys_query`. */
   readonly type: 'keys_query';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The HTTP request body, a ready-to-send JSON string. */
   readonly body: string;
 }
 
 /** `POST /_matrix/client/v3/keys/claim`: claim one-time keys to create Olm sessions. */
 export interface KeysClaimRequest {
+  /** The request kind: `keys_claim`. */
   readonly type: 'keys_claim';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The HTTP request body, a ready-to-send JSON string. */
   readonly body: string;
 }
 
 /** `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`. */
 export interface ToDeviceRequest {
+  /** The request kind: `to_device`. */
   readonly type: 'to_device';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
   /** The to-device event type, e.g. `m.room.encrypted` or `m.room_key.withheld`. */
   readonly eventType: string;
@@ -43,17 +54,25 @@ export interface ToDeviceRequest {
 
 /** `POST /_matrix/client/v3/keys/signatures/upload`. */
 export interface SignatureUploadRequest {
+  /** The request kind: `signature_upload`. */
   readonly type: 'signature_upload';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The HTTP request body, a ready-to-send JSON string. */
   readonly body: string;
 }
 
 /** `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}` (in-room verification). */
 export interface RoomMessageRequest {
+  /** The request kind: `room_message`. */
   readonly type: 'room_message';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The room to send the event to. */
   readonly roomId: string;
+  /** The event type for the URL. */
   readonly eventType: string;
+  /** The transaction id for the URL; retries must reuse it. */
   readonly txnId: string;
   /** The event content as a JSON string. */
   readonly body: string;
@@ -61,8 +80,11 @@ export interface RoomMessageRequest {
 
 /** `PUT /_matrix/client/v3/room_keys/keys?version={version}`: upload to server-side key backup. */
 export interface KeysBackupRequest {
+  /** The request kind: `keys_backup`. */
   readonly type: 'keys_backup';
+  /** Pass it back to `markRequestAsSent`. */
   readonly id: string;
+  /** The backup version for the `version` query parameter. */
   readonly version: string;
   /** `{"rooms": ...}` as a JSON string. */
   readonly body: string;

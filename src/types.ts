@@ -22,7 +22,12 @@ export interface SyncChanges {
   /** `to_device.events` of the sync response. */
   toDeviceEvents?: MatrixEvent[];
   /** `device_lists` of the sync response. */
-  changedDevices?: { changed?: string[]; left?: string[] };
+  changedDevices?: {
+    /** Users whose devices changed, or who now share an encrypted room with us. */
+    changed?: string[];
+    /** Users who no longer share an encrypted room with us. */
+    left?: string[];
+  };
   /** `device_one_time_keys_count`. */
   oneTimeKeyCounts?: Record<string, number>;
   /** `device_unused_fallback_key_types`; `undefined` when the server did not send it. */
@@ -41,15 +46,34 @@ export interface OlmSenderInfo {
 
 /** A to-device event after the machine processed it; switch on `kind`. */
 export type ProcessedToDeviceEvent =
-  | { kind: 'decrypted'; event: MatrixEvent; encryptionInfo: OlmSenderInfo }
-  | { kind: 'plaintext'; event: MatrixEvent }
   | {
+      /** An Olm-encrypted event we decrypted. */
+      kind: 'decrypted';
+      /** The decrypted event. */
+      event: MatrixEvent;
+      /** Who sent it. */
+      encryptionInfo: OlmSenderInfo;
+    }
+  | {
+      /** An event that was not encrypted. */
+      kind: 'plaintext';
+      /** The event as received. */
+      event: MatrixEvent;
+    }
+  | {
+      /** An encrypted event we could not decrypt. */
       kind: 'undecryptable';
+      /** The encrypted event as received. */
       event: MatrixEvent;
       /** Why the Olm message could not be decrypted. */
       reason: 'decryption_failure' | 'unverified_sender_device' | 'no_olm_machine' | 'encryption_is_disabled';
     }
-  | { kind: 'invalid'; event: MatrixEvent };
+  | {
+      /** An event without the fields every event has; ignored by the machine. */
+      kind: 'invalid';
+      /** The event as received. */
+      event: MatrixEvent;
+    };
 
 /** A room key the machine received or imported in this sync. */
 export interface RoomKeyUpdate {
@@ -77,8 +101,12 @@ export interface SyncResult {
 
 /** The lock icon a client would show next to a message. */
 export type ShieldState =
-  | { color: 'none' }
   | {
+      /** Nothing to flag. */
+      color: 'none';
+    }
+  | {
+      /** `red` for a problem with the sender's authenticity, `grey` for a minor concern. */
       color: 'red' | 'grey';
       /** e.g. `UnverifiedIdentity`, `UnsignedDevice`, `UnknownDevice`, `AuthenticityNotGuaranteed`. */
       code: string;
@@ -99,7 +127,12 @@ export interface DecryptedRoomEvent {
   /** Ed25519 key the session creator claimed. */
   senderClaimedEd25519Key: string | null;
   /** Set when the key reached us through an MSC4268 history bundle: who forwarded it. */
-  forwarder: { userId: string; deviceId: string } | null;
+  forwarder: {
+    /** The user who forwarded the key. */
+    userId: string;
+    /** Their device. */
+    deviceId: string;
+  } | null;
   /** The Megolm session id. */
   sessionId: string | null;
   /**
@@ -208,7 +241,14 @@ export interface ExportedRoomKey {
    * withheld. Clients that do not know the field ignore it; {@link OlmMachine.importRoomKeys}
    * restores it so decryption errors stay explained on the importing device.
    */
-  'io.github.matrix_crypto_node.withheld'?: { code: string; reason: string | null; first_known_index: number };
+  'io.github.matrix_crypto_node.withheld'?: {
+    /** The withheld code that covers the messages before `first_known_index`. */
+    code: string;
+    /** The sender's reason, if it gave one. */
+    reason: string | null;
+    /** The first message index this key decrypts. */
+    first_known_index: number;
+  };
   /** Other fields are kept. */
   [key: string]: unknown;
 }

@@ -15,7 +15,7 @@
  * );
  * ```
  *
- * @module
+ * @module matrix-crypto-node/compat
  */
 export * from './enums';
 export { MatrixCryptoError, DecryptionError } from '../errors';

@@ -8,6 +8,7 @@ import { OlmMachine, type StoreOptions } from '../machine';
 import type { OutgoingRequest, ToDeviceRequest } from '../requests';
 import type { MatrixEvent, ShareSettings } from '../types';
 
+/** Any JSON object (events, request bodies, keys). */
 type Json = Record<string, any>;
 
 /** A to-device message the test homeserver delivered. */
@@ -188,9 +189,21 @@ export class TestHomeserver {
     const changed = [...this.changed.get(k)!];
     this.changed.get(k)!.clear();
     return {
+      /** The to-device events delivered since the last sync. */
       toDeviceEvents,
-      changedDevices: { changed, left: [] },
-      oneTimeKeyCounts: { signed_curve25519: this.oneTimeKeyCount(user, device) },
+      /** Device-list changes since the last sync. */
+      changedDevices: {
+        /** Users whose device keys changed. */
+        changed,
+        /** Always empty: the test homeserver has no rooms to leave. */
+        left: [],
+      },
+      /** The device's unclaimed one-time keys. */
+      oneTimeKeyCounts: {
+        /** Unclaimed `signed_curve25519` keys. */
+        signed_curve25519: this.oneTimeKeyCount(user, device),
+      },
+      /** `['signed_curve25519']` while the device has an unused fallback key. */
       unusedFallbackKeys: this.fallbackKeys.has(k) ? ['signed_curve25519'] : [],
     };
   }

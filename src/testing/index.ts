@@ -14,7 +14,7 @@
  * console.log((await bob.machine.decryptRoomEvent(event, '!room:example.org')).event.content);
  * ```
  *
- * @module
+ * @module matrix-crypto-node/testing
  */
 export { TestHomeserver, TestDevice } from './homeserver';
 export type { SentToDeviceMessage, LoggedRequest } from './homeserver';
