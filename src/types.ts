@@ -133,6 +133,12 @@ export interface DecryptedRoomEvent {
     /** Their device. */
     deviceId: string;
   } | null;
+  /**
+   * Curve25519 keys of the devices a forwarded key passed through (`m.forwarded_room_key`),
+   * oldest first, ending with the device that forwarded it to us; empty when the key came from
+   * the session's creator.
+   */
+  forwardingCurve25519KeyChain: string[];
   /** The Megolm session id. */
   sessionId: string | null;
   /**

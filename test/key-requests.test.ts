@@ -52,7 +52,10 @@ describe('answers to room-key requests', () => {
     ]);
     const sync = await a2.sync();
     expect(sync.roomKeyUpdates.map((k) => k.sessionId)).toContain(event.content.session_id);
-    expect((await a2.machine.decryptRoomEvent(event, ROOM)).event.content).toMatchObject({ body: 'secret' });
+    const decrypted = await a2.machine.decryptRoomEvent(event, ROOM);
+    expect(decrypted.event.content).toMatchObject({ body: 'secret' });
+    expect(decrypted.forwardingCurve25519KeyChain).toEqual([a1.machine.identityKeys.curve25519]);
+    expect((await a1.machine.decryptRoomEvent(event, ROOM)).forwardingCurve25519KeyChain).toEqual([]);
   });
 
   it('refuses our own unverified device with m.unverified', async () => {

@@ -189,7 +189,12 @@ fn verification(state: &VerificationState) -> &'static str {
 }
 
 /// Serialise a successfully decrypted room event with who sent it and how far to trust it.
-pub fn decrypted_room_event(event: &RawValue, info: &EncryptionInfo, sender_device_verified: Option<bool>) -> napi::Result<String> {
+pub fn decrypted_room_event(
+    event: &RawValue,
+    info: &EncryptionInfo,
+    sender_device_verified: Option<bool>,
+    forwarding_chain: &[String],
+) -> napi::Result<String> {
     let (curve, ed, session_id) = match &info.algorithm_info {
         AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, sender_claimed_keys, session_id } => (
             Some(curve25519_key.clone()),
@@ -209,6 +214,7 @@ pub fn decrypted_room_event(event: &RawValue, info: &EncryptionInfo, sender_devi
         sender_curve25519_key: Option<String>,
         sender_claimed_ed25519_key: Option<String>,
         forwarder: Option<Value>,
+        forwarding_curve25519_key_chain: &'a [String],
         session_id: Option<String>,
         verification_state: &'static str,
         sender_device_verified: Option<bool>,
@@ -222,6 +228,7 @@ pub fn decrypted_room_event(event: &RawValue, info: &EncryptionInfo, sender_devi
         sender_curve25519_key: curve,
         sender_claimed_ed25519_key: ed,
         forwarder: info.forwarder.as_ref().map(|f| json!({ "userId": f.user_id, "deviceId": f.device_id })),
+        forwarding_curve25519_key_chain: forwarding_chain,
         session_id,
         verification_state: verification(&info.verification_state),
         sender_device_verified,

@@ -562,7 +562,11 @@ impl NativeMachine {
             Some(d) => machine.get_device(&info.sender, d, None).await.map_err(errors::store)?.map(|d| d.is_verified()),
             None => None,
         };
-        events::decrypted_room_event(decrypted.event.json(), info, sender_device_verified)
+        let chain = match info.session_id() {
+            Some(sid) => ledger::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
+            None => Vec::new(),
+        };
+        events::decrypted_room_event(decrypted.event.json(), info, sender_device_verified, &chain)
     }
 
     /// A device we know of, as JSON, or null.

@@ -104,9 +104,17 @@ pub async fn process(
     let mut out = Vec::new();
     let now = now_ms();
     for e in events {
-        let (raw, encrypted) = match e {
-            ProcessedToDeviceEvent::Decrypted { raw, .. } => (raw, true),
-            ProcessedToDeviceEvent::PlainText(raw) | ProcessedToDeviceEvent::Invalid(raw) => (raw, false),
+        let (raw, encrypted, olm_sender_key) = match e {
+            ProcessedToDeviceEvent::Decrypted { raw, encryption_info } => {
+                let key = match &encryption_info.algorithm_info {
+                    matrix_sdk_common::deserialized_responses::AlgorithmInfo::OlmV1Curve25519AesSha2 {
+                        curve25519_public_key_base64,
+                    } => Some(curve25519_public_key_base64.clone()),
+                    _ => None,
+                };
+                (raw, true, key)
+            }
+            ProcessedToDeviceEvent::PlainText(raw) | ProcessedToDeviceEvent::Invalid(raw) => (raw, false, None),
             ProcessedToDeviceEvent::UnableToDecrypt { .. } => continue,
         };
         let Some((kind, sender, content)) = event_parts(raw) else { continue };
@@ -135,9 +143,35 @@ pub async fn process(
             out.push(Reported { notice, verdict, encrypted });
         } else if kind == "m.forwarded_room_key" && encrypted && sender == machine.user_id().as_str() {
             record_forwarded_withheld(machine, &sender, &content, room_keys, now).await?;
+            if let Some(forwarder) = olm_sender_key {
+                record_forwarding_chain(machine, &content, &forwarder, room_keys).await?;
+            }
         }
     }
     Ok(out)
+}
+
+/// The crate does not keep the forwarding chain of a forwarded key: record it (the chain the
+/// forwarder reports, then the forwarder's own key) for the keys it imported in this batch.
+async fn record_forwarding_chain(
+    machine: &OlmMachine,
+    content: &Map<String, Value>,
+    forwarder_key: &str,
+    room_keys: &[RoomKeyInfo],
+) -> Result<(), WithheldError> {
+    let (Some(room_id), Some(session_id)) = (codes::str_field(content, "room_id"), codes::str_field(content, "session_id")) else {
+        return Ok(());
+    };
+    if !room_keys.iter().any(|k| k.room_id.as_str() == room_id && k.session_id == session_id) {
+        return Ok(());
+    }
+    let mut chain: Vec<String> = content
+        .get("forwarding_curve25519_key_chain")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    chain.push(forwarder_key.to_owned());
+    ledger::put_forwarding_chain(machine, room_id, session_id, &chain).await
 }
 
 /// A forwarded key from our own (verified) device may say why its earlier part is missing.

@@ -13,6 +13,7 @@ use super::{
 };
 
 const ROOM_KEY: &str = "matrix-crypto-node.withheld.v1.room";
+const CHAIN_KEY: &str = "matrix-crypto-node.forwarding.v1.chain";
 const NO_OLM_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_received";
 
 /// How many notices were received and how many were ignored, since the machine opened.
@@ -108,6 +109,22 @@ pub async fn put_no_olm_record(machine: &OlmMachine, record: &NoOlmRecord) -> Re
     machine
         .store()
         .set_value(&format!("{NO_OLM_KEY}:{}", record.sender), &list)
+        .await
+        .map_err(WithheldError::store)
+}
+
+/// The Curve25519 keys a forwarded session passed through, oldest first (empty if not forwarded).
+pub async fn forwarding_chain(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Vec<String>, WithheldError> {
+    let stored: Option<Vec<String>> =
+        machine.store().get_value(&format!("{CHAIN_KEY}:{room_id}|{session_id}")).await.map_err(WithheldError::store)?;
+    Ok(stored.unwrap_or_default())
+}
+
+/// Record the forwarding chain of an imported forwarded session.
+pub async fn put_forwarding_chain(machine: &OlmMachine, room_id: &str, session_id: &str, chain: &[String]) -> Result<(), WithheldError> {
+    machine
+        .store()
+        .set_value(&format!("{CHAIN_KEY}:{room_id}|{session_id}"), &chain)
         .await
         .map_err(WithheldError::store)
 }
