@@ -61,6 +61,11 @@ describe('npm pack, install into a fresh project, run', () => {
     const files = run('tar', ['-tzf', tgz.main], tmp).split('\n');
     expect(files).toEqual(expect.arrayContaining(['package/native/src/lib.rs', 'package/Cargo.lock', 'package/dist/compat/index.js']));
     expect(files.filter((f) => f.endsWith('.node'))).toEqual([]);
+    const manifest = JSON.parse(run('tar', ['-xzOf', tgz.main, 'package/package.json'], tmp));
+    expect(Object.keys(manifest.optionalDependencies)).toHaveLength(manifest.napi.targets.length);
+    expect(manifest.optionalDependencies).toMatchObject({ [`matrix-crypto-node-${tag}`]: manifest.version });
+    expect(manifest.scripts).not.toHaveProperty('install');
+    expect(manifest.scripts).not.toHaveProperty('postinstall');
   });
 
   it('installs with the prebuilt platform package and encrypts/decrypts', () => {

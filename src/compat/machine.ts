@@ -153,9 +153,9 @@ export class DecryptedRoomEvent {
     return this.#result.senderClaimedEd25519Key;
   }
 
-  /** Keys the room key was forwarded through; the crate no longer records them: always empty. */
+  /** Curve25519 keys of the devices the room key was forwarded through, oldest first; empty if it came from its creator. */
   get forwardingCurve25519KeyChain(): string[] {
-    return [];
+    return [...this.#result.forwardingCurve25519KeyChain];
   }
 
   /** The shield under the strict (`true`) or lax rules. */

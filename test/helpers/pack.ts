@@ -1,7 +1,7 @@
 // Packs the published layout from this checkout: the main package, this platform's package
 // (with the addon `npm run build` made) and the compat shim, as npm tarballs.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { accessSync, constants, cpSync } from 'node:fs';
+import { accessSync, constants, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 export const repo = path.resolve(__dirname, '..', '..');
@@ -39,10 +39,33 @@ export interface Tarballs {
   shim: string;
 }
 
-/** `npm pack` the three packages into `dir`. */
-export function packDistribution(dir: string): Tarballs {
+/**
+ * The main package as `npm publish` ships it: `prepublishOnly` (napi pre-publish) adds one
+ * `optionalDependencies` entry per platform package, which the repository's package.json
+ * cannot list while they are unpublished (npm ci would want them in the lock).
+ */
+function packMain(dir: string): void {
   // prepack compiles the TypeScript.
   run('npm', ['pack', '--pack-destination', dir], repo);
+  const tarball = path.join(dir, 'matrix-crypto-node-0.1.0.tgz');
+  const staging = mkdtempSync(path.join(dir, 'main-'));
+  run('tar', ['-xzf', tarball, '-C', staging], dir);
+  const manifestPath = path.join(staging, 'package', 'package.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  manifest.optionalDependencies = Object.fromEntries(
+    readdirSync(path.join(repo, 'npm')).map((platform) => {
+      const pkg = JSON.parse(readFileSync(path.join(repo, 'npm', platform, 'package.json'), 'utf8'));
+      return [pkg.name, manifest.version];
+    }),
+  );
+  writeFileSync(manifestPath, JSON.stringify(manifest, null, 2));
+  run('npm', ['pack', '--ignore-scripts', '--pack-destination', dir], path.join(staging, 'package'));
+  rmSync(staging, { recursive: true, force: true });
+}
+
+/** `npm pack` the three packages into `dir`. */
+export function packDistribution(dir: string): Tarballs {
+  packMain(dir);
   const platformDir = path.join(dir, `platform-${tag}`);
   cpSync(path.join(repo, 'npm', tag), platformDir, { recursive: true });
   const addon = path.join(platformDir, `matrix-crypto-node.${tag}.node`);
