@@ -1,0 +1,78 @@
+/**
+ * The benchmark at a tiny size: every implementation that can run here produces every figure.
+ * No timing is asserted (benchmarks are not tests).
+ */
+import { describe, expect, it } from 'vitest';
+import { runBench } from '../bench/driver';
+import { markdown, svg, targets } from '../bench/report';
+import type { ImplName, PhaseName, Results } from '../bench/results';
+
+const PHASES: PhaseName[] = ['keys_query', 'olm_sessions', 'share_new', 'share_existing', 'encrypt_decrypt', 'share_withheld'];
+const SHARES: PhaseName[] = ['share_new', 'share_existing', 'share_withheld'];
+
+describe('npm run bench, smoke size', () => {
+  let results: Results;
+
+  it('runs every implementation through every phase', { timeout: 600_000 }, async () => {
+    results = await runBench({
+      ns: [20],
+      devicesPerUser: [1],
+      stores: ['memory', 'sqlite'],
+      reps: 1,
+      wasmMaxN: 20,
+      wasmFullRepsMaxN: 20,
+      wasmLargeDevicesPerUser: [1],
+      singleCore: false,
+      release: false,
+      progress: false,
+      command: 'test/bench-smoke.test.ts',
+    });
+    const expected: [ImplName, string][] = [
+      ['matrix-crypto-node', 'memory'],
+      ['matrix-crypto-node', 'sqlite'],
+      ['rust-crate', 'memory'],
+      ['rust-crate', 'sqlite'],
+      ['wasm', 'memory'],
+      ['floor', 'none'],
+    ];
+    for (const [impl, store] of expected) {
+      for (const phase of PHASES) {
+        const run = results.runs.find((r) => r.impl === impl && r.store === store && r.phase === phase);
+        expect(run, `${impl} ${store} ${phase}`).toBeDefined();
+        const r = run!;
+        expect(r.n).toBe(20);
+        expect(r.devices).toBe(21);
+        for (const figure of [r.wallMs, r.usPerDevice, r.peakRssMb, r.minMs, r.maxMs, r.rssBaseMb]) {
+          expect(Number.isFinite(figure) && figure > 0, `${impl} ${store} ${phase}: ${JSON.stringify(r)}`).toBe(true);
+        }
+        expect(r.minMs).toBeLessThanOrEqual(r.maxMs);
+        expect(r.reps).toBe(1);
+        if (impl === 'floor' || impl === 'rust-crate') {
+          expect(r.maxEventLoopDelayMs).toBeNull();
+        } else {
+          expect(r.maxEventLoopDelayMs! > 0 && Number.isFinite(r.maxEventLoopDelayMs), JSON.stringify(r)).toBe(true);
+        }
+        if (SHARES.includes(phase) && impl !== 'floor') {
+          expect(r.toDeviceBytes, `${impl} ${store} ${phase} sends to-device messages`).toBeGreaterThan(20 * 300);
+        } else {
+          expect(r.toDeviceBytes).toBe(0);
+        }
+      }
+    }
+    expect(results.runs.filter((r) => r.impl === 'floor').map((r) => r.cores)).toContain(1);
+    expect(results.fixtures).toEqual([expect.objectContaining({ n: 20, devicesPerUser: 1, devices: 20 })]);
+    const official = results.runs.some((r) => r.impl === 'official-node');
+    expect(official || results.skipped.some((s) => s.impl === 'official-node')).toBe(true);
+  });
+
+  it('reports them as a table, the targets and a plot', () => {
+    const md = markdown(results);
+    expect(md).toContain('| keys_query | 20 |');
+    expect(md).toContain('## Targets (issue #5)');
+    expect(targets(results).length).toBeGreaterThanOrEqual(7);
+    const plot = svg(results);
+    expect(plot.startsWith('<svg')).toBe(true);
+    for (const phase of PHASES) expect(plot).toContain(`>${phase}</text>`);
+    expect(plot).toContain('<polyline');
+  });
+});
