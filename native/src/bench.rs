@@ -7,10 +7,13 @@
 
 use std::{collections::BTreeMap, num::NonZeroUsize, thread};
 
-use matrix_sdk_crypto::olm::Account;
+use matrix_sdk_crypto::{
+    olm::{Account, PickledAccount},
+    vodozemac::{self, PickleError},
+};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId};
 use serde_json::value::RawValue;
 
 use crate::errors::{internal, invalid};
@@ -35,13 +38,28 @@ pub struct BenchFixtures {
     pub devices: u32,
 }
 
+/// A new account without the 50 one-time keys `Account::with_device_id` pre-generates (and
+/// would sign on every `signed_one_time_keys` call): a recipient only needs one.
+fn fresh_account(user_id: &OwnedUserId, device_id: &OwnedDeviceId) -> std::result::Result<Account, PickleError> {
+    Account::from_pickle(PickledAccount {
+        user_id: user_id.clone(),
+        device_id: device_id.clone(),
+        pickle: vodozemac::olm::Account::new().pickle(),
+        shared: true,
+        dehydrated: false,
+        uploaded_signed_key_count: 0,
+        creation_local_time: MilliSecondsSinceUnixEpoch::now(),
+        fallback_key_creation_timestamp: None,
+    })
+}
+
 fn user_fixture(server: &str, user_index: usize, device_count: usize) -> std::result::Result<BenchUser, String> {
     let user_id: OwnedUserId = format!("@bench{user_index}:{server}").try_into().map_err(|e| format!("{e}"))?;
     let mut device_keys: BTreeMap<OwnedDeviceId, Box<RawValue>> = BTreeMap::new();
     let mut one_time_keys: BTreeMap<OwnedDeviceId, Box<RawValue>> = BTreeMap::new();
     for d in 0..device_count {
         let device_id: OwnedDeviceId = format!("BENCHDEV{d}").into();
-        let mut account = Account::with_device_id(&user_id, &device_id);
+        let mut account = fresh_account(&user_id, &device_id).map_err(|e| e.to_string())?;
         account.generate_one_time_keys(1);
         let keys = serde_json::value::to_raw_value(&account.device_keys()).map_err(|e| e.to_string())?;
         let otk = serde_json::value::to_raw_value(&account.signed_one_time_keys()).map_err(|e| e.to_string())?;
