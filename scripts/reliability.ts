@@ -1,14 +1,16 @@
 /**
  * `npm run reliability [-- section...]`: the full-size reliability runs behind the README's
  * "Reliability" figures. Sections: hostile, crash, concurrency, memory, many, flood (default:
- * all). Prints each section's figures as JSON lines (prefixed `figures`) and writes them all to
- * reliability-results.json. The vitest suite (test/reliability) runs reduced sizes of the same
- * code and asserts behaviour; this script measures.
+ * all). Prints each section's figures as JSON lines (prefixed `figures`) and records them in
+ * reliability-results.json (sections not run keep their last figures). Run the memory and
+ * many-machine sections in a process of their own (`npm run reliability -- memory`) for RSS
+ * figures that no earlier section inflated. The vitest suite (test/reliability) runs reduced
+ * sizes of the same code and asserts behaviour; this script measures.
  *
  * Needs `node --expose-gc` (the npm script passes it). Sizes can be overridden with
  * MCN_RELIABILITY_SCALE (a factor, e.g. 0.1 for a quick look).
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runConcurrency } from '../test/reliability/concurrency';
 import { runCrashSafety } from '../test/reliability/crash';
@@ -42,17 +44,18 @@ const sections: Record<string, () => Promise<Record<string, unknown>>> = {
 (async () => {
   if (!global.gc) throw new Error('run with node --expose-gc (npm run reliability does)');
   const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(sections);
-  const results: Record<string, unknown> = { node: process.version, scale, startedAt: new Date().toISOString() };
+  const file = join(process.cwd(), 'reliability-results.json');
+  const results: Record<string, unknown> = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : {};
   for (const name of wanted) {
     const run = sections[name];
     if (!run) throw new Error(`unknown section ${name}; one of ${Object.keys(sections).join(', ')}`);
     const start = performance.now();
     const figures = await run();
     const seconds = Math.round((performance.now() - start) / 1000);
-    results[name] = { ...figures, seconds };
+    results[name] = { ...figures, seconds, node: process.version, scale, at: new Date().toISOString() };
     process.stdout.write(`figures ${name} ${JSON.stringify({ ...figures, seconds })}\n`);
   }
-  writeFileSync(join(process.cwd(), 'reliability-results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
   process.exit(0);
 })().catch((err) => {
   process.stderr.write(`${(err as Error).stack ?? err}\n`);

@@ -9,6 +9,11 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+// napi-rs turns a panic into a rejected promise (async methods) or a thrown error (methods marked
+// `catch_unwind`) only if it unwinds; with `panic = "abort"` any panic would kill Node.
+#[cfg(panic = "abort")]
+compile_error!("build matrix-crypto-node with panic = \"unwind\": panics must unwind to become typed JS errors");
+
 /// Panic inside an async method, on a tokio worker, as a bug in the crate or in this binding
 /// would. `owned` selects a `String` payload (`panic!("{x}")`) instead of a `&'static str` one.
 #[napi(js_name = "__panicForTest")]
