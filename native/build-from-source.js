@@ -24,6 +24,21 @@ function hasCargo() {
 }
 
 /**
+ * The repository's workspace also lists crates that are not published (the benchmark's):
+ * keep only the members this package ships, so cargo can load the workspace.
+ */
+function pruneWorkspaceMembers() {
+  const manifestPath = path.join(root, 'Cargo.toml');
+  const manifest = fs.readFileSync(manifestPath, 'utf8');
+  const pruned = manifest.replace(/^members\s*=\s*\[([^\]]*)\]/m, (_, list) => {
+    const members = [...list.matchAll(/"([^"]+)"/g)].map((m) => m[1]);
+    const shipped = members.filter((m) => fs.existsSync(path.join(root, m, 'Cargo.toml')));
+    return `members = [${shipped.map((m) => JSON.stringify(m)).join(', ')}]`;
+  });
+  if (pruned !== manifest) fs.writeFileSync(manifestPath, pruned);
+}
+
+/**
  * Build the release addon into native/ (where the generated loader looks first). Blocks for the
  * duration of the build; cargo's output goes to stderr. Throws the "what to install" error when
  * the toolchain is missing, too old, or the build fails.
@@ -36,6 +51,7 @@ function buildFromSource() {
     throw new Error(missingAddonMessage(`rustc ${rust.join('.')} is too old to build it (run: rustup update).`));
   }
   process.stderr.write('matrix-crypto-node: no prebuilt addon for this platform; building it from source with cargo (several minutes, once)...\n');
+  pruneWorkspaceMembers();
   const build = spawnSync(
     'cargo',
     ['build', '--release', '--locked', '--manifest-path', path.join(root, 'Cargo.toml'), '-p', 'matrix-crypto-node'],
