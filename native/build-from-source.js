@@ -76,7 +76,7 @@ function buildFromSource() {
   return dest;
 }
 
-module.exports = { buildFromSource, hasCargo };
+module.exports = { buildFromSource, hasCargo, pruneWorkspaceMembers };
 
 if (require.main === module) {
   try {

@@ -68,6 +68,16 @@ describe('npm pack, install into a fresh project, run', () => {
     expect(manifest.scripts).not.toHaveProperty('postinstall');
   });
 
+  it('ships Rust sources that cargo loads as a workspace with the pinned Cargo.lock', () => {
+    const unpacked = mkdtempSync(path.join(tmp, 'sources-'));
+    run('tar', ['-xzf', tgz.main, '-C', unpacked], tmp);
+    const pkg = path.join(unpacked, 'package');
+    run(process.execPath, ['-e', `require(${JSON.stringify(path.join(pkg, 'native', 'build-from-source.js'))}).pruneWorkspaceMembers()`], pkg);
+    const metadata = JSON.parse(run('cargo', ['metadata', '--locked', '--format-version', '1', '--manifest-path', path.join(pkg, 'Cargo.toml')], pkg));
+    expect(metadata.workspace_members).toHaveLength(1);
+    expect(metadata.packages.find((p: { name: string }) => p.name === 'matrix-sdk-crypto')?.version).toMatch(/^0\.18\./);
+  });
+
   it('installs with the prebuilt platform package and encrypts/decrypts', () => {
     const app = path.join(tmp, 'app');
     freshProject(app, [tgz.main, tgz.platform]);

@@ -11,7 +11,7 @@ export const tag = platformTag();
 
 /** Run a command, returning its stdout; throws with its stderr on failure. */
 export function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): string {
-  return execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024 });
 }
 
 /** A PATH without any directory that holds cargo: a machine without a Rust toolchain. */
