@@ -50,7 +50,9 @@ describe('npm run bench, smoke size', () => {
         if (impl === 'floor' || impl === 'rust-crate') {
           expect(r.maxEventLoopDelayMs).toBeNull();
         } else {
-          expect(r.maxEventLoopDelayMs! > 0 && Number.isFinite(r.maxEventLoopDelayMs), JSON.stringify(r)).toBe(true);
+          // Produced, not how large: a phase this small may finish between two samples of the
+          // event-loop monitor on a quiet machine, which records no delay at all.
+          expect(Number.isFinite(r.maxEventLoopDelayMs) && r.maxEventLoopDelayMs! >= 0, JSON.stringify(r)).toBe(true);
         }
         if (SHARES.includes(phase) && impl !== 'floor') {
           expect(r.toDeviceBytes, `${impl} ${store} ${phase} sends to-device messages`).toBeGreaterThan(20 * 300);
