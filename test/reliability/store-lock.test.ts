@@ -1,9 +1,17 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MatrixCryptoError, OlmMachine } from '../../src/index';
+
+const dirs: string[] = [];
+const tempDir = (prefix: string) => {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  dirs.push(dir);
+  return dir;
+};
+afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 const opts = (path: string) => ({ userId: '@bot:example.org', deviceId: 'BOT', store: { kind: 'sqlite' as const, path } });
 
@@ -28,7 +36,7 @@ function holder(path: string) {
 
 describe('two processes on one SQLite store', () => {
   it('the second gets StoreLocked naming the holder, never a shared store; the lock goes with the process', async () => {
-    const path = mkdtempSync(join(tmpdir(), 'mcn-lock-'));
+    const path = tempDir('mcn-lock-');
     const first = holder(path);
     const opened = await first.next();
     expect(opened.opened).toMatch(/^\S+$/);
@@ -48,7 +56,7 @@ describe('two processes on one SQLite store', () => {
   });
 
   it('two processes racing to open: exactly one wins, the other gets StoreLocked', async () => {
-    const path = mkdtempSync(join(tmpdir(), 'mcn-race-'));
+    const path = tempDir('mcn-race-');
     const a = holder(path);
     const b = holder(path);
     const results = await Promise.all([a.next(), b.next()]);
@@ -59,7 +67,7 @@ describe('two processes on one SQLite store', () => {
   });
 
   it('in one process: a second open fails until the first machine is closed', async () => {
-    const path = mkdtempSync(join(tmpdir(), 'mcn-same-'));
+    const path = tempDir('mcn-same-');
     const m = await OlmMachine.open(opts(path));
     await expect(OlmMachine.open(opts(path))).rejects.toMatchObject({ code: 'StoreLocked', field: 'store.path' });
     await m.close();
