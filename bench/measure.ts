@@ -30,7 +30,7 @@ export interface Sample {
  * Run `work` and measure it. The event-loop monitor samples every millisecond, so a loop that
  * stays free reports about 1 ms; one blocked by synchronous work reports how long it was blocked.
  */
-export async function measure(work: () => Promise<number | void>): Promise<Sample> {
+export async function measure(work: () => Promise<void>): Promise<Sample> {
   (globalThis as { gc?: () => void }).gc?.();
   writeFileSync('/proc/self/clear_refs', '5');
   const monitor = monitorEventLoopDelay({ resolution: 1 });
@@ -39,11 +39,11 @@ export async function measure(work: () => Promise<number | void>): Promise<Sampl
   // again after it ends, so a loop blocked from start to end is recorded too.
   await sleep(5);
   const start = performance.now();
-  const bytes = await work();
+  await work();
   const ms = performance.now() - start;
   await sleep(5);
   monitor.disable();
-  return { ms, peakRssMb: statusKb('VmHWM:') / 1024, maxEventLoopDelayMs: monitor.max / 1e6, toDeviceBytes: bytes ?? 0 };
+  return { ms, peakRssMb: statusKb('VmHWM:') / 1024, maxEventLoopDelayMs: monitor.max / 1e6, toDeviceBytes: 0 };
 }
 
 /** Median, min and max. */

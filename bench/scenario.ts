@@ -96,8 +96,8 @@ export async function runScenario(
     let shared!: Awaited<ReturnType<BenchMachine['share']>>;
     samples.share_new = await measure(async () => {
       shared = await sender.share(ROOM, users, 'all');
-      return bytesOf(shared.requests);
     });
+    samples.share_new.toDeviceBytes = bytesOf(shared.requests);
     await shared.markSent();
     const toRecipient = recipientEvents(shared.requests);
 
@@ -105,8 +105,8 @@ export async function runScenario(
     const room = await sender.rotate(ROOM);
     samples.share_existing = await measure(async () => {
       shared = await sender.share(room, users, 'all');
-      return bytesOf(shared.requests);
     });
+    samples.share_existing.toDeviceBytes = bytesOf(shared.requests);
     await shared.markSent();
     toRecipient.push(...recipientEvents(shared.requests));
 
@@ -132,8 +132,8 @@ export async function runScenario(
       await sender.setTrust(RECIPIENT.userId, RECIPIENT.deviceId, 'verified');
       samples.share_withheld = await measure(async () => {
         shared = await sender.share(WITHHELD_ROOM, users, 'trusted');
-        return bytesOf(shared.requests);
       });
+      samples.share_withheld.toDeviceBytes = bytesOf(shared.requests);
       await shared.markSent();
     }
   } finally {

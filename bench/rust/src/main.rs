@@ -106,6 +106,7 @@ fn main() {
                 devices_per_user: number(&args, "--devices-per-user"),
                 reps: number(&args, "--reps"),
                 work,
+                until: arg(&args, "--until").and_then(|p| scenario::PHASES.iter().copied().find(|&q| q == p)),
             };
             let text = fs::read_to_string(&fixtures).unwrap_or_else(|e| {
                 eprintln!("cannot read {}: {e}", fixtures.display());

@@ -45,6 +45,8 @@ pub struct Setup {
     pub devices_per_user: usize,
     pub reps: usize,
     pub work: PathBuf,
+    /// Stop after this phase (to profile one phase with `perf`); the driver never sets it.
+    pub until: Option<&'static str>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +229,9 @@ async fn one_rep(fixtures: &Fixtures<'_>, setup: &Setup, rep: usize) -> Result<(
     rss::reset_peak();
     let elapsed = answer_key_queries(&sender, &device_keys).await?;
     samples.push(Sample { elapsed, peak_mb: rss::peak_mb(), bytes: 0 });
+    if setup.until == Some("keys_query") {
+        return Ok((base, samples));
+    }
 
     // keys/claim: Olm sessions
     let (claim_id, claim) = sender
@@ -240,6 +245,9 @@ async fn one_rep(fixtures: &Fixtures<'_>, setup: &Setup, rep: usize) -> Result<(
     let response: KeysClaimResponse = parse(&body)?;
     sender.mark_request_as_sent(&claim_id, &response).await.map_err(err)?;
     samples.push(Sample { elapsed: start.elapsed(), peak_mb: rss::peak_mb(), bytes: 0 });
+    if setup.until == Some("olm_sessions") {
+        return Ok((base, samples));
+    }
 
     // shareRoomKey with the new sessions, then again after rotation
     rss::reset_peak();
@@ -337,7 +345,8 @@ pub async fn run(text: &str, setup: &Setup) -> Result<Vec<Run>, Error> {
         reps.push(one_rep(&fixtures, setup, rep).await?);
     }
     let base = reps.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
-    Ok(PHASES
+    let measured = reps.iter().map(|r| r.1.len()).min().unwrap_or(0);
+    Ok(PHASES[..measured]
         .iter()
         .enumerate()
         .map(|(i, phase)| {
