@@ -238,6 +238,12 @@ impl NativeMachine {
         let backend: &DynCryptoStore = &**machine.store();
         for (user, devices) in &claim.one_time_keys {
             for device_id in devices.keys() {
+                // Only a device notified and not yet re-armed can change: ask the ledger first (one
+                // store read per user) and skip the per-device store lookups for every other one.
+                let entry = self.withheld.no_olm_state(machine, user.as_str(), device_id.as_str()).await.map_err(withheld_error)?;
+                if !entry.is_some_and(|e| !e.rearmed) {
+                    continue;
+                }
                 let Some(device) = machine.get_device(user, device_id, None).await.map_err(errors::store)? else { continue };
                 let Some(curve) = device.curve25519_key() else { continue };
                 let has_session = backend
