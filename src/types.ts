@@ -267,6 +267,92 @@ export interface ImportResult {
   total: number;
   /** The imported session ids by room and sender key. */
   keys: Record<string, Record<string, string[]>>;
-  /** Withheld records restored from the export's extension field. */
+  /** Withheld records restored from the extension field of the export (or backup). */
   withheldRecords: number;
+}
+
+/** A new server-side backup key, from {@link OlmMachine.createBackupKey}. */
+export interface NewBackupKey {
+  /**
+   * The private key, unpadded base64: the only way to restore the backup. Keep it secret and
+   * safe (secret storage keeps it as the `m.megolm_backup.v1` secret).
+   */
+  decryptionKey: string;
+  /** The public key, unpadded base64: pass it to {@link OlmMachine.enableBackup}. */
+  publicKey: string;
+  /**
+   * The body of `POST /_matrix/client/v3/room_keys/version`, a ready-to-send JSON string:
+   * `{ algorithm: 'm.megolm_backup.v1.curve25519-aes-sha2', auth_data: { public_key, signatures } }`,
+   * signed by this device (and by our master cross-signing key, if this device holds it), so our
+   * other devices can trust the backup. The response's `version` goes to {@link OlmMachine.enableBackup}.
+   */
+  versionBody: string;
+}
+
+/** What {@link OlmMachine.backupRoomKeyCounts} reports. */
+export interface RoomKeyCounts {
+  /** Every room key in the store. */
+  total: number;
+  /** The room keys backed up to the enabled backup (0 while none is enabled). */
+  backedUp: number;
+}
+
+/** The encrypted `session_data` of a backed-up room key (`m.megolm_backup.v1.curve25519-aes-sha2`). */
+export interface EncryptedSessionData {
+  /** The ephemeral Curve25519 public key, unpadded base64. */
+  ephemeral: string;
+  /** The AES-256-CBC ciphertext, unpadded base64. */
+  ciphertext: string;
+  /** The MAC, unpadded base64. */
+  mac: string;
+}
+
+/** One backed-up room key, as the homeserver stores it. */
+export interface KeyBackupData {
+  /** The first message index the backed-up key decrypts. */
+  first_message_index: number;
+  /** How many times the key was forwarded before it reached the device that backed it up. */
+  forwarded_count: number;
+  /** Whether the device that backed it up had verified the session's creator. */
+  is_verified: boolean;
+  /**
+   * The room key, encrypted to the backup's public key. For a partially withheld session
+   * backed up by this library, the decrypted JSON carries the extension field
+   * `io.github.matrix_crypto_node.withheld` (see {@link OlmMachine.backupRoomKeys}).
+   */
+  session_data: EncryptedSessionData;
+}
+
+/**
+ * The response of `GET /_matrix/client/v3/room_keys/keys?version=...`: every backed-up room key
+ * by room and session id. The body of a `keys_backup` request has the same shape.
+ */
+export interface KeyBackup {
+  /** Backed-up room keys by room id. */
+  rooms: Record<
+    string,
+    {
+      /** Backed-up room keys by session id. */
+      sessions: Record<string, KeyBackupData>;
+    }
+  >;
+}
+
+/** A backed-up room key that did not decrypt to a room key, and was skipped. */
+export interface UndecryptableBackupKey {
+  /** The room. */
+  roomId: string;
+  /** The session. */
+  sessionId: string;
+  /** Why it was skipped. */
+  error: string;
+}
+
+/** What {@link OlmMachine.importBackedUpRoomKeys} reports. */
+export interface BackupImportResult extends ImportResult {
+  /**
+   * Backed-up keys that did not decrypt with the key (or decrypted to something that is not a
+   * room key) and were skipped; the others are imported. `total` counts them too.
+   */
+  undecryptable: UndecryptableBackupKey[];
 }

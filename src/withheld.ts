@@ -168,8 +168,11 @@ export interface WithheldRecord {
   fromDevice: string | null;
   /** When it arrived, ms since the epoch. */
   receivedAt: number;
-  /** A notice from the creator, a forwarded key's `withheld` property, or an imported export. */
-  source: 'notice' | 'forwarded_key' | 'key_export';
+  /**
+   * A notice from the creator, a forwarded key's `withheld` property, an imported export, or a
+   * room key restored from server-side key backup.
+   */
+  source: 'notice' | 'forwarded_key' | 'key_export' | 'key_backup';
 }
 
 /** An `m.no_olm` notice we received from one device (see {@link OlmMachine.getNoOlmNotices}). */

@@ -2,26 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as wasm from '@matrix-org/matrix-sdk-crypto-wasm';
 import { DecryptionError } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
-
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
-const ROOM = '!room:example.org';
-const FIELD = 'io.github.matrix_crypto_node.withheld';
-
-/** Alice holds Bob's session from index 1: the first message was withheld (m.unverified). */
-async function partiallyWithheld() {
-  const hs = new TestHomeserver();
-  const alice = await TestDevice.create(hs, ALICE, 'A1');
-  const bob = await TestDevice.create(hs, BOB, 'BOB');
-  await bob.machine.updateTrackedUsers([ALICE]);
-  await bob.flush();
-  const trusted = { sharingStrategy: 'only_trusted_devices' as const };
-  const early = await bob.sendMessage(ROOM, [ALICE, BOB], { body: 'early' }, trusted);
-  await bob.machine.setLocalTrust(ALICE, 'A1', 'verified');
-  const late = await bob.sendMessage(ROOM, [ALICE, BOB], { body: 'late' }, trusted);
-  await alice.sync();
-  return { hs, alice, early, late };
-}
+import { ALICE, BOB, FIELD, ROOM, partiallyWithheld } from './helpers/partially-withheld';
 
 describe('withheld metadata in room-key exports', () => {
   it('exports carry the withheld record of a partially withheld session, and import restores it', async () => {

@@ -6,7 +6,7 @@
 use std::{io::Read, sync::Arc, time::Duration};
 
 use matrix_sdk_crypto::{
-    backups::MegolmV1BackupKey, secret_storage::SecretStorageKey, store::types::BackupDecryptionKey,
+    secret_storage::SecretStorageKey, store::types::BackupDecryptionKey,
     types::RoomKeyBackupInfo, AttachmentDecryptor, AttachmentEncryptor, CrossSigningKeyExport, MediaEncryptionInfo,
 };
 use napi::bindgen_prelude::*;
@@ -388,11 +388,7 @@ impl NativeMachine {
     /// Start backing up room keys to `version`, encrypted to this public key.
     #[napi]
     pub async fn compat_enable_backup_v1(&self, public_key_base64: String, version: String) -> Result<()> {
-        let machine = self.machine()?;
-        let key = MegolmV1BackupKey::from_base64(&public_key_base64)
-            .map_err(|e| invalid("publicKeyBase64", format!("not a backup public key ({e})")))?;
-        key.set_version(version);
-        machine.backup_machine().enable_backup_v1(key).await.map_err(errors::store)
+        crate::backup::enable(&self.machine()?, &public_key_base64, &version, "publicKeyBase64").await
     }
 
     /// Whether room-key backup is enabled.
@@ -404,27 +400,13 @@ impl NativeMachine {
     /// Stop backing up and forget which keys were backed up.
     #[napi]
     pub async fn compat_disable_backup(&self) -> Result<()> {
-        self.machine()?.backup_machine().disable_backup().await.map_err(errors::store)
+        self.disable_backup().await
     }
 
     /// The next batch of room keys to back up, as a `keys_backup` request, or null.
     #[napi]
     pub async fn compat_backup_room_keys(&self) -> Result<Option<NativeRequest>> {
-        let machine = self.machine()?;
-        let Some((id, request)) = machine.backup_machine().backup().await.map_err(errors::store)? else {
-            return Ok(None);
-        };
-        let out = NativeRequest {
-            id: id.to_string(),
-            kind: "keys_backup".to_owned(),
-            body: serde_json::to_string(&json!({ "rooms": request.rooms })).map_err(internal)?,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: Some(request.version),
-        };
-        self.remember(std::slice::from_ref(&out));
-        Ok(Some(out))
+        self.backup_room_keys().await
     }
 
     /// How many room keys we hold and how many are backed up.

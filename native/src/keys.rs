@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::{
     errors::{self, internal, invalid},
-    key_file, withheld,
+    key_file,
+    withheld::{self, received::Source},
 };
 
 /// A JS `(done, total) => void` callback, callable from the tokio threads.
@@ -87,19 +88,34 @@ pub async fn export(
 pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&ProgressCallback>) -> napi::Result<String> {
     let values: Vec<serde_json::Value> = serde_json::from_str(keys_json)
         .map_err(|e| invalid("keys", format!("must be a JSON array of exported room keys ({e})")))?;
+    let result = import_values(machine, values, "keys", Source::KeyExport, None, progress).await?;
+    Ok(result.to_string())
+}
+
+/// Import key-export JSON values (`field` names them in errors), restoring the withheld records
+/// they carry as records of `source`. Keys from a backup (`from_backup_version`) are marked as
+/// backed up there. Returns `{ imported, total, keys, withheldRecords }`.
+pub async fn import_values(
+    machine: &OlmMachine,
+    values: Vec<serde_json::Value>,
+    field: &str,
+    source: Source,
+    from_backup_version: Option<&str>,
+    progress: Option<&ProgressCallback>,
+) -> napi::Result<serde_json::Value> {
     let mut keys = Vec::with_capacity(values.len());
     let importer = machine.user_id().to_string();
-    let withheld_records: Vec<_> = values.iter().filter_map(|v| withheld::export::extract(v, &importer)).collect();
+    let withheld_records: Vec<_> = values.iter().filter_map(|v| withheld::export::extract(v, &importer, source)).collect();
     for (i, v) in values.into_iter().enumerate() {
         let key: ExportedRoomKey = serde_json::from_value(v)
-            .map_err(|e| invalid(&format!("keys[{i}]"), format!("not an exported room key ({e})")))?;
+            .map_err(|e| invalid(&format!("{field}[{i}]"), format!("not an exported room key ({e})")))?;
         keys.push(key);
     }
     let report = std::sync::Mutex::new(Progress::new(progress, keys.len()));
     // The crate counts from 0 and reports after each key: key `i` done means `i + 1` done.
     let result = machine
         .store()
-        .import_exported_room_keys(keys, |i, total| {
+        .import_room_keys(keys, from_backup_version, |i, total| {
             let mut report = report.lock().expect("progress lock");
             report.total = total;
             report.report(i + 1);
@@ -113,7 +129,7 @@ pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&Pro
         .flat_map(|(room, by_sender)| by_sender.values().flatten().map(move |s| (room.to_string(), s.clone())))
         .collect();
     let withheld = withheld::export::restore(machine, withheld_records, &imported).await.map_err(errors::store)?;
-    Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys, "withheldRecords": withheld }).to_string())
+    Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys, "withheldRecords": withheld }))
 }
 
 /// Export as an encrypted key-export file (the spec's format), keeping every field.

@@ -5,6 +5,8 @@
 #![deny(clippy::all)]
 
 #[cfg(feature = "node")]
+mod backup;
+#[cfg(feature = "node")]
 mod bench;
 #[cfg(feature = "node")]
 mod compat;

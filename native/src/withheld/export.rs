@@ -1,7 +1,8 @@
 //! Withheld metadata in room-key exports: an extension beyond the spec (MSC2399 names the gap
 //! for key backups). An exported session we hold only from index k > 0 carries, under
 //! [`EXPORT_FIELD`], the code and reason that explain why the messages before k are missing.
-//! Importers that do not know the field ignore it; exports without it import as before.
+//! Importers that do not know the field ignore it; exports without it import as before. Key
+//! backups carry the same field inside their encrypted session data (`backup.rs`).
 
 use matrix_sdk_crypto::{olm::InboundGroupSession, OlmMachine};
 use serde_json::{json, Value};
@@ -25,20 +26,28 @@ pub fn best_record<'a>(records: &'a [RoomRecord], creator_key: &str) -> Option<&
         .or_else(|| records.iter().rev().find(|r| r.source != Source::Notice))
 }
 
-/// Add the withheld field to an exported key, if the session is partially withheld and we know why.
-pub async fn annotate(machine: &OlmMachine, session: &InboundGroupSession, exported: &mut Value) -> Result<(), WithheldError> {
+/// The value of [`EXPORT_FIELD`] for a session: `None` unless it is partially withheld and we
+/// know why.
+pub async fn withheld_field(machine: &OlmMachine, session: &InboundGroupSession) -> Result<Option<Value>, WithheldError> {
     if session.first_known_index() == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let records = ledger::room_records(machine, session.room_id().as_str(), session.session_id()).await?;
-    if let Some(r) = best_record(&records, &session.sender_key().to_base64()) {
-        exported[EXPORT_FIELD] = json!({ "code": r.code, "reason": r.reason, "first_known_index": session.first_known_index() });
+    Ok(best_record(&records, &session.sender_key().to_base64())
+        .map(|r| json!({ "code": r.code, "reason": r.reason, "first_known_index": session.first_known_index() })))
+}
+
+/// Add the withheld field to an exported key, if the session is partially withheld and we know why.
+pub async fn annotate(machine: &OlmMachine, session: &InboundGroupSession, exported: &mut Value) -> Result<(), WithheldError> {
+    if let Some(field) = withheld_field(machine, session).await? {
+        exported[EXPORT_FIELD] = field;
     }
     Ok(())
 }
 
-/// The withheld field of an exported key, as the record to store on import.
-pub fn extract(key: &Value, importer: &str) -> Option<RoomRecord> {
+/// The withheld field of an exported (or backed-up) key, as the record to store on import;
+/// `source` says which of the two it came from.
+pub fn extract(key: &Value, importer: &str, source: Source) -> Option<RoomRecord> {
     let field = key.get(EXPORT_FIELD)?.as_object()?;
     Some(RoomRecord {
         code: field.get("code")?.as_str()?.to_owned(),
@@ -49,7 +58,7 @@ pub fn extract(key: &Value, importer: &str) -> Option<RoomRecord> {
         sender_key: key.get("sender_key")?.as_str()?.to_owned(),
         from_device: None,
         received_at: now_ms(),
-        source: Source::KeyExport,
+        source,
     })
 }
 
@@ -95,9 +104,9 @@ mod tests {
     #[test]
     fn extract_reads_the_field_and_ignores_keys_without_it() {
         let key = json!({"room_id":"!r:x","session_id":"S","sender_key":"K", EXPORT_FIELD: {"code":"m.unverified","reason":"why"}});
-        let r = extract(&key, "@me:x").unwrap();
+        let r = extract(&key, "@me:x", Source::KeyExport).unwrap();
         assert_eq!((r.code.as_str(), r.reason.as_deref(), r.source), ("m.unverified", Some("why"), Source::KeyExport));
-        assert!(extract(&json!({"room_id":"!r:x","session_id":"S","sender_key":"K"}), "@me:x").is_none());
-        assert!(extract(&json!({"room_id":"!r:x","session_id":"S","sender_key":"K", EXPORT_FIELD: {"reason":"no code"}}), "@me:x").is_none());
+        assert!(extract(&json!({"room_id":"!r:x","session_id":"S","sender_key":"K"}), "@me:x", Source::KeyExport).is_none());
+        assert!(extract(&json!({"room_id":"!r:x","session_id":"S","sender_key":"K", EXPORT_FIELD: {"reason":"no code"}}), "@me:x", Source::KeyExport).is_none());
     }
 }

@@ -239,7 +239,7 @@ pub async fn explain_failure(
     let mut room = None;
     for r in ledger::room_records(machine, room_id.as_str(), session_id).await?.into_iter().rev() {
         let counts = match r.source {
-            Source::ForwardedKey | Source::KeyExport => true,
+            Source::ForwardedKey | Source::KeyExport | Source::KeyBackup => true,
             Source::Notice => {
                 let notice = Notice::Room(r.clone());
                 let verdict = received::validate(&notice, &facts(machine, &notice).await?);

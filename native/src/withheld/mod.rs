@@ -2,6 +2,7 @@
 //! ledger, the share summary (and, in their own files, key-request answers, received notices and
 //! forwarded-key metadata). Plain Rust, no N-API, so it is unit-tested with `cargo test`.
 
+pub mod backup;
 pub mod codes;
 pub mod export;
 pub mod explain;

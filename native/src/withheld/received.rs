@@ -16,6 +16,8 @@ pub enum Source {
     ForwardedKey,
     /// The withheld field of an imported room-key export.
     KeyExport,
+    /// The withheld field of a room key restored from server-side key backup.
+    KeyBackup,
 }
 
 /// A room-scoped withheld record: why (part of) a session is missing.
