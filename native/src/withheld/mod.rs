@@ -71,6 +71,9 @@ pub fn now_ms() -> u64 {
 }
 
 const NO_OLM_LEDGER_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_sent";
+/// The users that have a ledger value under [`NO_OLM_LEDGER_KEY`], so that looking up a user
+/// without one (nearly every recipient of a large share) costs no store read.
+const NO_OLM_USERS_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_users";
 
 /// What a request we created ourselves carries, so marking it sent updates the right ledger.
 enum OwnRequest {
@@ -172,21 +175,53 @@ impl Withheld {
         *self.policy.write().expect("policy lock") = policy;
     }
 
+    async fn load_index(machine: &OlmMachine, ledger: &mut NoOlmLedger) -> Result<(), WithheldError> {
+        if ledger.index().is_none() {
+            let stored: Option<std::collections::BTreeSet<String>> = machine.store().get_value(NO_OLM_USERS_KEY).await.map_err(WithheldError::store)?;
+            ledger.set_index(stored.unwrap_or_default());
+        }
+        Ok(())
+    }
+
     async fn load_user(machine: &OlmMachine, ledger: &mut NoOlmLedger, user: &str) -> Result<(), WithheldError> {
         if !ledger.is_loaded(user) {
-            let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
-            let stored: Option<UserLedger> = machine.store().get_value(&key).await.map_err(WithheldError::store)?;
+            Self::load_index(machine, ledger).await?;
+            let stored: Option<UserLedger> = if ledger.index().is_some_and(|i| i.contains(user)) {
+                let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
+                machine.store().get_value(&key).await.map_err(WithheldError::store)?
+            } else {
+                None
+            };
             ledger.load(user, stored.unwrap_or_default());
         }
         Ok(())
     }
 
-    async fn save_user(machine: &OlmMachine, ledger: &NoOlmLedger, user: &str) -> Result<(), WithheldError> {
+    async fn save_user(machine: &OlmMachine, ledger: &mut NoOlmLedger, user: &str) -> Result<(), WithheldError> {
         if let Some(entries) = ledger.user(user) {
             let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
             machine.store().set_value(&key, entries).await.map_err(WithheldError::store)?;
+            Self::load_index(machine, ledger).await?;
+            if ledger.add_to_index(user) {
+                machine.store().set_value(NO_OLM_USERS_KEY, &ledger.index()).await.map_err(WithheldError::store)?;
+            }
         }
         Ok(())
+    }
+
+    /// The re-armed devices of these users (their ledgers loaded as needed; users without a
+    /// ledger cost nothing).
+    async fn rearmed_devices(&self, machine: &OlmMachine, users: &[OwnedUserId]) -> Result<Vec<(OwnedUserId, ruma::OwnedDeviceId)>, WithheldError> {
+        let mut ledger = self.no_olm.lock().await;
+        Self::load_index(machine, &mut ledger).await?;
+        let mut out = Vec::new();
+        for u in users {
+            if ledger.index().is_some_and(|i| i.contains(u.as_str())) {
+                Self::load_user(machine, &mut ledger, u.as_str()).await?;
+                out.extend(ledger.rearmed_devices(u.as_str()).into_iter().map(|d| (u.clone(), d)));
+            }
+        }
+        Ok(out)
     }
 
     /// Share the room key, then apply the policy and the `m.no_olm` rule to what the crate made.
@@ -205,12 +240,14 @@ impl Withheld {
         let mut requests = Vec::new();
         let mut withheld = Vec::new();
         let mut plain: Vec<&ToDeviceRequest> = Vec::new();
+        let mut crate_no_olm = Vec::new();
         for r in &crate_requests {
             if r.event_type.to_string() != codes::WITHHELD_EVENT_TYPE {
                 plain.push(r);
                 requests.push((**r).clone());
                 continue;
             }
+            crate_no_olm.extend(share::crate_no_olm_devices(r)?);
             let txn = r.txn_id.to_string();
             let cached = self.filtered.lock().expect("filter cache").get(&txn).cloned();
             let kept = match cached {
@@ -237,7 +274,8 @@ impl Withheld {
         }
         let shared_with = share::key_recipients(&plain);
 
-        let candidates = share::devices_without_olm(machine, room_id, users, &shared_with).await?;
+        let rearmed = self.rearmed_devices(machine, users).await?;
+        let candidates = share::devices_without_olm(machine, room_id, crate_no_olm, rearmed, &shared_with).await?;
         if !candidates.is_empty() {
             let mut ledger = self.no_olm.lock().await;
             let mut notify = Vec::new();
@@ -263,7 +301,7 @@ impl Withheld {
             }
             suppressed_users.dedup();
             for u in suppressed_users {
-                Self::save_user(machine, &ledger, u.as_str()).await?;
+                Self::save_user(machine, &mut ledger, u.as_str()).await?;
             }
             let keys = machine.identity_keys();
             for r in share::no_olm_requests(&notify, policy.reason(codes::NO_OLM), &keys.curve25519.to_base64(), machine.device_id().as_str())? {
@@ -308,7 +346,7 @@ impl Withheld {
                 }
                 users.dedup();
                 for u in users {
-                    Self::save_user(machine, &ledger, u).await?;
+                    Self::save_user(machine, &mut ledger, u).await?;
                 }
                 Ok(OwnSent::Done)
             }
@@ -327,7 +365,7 @@ impl Withheld {
         let mut ledger = self.no_olm.lock().await;
         Self::load_user(machine, &mut ledger, user).await?;
         if ledger.session_established(user, device, now_ms()) {
-            Self::save_user(machine, &ledger, user).await?;
+            Self::save_user(machine, &mut ledger, user).await?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! set once and never reset, so this ledger replaces it: the crate's `m.no_olm` notices are
 //! always dropped and ours are sent instead.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,9 +39,26 @@ pub enum Decision {
 pub struct NoOlmLedger {
     users: BTreeMap<String, UserLedger>,
     in_flight: HashSet<(String, String)>,
+    /// The users with a persisted ledger; `None` until read from the store.
+    index: Option<BTreeSet<String>>,
 }
 
 impl NoOlmLedger {
+    /// The users with a persisted ledger, once read.
+    pub fn index(&self) -> Option<&BTreeSet<String>> {
+        self.index.as_ref()
+    }
+
+    /// Install the persisted index of users with a ledger.
+    pub fn set_index(&mut self, index: BTreeSet<String>) {
+        self.index = Some(index);
+    }
+
+    /// Add a user to the index; true if it was not there (the index must then be saved).
+    pub fn add_to_index(&mut self, user: &str) -> bool {
+        self.index.get_or_insert_with(BTreeSet::new).insert(user.to_owned())
+    }
+
     /// Whether a user's persisted ledger has been loaded.
     pub fn is_loaded(&self, user: &str) -> bool {
         self.users.contains_key(user)
@@ -60,6 +77,11 @@ impl NoOlmLedger {
     /// The entry of one device, if it was ever notified.
     pub fn entry(&self, user: &str, device: &str) -> Option<&DeviceEntry> {
         self.users.get(user).and_then(|u| u.get(device))
+    }
+
+    /// The devices of a loaded user whose rule was re-armed (the next failure notifies).
+    pub fn rearmed_devices(&self, user: &str) -> Vec<ruma::OwnedDeviceId> {
+        self.users.get(user).into_iter().flatten().filter(|(_, e)| e.rearmed).map(|(d, _)| d.as_str().into()).collect()
     }
 
     /// Decide for a device that has no Olm session; `Send` marks it in flight.
@@ -110,6 +132,25 @@ mod tests {
 
     const U: &str = "@bob:example.org";
     const D: &str = "BOB";
+
+    #[test]
+    fn index_reports_each_new_user_once() {
+        let mut l = NoOlmLedger::default();
+        assert!(l.index().is_none());
+        assert!(l.add_to_index(U), "a user joins the index: save it");
+        assert!(!l.add_to_index(U), "already there: nothing to save");
+        assert!(l.index().is_some_and(|i| i.contains(U)));
+    }
+
+    #[test]
+    fn rearmed_devices_lists_only_rearmed_entries() {
+        let mut l = NoOlmLedger::default();
+        l.record(U, D, 10, false);
+        l.record(U, "OTHER", 10, false);
+        assert!(l.rearmed_devices(U).is_empty());
+        assert!(l.session_established(U, D, 20));
+        assert_eq!(l.rearmed_devices(U), vec![ruma::OwnedDeviceId::from(D)]);
+    }
 
     #[test]
     fn first_failure_notifies_once() {
