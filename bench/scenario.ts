@@ -3,7 +3,7 @@
  * same steps in bench/rust/src/scenario.rs). Only the calls a phase names are timed: building
  * the homeserver's responses and marking to-device requests sent happen outside the timer.
  */
-import { rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { deviceIds, responseBody, type Fixtures } from './fixtures';
 import type { BenchImpl, BenchMachine, StoreKind, Trust } from './impls';
@@ -59,8 +59,8 @@ export async function runScenario(
   workdir: string,
   onPhase: (phase: Phase) => void = () => {},
 ): Promise<RepResult> {
-  const dir = join(workdir, `${impl.name}-${store}`);
-  rmSync(dir, { recursive: true, force: true });
+  // A new folder per repetition: never a store path that an earlier repetition used.
+  const dir = mkdtempSync(join(workdir, `${impl.name}-${store}-`));
   const baseRssMb = rssMb();
   const sender = await impl.open(store, join(dir, 'sender'), SENDER.userId, SENDER.deviceId);
   const recipient = await impl.open(store, join(dir, 'recipient'), RECIPIENT.userId, RECIPIENT.deviceId);

@@ -228,10 +228,11 @@ export class OlmMachine {
 
   /**
    * Release the store. Calls already running finish; later calls reject with `MachineClosed`.
-   * Reopen the same store with {@link OlmMachine.open}.
+   * Resolves once the store's files are closed (so the folder can be deleted, or the same
+   * store opened again, right away). Reopen the same store with {@link OlmMachine.open}.
    */
   async close(): Promise<void> {
-    nativeSync(() => this.#inner.close());
+    await native(() => this.#inner.close());
   }
 
   /**

@@ -28,6 +28,18 @@ const deviceKeyUploads = (hs: TestHomeserver, from: string) =>
   hs.requestLog.filter((r) => r.from === from && r.type === 'keys_upload' && r.body.device_keys).length;
 
 describe('SQLite store', () => {
+  it('close() returns once the store is closed: no write-ahead log left, and the folder can be deleted and a new store created there', async () => {
+    const path = join(dir, 'reused');
+    for (let i = 0; i < 10; i++) {
+      const m = await OlmMachine.open({ userId: '@reuse:example.org', deviceId: `D${i}`, store: { kind: 'sqlite', path } });
+      const upload = (await m.outgoingRequests()).find((r) => r.type === 'keys_upload')!;
+      await m.markRequestAsSent(upload, { one_time_key_counts: { signed_curve25519: 50 } });
+      await m.close();
+      expect(readdirSync(path).filter((f) => f.endsWith('-wal') || f.endsWith('-shm'))).toEqual([]);
+      rmSync(path, { recursive: true, force: true });
+    }
+  });
+
   it('restores identity keys and room keys after close and reopen, without re-uploading keys', async () => {
     const hs = new TestHomeserver();
     const store = { kind: 'sqlite' as const, path: join(dir, 'bob'), passphrase: 'secret' };

@@ -112,7 +112,7 @@ impl NativeMachine {
     /// Back up room keys to `version`, encrypted to `public_key` (base64).
     #[napi]
     pub async fn enable_backup(&self, public_key: String, version: String) -> Result<()> {
-        enable(&self.machine()?, &public_key, &version, "publicKey").await
+        enable(&*self.machine()?, &public_key, &version, "publicKey").await
     }
 
     /// Stop backing up and forget which keys were backed up.
@@ -132,7 +132,7 @@ impl NativeMachine {
     /// The next batch of room keys to back up, as a `keys_backup` request, or null.
     #[napi]
     pub async fn backup_room_keys(&self) -> Result<Option<NativeRequest>> {
-        let request = next_request(&self.machine()?).await?;
+        let request = next_request(&*self.machine()?).await?;
         if let Some(r) = &request {
             self.remember(std::slice::from_ref(r));
         }

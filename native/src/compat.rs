@@ -388,7 +388,7 @@ impl NativeMachine {
     /// Start backing up room keys to `version`, encrypted to this public key.
     #[napi]
     pub async fn compat_enable_backup_v1(&self, public_key_base64: String, version: String) -> Result<()> {
-        crate::backup::enable(&self.machine()?, &public_key_base64, &version, "publicKeyBase64").await
+        crate::backup::enable(&*self.machine()?, &public_key_base64, &version, "publicKeyBase64").await
     }
 
     /// Whether room-key backup is enabled.

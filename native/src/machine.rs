@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
     time::Duration,
 };
 
@@ -96,6 +99,27 @@ pub struct NativeMachine {
     withheld: Arc<Withheld>,
     /// The SQLite store folder's lock, held until `close()` or garbage collection.
     store_lock: Mutex<Option<store::StoreLock>>,
+    /// Calls holding a handle to the machine (see [`InFlight`]).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A handle to the crate's machine held by one running call; dereferences to the machine.
+pub(crate) struct InFlight {
+    machine: OlmMachine,
+    count: Arc<AtomicUsize>,
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = OlmMachine;
+    fn deref(&self) -> &OlmMachine {
+        &self.machine
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Open (or create) the account of `userId`/`deviceId` in the chosen store.
@@ -135,6 +159,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         pending: Mutex::new(HashMap::new()),
         withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
         store_lock: Mutex::new(opened.lock),
+        in_flight: Arc::new(AtomicUsize::new(0)),
     })
 }
 
@@ -211,13 +236,17 @@ fn encryption_settings(settings: ShareSettings) -> Result<EncryptionSettings> {
 }
 
 impl NativeMachine {
-    /// A handle to the crate's machine, or the typed "closed" error.
-    pub(crate) fn machine(&self) -> Result<OlmMachine> {
-        self.inner
+    /// A handle to the crate's machine, or the typed "closed" error. The handle counts as a
+    /// call in flight until dropped, so that `close()` can let running calls finish.
+    pub(crate) fn machine(&self) -> Result<InFlight> {
+        let machine = self
+            .inner
             .read()
             .map_err(|_| internal("machine lock poisoned"))?
             .clone()
-            .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))
+            .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))?;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Ok(InFlight { machine, count: self.in_flight.clone() })
     }
 
     pub(crate) fn remember(&self, requests: &[NativeRequest]) {
@@ -292,8 +321,30 @@ impl NativeMachine {
     }
 
     /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
+    #[napi]
+    pub async fn close(&self) -> Result<()> {
+        let machine = self.inner.write().ok().and_then(|mut inner| inner.take());
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        if let Some(m) = &machine {
+            // Let the calls already running finish, then close the store's connections: once
+            // this resolves the files are released (deleting the folder and creating a new
+            // store there works; SQLite's write-ahead log is folded back in).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while self.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**m.store();
+            backend.close().await.map_err(errors::store)?;
+        }
+        release(machine);
+        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        Ok(())
+    }
+
+    /// Release the store now, without waiting for running calls or for the store's connections
+    /// to close (the official bindings' synchronous `close()`, for the compat layer).
     #[napi(catch_unwind)]
-    pub fn close(&self) {
+    pub fn close_sync(&self) {
         if let Ok(mut inner) = self.inner.write() {
             release(inner.take());
         }

@@ -539,7 +539,7 @@ export class OlmMachine {
 
   /** Release the store. Later calls reject with `MachineClosed` (the official bindings panic). */
   close(): void {
-    void this.#main.close();
+    this.#native.closeSync();
   }
 
   /** Our private cross-signing keys, encrypted with `secretStorageKey`, as account-data contents. */
