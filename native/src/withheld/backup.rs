@@ -205,7 +205,9 @@ fn decrypt_one(key: &BackupDecryptionKey, [ephemeral, mac, ciphertext]: [&str; 3
     };
     map.insert("room_id".to_owned(), Value::String(room_id.to_owned()));
     map.insert("session_id".to_owned(), Value::String(session_id.to_owned()));
-    serde_json::from_value::<matrix_sdk_crypto::olm::ExportedRoomKey>(value.clone())
+    // Checked here so a bad entry is listed as undecryptable instead of failing the restore;
+    // deserialising from a borrowed value checks it without copying it.
+    matrix_sdk_crypto::olm::ExportedRoomKey::deserialize(&value)
         .map_err(|e| format!("the decrypted session data is not a backed-up room key ({e})"))?;
     Ok(value)
 }
