@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { generateFixtures, writeFixtures } from './fixtures';
 import { officialNode, type StoreKind } from './impls';
 import type { ImplName, Results, Run, Skip } from './results';
+import { summarise } from './measure';
 import type { WorkerArgs } from './worker';
 
 export interface BenchOptions {
@@ -133,8 +134,8 @@ export async function runBench(options: BenchOptions): Promise<Results> {
   const plan: { n: number; devicesPerUser: number; jobs: Job[] }[] = [];
   const rustBinary = wanted('rust-crate') || wanted('floor') ? buildRust(options.release) : '';
 
-  const worker = (impl: WorkerArgs['impl'], store: StoreKind, n: number, devicesPerUser: number, reps: number, pin: boolean): Job => ({
-    label: `${impl}${pin ? ' (1 CPU)' : ''} ${store} N=${n}x${devicesPerUser}`,
+  const worker = (impl: WorkerArgs['impl'], store: StoreKind, n: number, devicesPerUser: number, reps: number, pin: boolean, suffix = ''): Job => ({
+    label: `${impl}${pin ? ' (1 CPU)' : ''} ${store} N=${n}x${devicesPerUser}${suffix}`,
     run: async (fixtures, workdir, onLine) => {
       const args: WorkerArgs = { impl, store, n, devicesPerUser, reps, fixtures, workdir };
       const node = [process.execPath, '--expose-gc', '--import', 'tsx', join(__dirname, 'worker.ts'), JSON.stringify(args)];
@@ -159,35 +160,39 @@ export async function runBench(options: BenchOptions): Promise<Results> {
             ) as Run[],
         });
       }
-      for (const store of options.stores) {
-        if (wanted('rust-crate')) {
-          jobs.push({
-            label: `rust-crate ${store} N=${n}x${devicesPerUser}`,
-            run: async (fixtures, workdir, onLine) =>
-              JSON.parse(
-                await child(
-                  rustBinary,
-                  ['crate', '--fixtures', fixtures, '--store', store, '--n', String(n), '--devices-per-user', String(devicesPerUser), '--reps', String(options.reps), '--workdir', workdir],
-                  onLine,
-                ),
-              ) as Run[],
-          });
-        }
-        if (wanted('matrix-crypto-node')) jobs.push(worker('matrix-crypto-node', store, n, devicesPerUser, options.reps, false));
-        if (wanted('official-node') && typeof official !== 'string') jobs.push(worker('official-node', store, n, devicesPerUser, options.reps, false));
+      // Every implementation runs in a new process per repetition, and they take turns: a slow
+      // spell of the machine lands on each of them instead of on whichever ran then, and each
+      // repetition's peak memory starts from a fresh process.
+      const wasmMode = progressOf(n);
+      if (wanted('wasm') && wasmMode === 'skip') {
+        skipped.push({ impl: 'wasm', n, devicesPerUser, reason: `not run above N=${options.wasmMaxN} (its keys/query processing grows faster than linearly)` });
+      } else if (wanted('wasm') && wasmMode === 'once' && !options.wasmLargeDevicesPerUser.includes(devicesPerUser)) {
+        skipped.push({ impl: 'wasm', n, devicesPerUser, reason: `above N=${options.wasmFullRepsMaxN} it runs for ${options.wasmLargeDevicesPerUser.join(', ')} device(s) per user only, to keep the run short` });
       }
-      if (wanted('matrix-crypto-node') && options.singleCore && devicesPerUser === 1 && options.stores.includes('sqlite')) {
-        jobs.push(worker('matrix-crypto-node', 'sqlite', n, devicesPerUser, options.reps, true));
-      }
-      if (wanted('wasm')) {
-        const mode = progressOf(n);
-        if (mode === 'skip') {
-          skipped.push({ impl: 'wasm', n, devicesPerUser, reason: `not run above N=${options.wasmMaxN} (its keys/query processing grows faster than linearly)` });
-        } else if (mode === 'once' && !options.wasmLargeDevicesPerUser.includes(devicesPerUser)) {
-          skipped.push({ impl: 'wasm', n, devicesPerUser, reason: `above N=${options.wasmFullRepsMaxN} it runs for ${options.wasmLargeDevicesPerUser.join(', ')} device(s) per user only, to keep the run short` });
-        } else {
-          jobs.push(worker('wasm', 'memory', n, devicesPerUser, mode === 'once' ? 1 : options.reps, false));
+      for (let rep = 0; rep < options.reps; rep++) {
+        const of = options.reps > 1 ? ` (rep ${rep + 1}/${options.reps})` : '';
+        for (const store of options.stores) {
+          if (wanted('rust-crate')) {
+            jobs.push({
+              label: `rust-crate ${store} N=${n}x${devicesPerUser}${of}`,
+              run: async (fixtures, workdir, onLine) =>
+                JSON.parse(
+                  await child(
+                    rustBinary,
+                    ['crate', '--fixtures', fixtures, '--store', store, '--n', String(n), '--devices-per-user', String(devicesPerUser), '--reps', '1', '--workdir', workdir],
+                    onLine,
+                  ),
+                ) as Run[],
+            });
+          }
+          if (wanted('matrix-crypto-node')) jobs.push(worker('matrix-crypto-node', store, n, devicesPerUser, 1, false, of));
+          if (wanted('official-node') && typeof official !== 'string') jobs.push(worker('official-node', store, n, devicesPerUser, 1, false, of));
         }
+        if (wanted('matrix-crypto-node') && options.singleCore && devicesPerUser === 1 && options.stores.includes('sqlite')) {
+          jobs.push(worker('matrix-crypto-node', 'sqlite', n, devicesPerUser, 1, true, of));
+        }
+        const wasmRuns = wasmMode === 'full' || (wasmMode === 'once' && options.wasmLargeDevicesPerUser.includes(devicesPerUser) && rep === 0);
+        if (wanted('wasm') && wasmRuns) jobs.push(worker('wasm', 'memory', n, devicesPerUser, 1, false, wasmMode === 'full' ? of : ''));
       }
       plan.push({ n, devicesPerUser, jobs });
     }
@@ -231,9 +236,47 @@ export async function runBench(options: BenchOptions): Promise<Results> {
       }
       rmSync(path, { force: true });
     }
+    results.runs = mergeRepetitions(results.runs);
+    // Each repetition's process reports the same skipped phases.
+    const seen = new Set<string>();
+    results.skipped = results.skipped.filter((s) => {
+      const key = JSON.stringify(s);
+      return !seen.has(key) && (seen.add(key), true);
+    });
   } finally {
     progress.end();
     rmSync(workdir, { recursive: true, force: true });
   }
   return results;
+}
+
+/**
+ * Combine the runs of one implementation, store, size, phase and core count that came from
+ * separate processes (one per repetition) into one: the median of their wall times, the extremes
+ * of their spreads, the highest peaks and the lowest base.
+ */
+export function mergeRepetitions(runs: Run[]): Run[] {
+  const groups = new Map<string, Run[]>();
+  for (const r of runs) {
+    const key = [r.impl, r.store, r.n, r.devicesPerUser, r.phase, r.cores].join('|');
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  return [...groups.values()].map((group) => {
+    if (group.length === 1) return group[0]!;
+    const wall = summarise(group.map((r) => r.wallMs));
+    const first = group[0]!;
+    const delays = group.map((r) => r.maxEventLoopDelayMs).filter((d): d is number => d !== null);
+    return {
+      ...first,
+      wallMs: wall.median,
+      usPerDevice: (wall.median * 1000) / first.devices,
+      peakRssMb: Math.max(...group.map((r) => r.peakRssMb)),
+      toDeviceBytes: Math.max(...group.map((r) => r.toDeviceBytes)),
+      maxEventLoopDelayMs: delays.length ? Math.max(...delays) : null,
+      reps: group.reduce((t, r) => t + r.reps, 0),
+      minMs: Math.min(...group.map((r) => r.minMs)),
+      maxMs: Math.max(...group.map((r) => r.maxMs)),
+      rssBaseMb: Math.min(...group.map((r) => r.rssBaseMb)),
+    };
+  });
 }

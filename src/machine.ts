@@ -421,7 +421,11 @@ export class OlmMachine {
 
   /**
    * Encrypt a room event. Returns the `m.room.encrypted` content to send in the room.
-   * Share the room key first ({@link shareRoomKey}).
+   * Share the room key first ({@link shareRoomKey}), before every message: the share is cheap
+   * when nothing changed, and it rotates the key when the rotation period is reached.
+   *
+   * @throws {@link MatrixCryptoError} `EncryptionError` with field `roomId` when the room has no
+   * room key yet, or its key reached the rotation period (messages or time) since the last share.
    */
   async encryptRoomEvent(roomId: string, eventType: string, content: Record<string, unknown>): Promise<Record<string, unknown>> {
     requireString('roomId', roomId);

@@ -84,6 +84,25 @@ describe('OlmMachine: two devices on the test homeserver', () => {
     }
   });
 
+  it('rejects encrypting with a due or missing room key as a typed error naming roomId', async () => {
+    const { alice, bob } = await pair();
+    const members = [alice.userId, bob.userId];
+    const none = await alice.machine.encryptRoomEvent('!other:example.org', 'm.room.message', { body: 'x' }).catch((e: unknown) => e);
+    expect(none).toBeInstanceOf(MatrixCryptoError);
+    expect(none).toMatchObject({ code: 'EncryptionError', field: 'roomId' });
+    expect((none as Error).message).toMatch(/no room key exists .*shareRoomKey/);
+
+    await alice.sendMessage(ROOM, members, { body: '1' }, { rotationPeriodMessages: 1 });
+    const due = await alice.machine.encryptRoomEvent(ROOM, 'm.room.message', { body: '2' }).catch((e: unknown) => e);
+    expect(due).toMatchObject({ code: 'EncryptionError', field: 'roomId' });
+    expect((due as Error).message).toMatch(/rotation period.*shareRoomKey/);
+
+    // The machine still works: sharing rotates the key and the next message goes out.
+    const next = await alice.sendMessage(ROOM, members, { body: '2' }, { rotationPeriodMessages: 1 });
+    await bob.sync();
+    expect((await bob.machine.decryptRoomEvent(next, ROOM)).event.content).toMatchObject({ body: '2' });
+  });
+
   it('keeps the same session while no rotation is due', async () => {
     const { alice, bob } = await pair();
     const members = [alice.userId, bob.userId];

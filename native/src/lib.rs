@@ -31,9 +31,8 @@ mod machine;
 #[cfg(feature = "node")]
 mod requests;
 #[cfg(feature = "node")]
-mod runtime;
-#[cfg(feature = "node")]
 mod store;
 
 pub mod key_file;
+pub mod runtime;
 pub mod withheld;

@@ -337,7 +337,12 @@ impl NativeMachine {
             backend.close().await.map_err(errors::store)?;
         }
         release(machine);
-        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        // Keep the folder locked until SQLite's files are released (see `wait_released`).
+        let lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(lock) = &lock {
+            lock.wait_released().await;
+        }
+        drop(lock);
         Ok(())
     }
 
@@ -574,7 +579,17 @@ impl NativeMachine {
         if !content.json().get().trim_start().starts_with('{') {
             return Err(invalid("content", "must be a JSON object"));
         }
-        let result = machine.encrypt_room_event_raw(&room_id, &event_type, &content).await.map_err(|e| match e {
+        // The crate asserts (panics) instead of returning an error when the room has no
+        // outbound session or its session reached the rotation period; run it as its own task
+        // so such a panic becomes a typed error that says what to do.
+        let crate_machine = (*machine).clone();
+        let (room, kind) = (room_id.clone(), event_type.clone());
+        let task = tokio::spawn(async move { crate_machine.encrypt_room_event_raw(&room, &kind, &content).await });
+        let outcome = match task.await {
+            Ok(outcome) => outcome,
+            Err(join) => return Err(encrypt_panic(&room_id, join)),
+        };
+        let result = outcome.map_err(|e| match e {
             matrix_sdk_crypto::MegolmError::Store(s) => errors::store(s),
             other => typed(
                 code::ENCRYPTION,
@@ -803,4 +818,27 @@ impl NativeRequest {
             version: None,
         }
     }
+}
+
+/// The typed error for a panic of the crate's `encrypt_room_event_raw`: its asserts name a room
+/// without an outbound session, or one whose session is due for rotation.
+fn encrypt_panic(room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
+    let text = if join.is_panic() {
+        let payload = join.into_panic();
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    } else {
+        join.to_string()
+    };
+    let message = if text.contains("expired") {
+        format!("roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key")
+    } else if text.contains("wasn't created") {
+        format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting")
+    } else {
+        format!("roomId: cannot encrypt for {room_id}: {text}")
+    };
+    typed(code::ENCRYPTION, message, json!({ "field": "roomId" }))
 }

@@ -5,6 +5,9 @@
 //! puppet devices syncing at once would grow the process to hundreds of threads. The same
 //! runtime with a lower ceiling queues those queries instead; threads idle for ten seconds go
 //! away either way.
+//!
+//! The benchmark's pure-Rust run (`bench/rust`) builds its runtime with [`build`] too, so the
+//! figures it is compared with differ by the binding alone, not by the runtime's settings.
 
 /// Threads for blocking work (SQLite queries) across all machines: twice the cores, at least 4
 /// and at most 32.
@@ -18,14 +21,17 @@ pub fn max_blocking_threads() -> usize {
     (2 * cores).clamp(4, 32)
 }
 
+/// The runtime the addon runs every async call on: multi-threaded (one worker per core, tokio's
+/// default), timers and I/O enabled, [`max_blocking_threads`] blocking threads.
+pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(max_blocking_threads()).build()
+}
+
+#[cfg(feature = "node")]
 #[napi_derive::module_init]
 fn init() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(max_blocking_threads())
-        .build();
     // Without a runtime of our own napi-rs builds its default one on first use.
-    if let Ok(runtime) = runtime {
+    if let Ok(runtime) = build() {
         napi::bindgen_prelude::create_custom_tokio_runtime(runtime);
     }
 }

@@ -33,6 +33,34 @@ pub const LOCK_FILE: &str = "matrix-crypto-node.lock";
 /// the machine) lets the next opener in.
 pub struct StoreLock {
     _file: File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    /// Wait (at most five seconds) until SQLite's `-wal` and `-shm` files in the store folder are
+    /// gone, which happens when the last connection to each database closes.
+    ///
+    /// The crate's `close()` returns once its connection pool reports no connections, but the
+    /// pool drops the connections themselves on a blocking thread, later. A connection closed
+    /// after the folder was deleted and a new store created there would delete the new store's
+    /// write-ahead log by name; so `close()` waits for the files, not for the pool's count.
+    pub async fn wait_released(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sidecar_files(&self.path) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Whether the folder holds a SQLite write-ahead log or shared-memory file.
+fn sidecar_files(path: &Path) -> bool {
+    std::fs::read_dir(path).map(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with("-wal") || name.ends_with("-shm")
+        })
+    }).unwrap_or(false)
 }
 
 /// An open store, and its lock when it is a SQLite store.
@@ -74,7 +102,7 @@ fn lock(path: &Path) -> napi::Result<StoreLock> {
         Ok(()) => {
             // The pid is only for the message a second opener gets; the lock is what counts.
             let _ = file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).and_then(|_| file.flush());
-            Ok(StoreLock { _file: file })
+            Ok(StoreLock { _file: file, path: path.to_path_buf() })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();

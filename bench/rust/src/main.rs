@@ -112,8 +112,11 @@ fn main() {
                 eprintln!("cannot read {}: {e}", fixtures.display());
                 std::process::exit(2)
             });
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            runtime.block_on(scenario::run(&text, &setup)).unwrap_or_else(|e| {
+            // The addon's runtime, and the scenario spawned onto one of its workers as napi-rs
+            // spawns every async call: the two runs then differ by the binding alone.
+            let runtime = matrix_crypto_node::runtime::build().expect("tokio runtime");
+            let task = runtime.spawn(async move { scenario::run(&text, &setup).await.map_err(|e| e.to_string()) });
+            runtime.block_on(task).expect("scenario task").unwrap_or_else(|e| {
                 eprintln!("crate scenario failed: {e}");
                 std::process::exit(1)
             })

@@ -153,6 +153,13 @@ struct ToDeviceBody<'a> {
     messages: &'a BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<ruma::events::AnyToDeviceEventContent>>>,
 }
 
+/// The users as `&UserId`s, collected: an iterator mapping through a closure would make the
+/// scenario's future not `Send` (a known rustc limitation with higher-ranked closures), and it
+/// runs spawned on the runtime as the addon's calls do.
+fn user_refs(users: &[OwnedUserId]) -> std::vec::IntoIter<&UserId> {
+    users.iter().map(|u| -> &UserId { u }).collect::<Vec<_>>().into_iter()
+}
+
 struct Shared {
     elapsed: Duration,
     bytes: u64,
@@ -163,7 +170,7 @@ struct Shared {
 async fn share(machine: &OlmMachine, room: &RoomId, users: &[OwnedUserId], strategy: CollectStrategy) -> Result<Shared, Error> {
     let settings = EncryptionSettings { sharing_strategy: strategy, ..Default::default() };
     let start = Instant::now();
-    let requests = machine.share_room_key(room, users.iter().map(|u| u.as_ref()), settings).await.map_err(err)?;
+    let requests = machine.share_room_key(room, user_refs(users), settings).await.map_err(err)?;
     let bodies: Vec<String> = requests
         .iter()
         .map(|r| serde_json::to_string(&ToDeviceBody { messages: &r.messages }))
@@ -225,7 +232,7 @@ async fn one_rep(fixtures: &Fixtures<'_>, setup: &Setup, rep: usize) -> Result<(
     let mut samples = Vec::new();
 
     // keys/query
-    sender.update_tracked_users(users.iter().map(|u| u.as_ref())).await.map_err(err)?;
+    sender.update_tracked_users(user_refs(&users)).await.map_err(err)?;
     rss::reset_peak();
     let elapsed = answer_key_queries(&sender, &device_keys).await?;
     samples.push(Sample { elapsed, peak_mb: rss::peak_mb(), bytes: 0 });
@@ -235,7 +242,7 @@ async fn one_rep(fixtures: &Fixtures<'_>, setup: &Setup, rep: usize) -> Result<(
 
     // keys/claim: Olm sessions
     let (claim_id, claim) = sender
-        .get_missing_sessions(users.iter().map(|u| u.as_ref()))
+        .get_missing_sessions(user_refs(&users))
         .await
         .map_err(err)?
         .ok_or("no sessions are missing")?;
