@@ -276,6 +276,7 @@ export function mergeRepetitions(runs: Run[]): Run[] {
       reps: group.reduce((t, r) => t + r.reps, 0),
       minMs: Math.min(...group.map((r) => r.minMs)),
       maxMs: Math.max(...group.map((r) => r.maxMs)),
+      repMs: group.flatMap((r) => r.repMs ?? [r.wallMs]),
       rssBaseMb: Math.min(...group.map((r) => r.rssBaseMb)),
     };
   });

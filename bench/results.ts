@@ -24,6 +24,11 @@ export interface Run {
   reps: number;
   minMs: number;
   maxMs: number;
+  /**
+   * Wall time of each repetition in the order they ran. The implementations take turns, so
+   * repetition i of each ran next to repetition i of the others (absent in older result files).
+   */
+  repMs?: number[];
   /** Recipient devices: N fixture devices plus the one real recipient that decrypts. */
   devices: number;
   /** CPUs the run could use (the floor reports one row per thread count). */

@@ -57,6 +57,7 @@ async function main() {
       reps: samples.length,
       minMs: wall.min,
       maxMs: wall.max,
+      repMs: samples.map((s) => s.ms),
       devices,
       cores: availableParallelism(),
       rssBaseMb: Math.min(...reps.map((r) => r.baseRssMb)),

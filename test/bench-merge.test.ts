@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { mergeRepetitions } from '../bench/driver';
+import { pairedRatio } from '../bench/report';
 import type { Run } from '../bench/results';
 
 const run = (over: Partial<Run>): Run => ({
@@ -58,5 +59,31 @@ describe('mergeRepetitions', () => {
     expect(rust.reps).toBe(2);
     expect(rust.wallMs).toBe(12);
     expect(rust.maxEventLoopDelayMs).toBeNull();
+  });
+});
+
+describe('paired ratios', () => {
+  it('keeps each repetition in the order it ran when merging', () => {
+    const merged = mergeRepetitions([run({ wallMs: 30, repMs: [30] }), run({ wallMs: 10, repMs: [10] }), run({ wallMs: 20 })]);
+    expect(merged[0]!.repMs).toEqual([30, 10, 20]);
+  });
+
+  it('divides repetition by repetition and takes the median, so a slow spell shared by both cancels', () => {
+    // The machine was slow in the second repetition for both implementations.
+    const ours = run({ wallMs: 22, repMs: [11, 44, 22] });
+    const crate = run({ impl: 'rust-crate', wallMs: 20, repMs: [10, 40, 20], maxEventLoopDelayMs: null });
+    expect(pairedRatio(ours, crate)).toBeCloseTo(1.1);
+    // A slow spell over two of ours and one of the crate's: the medians come from different
+    // conditions (30 against 12, 2.5x), the pairs mostly from the same (1.11x, 1.11x, 2.58x).
+    const ours2 = run({ wallMs: 30, repMs: [10, 30, 31] });
+    const crate2 = run({ impl: 'rust-crate', wallMs: 12, repMs: [9, 27, 12] });
+    expect(ours2.wallMs / crate2.wallMs).toBeCloseTo(2.5);
+    expect(pairedRatio(ours2, crate2)).toBeCloseTo(30 / 27);
+  });
+
+  it('falls back to the ratio of the medians without matching repetitions', () => {
+    expect(pairedRatio(run({ wallMs: 30 }), run({ wallMs: 20 }))).toBeCloseTo(1.5);
+    expect(pairedRatio(run({ wallMs: 30, repMs: [30, 30] }), run({ wallMs: 20, repMs: [20] }))).toBeCloseTo(1.5);
+    expect(pairedRatio(undefined, run({}))).toBeUndefined();
   });
 });

@@ -47,6 +47,7 @@ describe('npm run bench, smoke size', () => {
         }
         expect(r.minMs).toBeLessThanOrEqual(r.maxMs);
         expect(r.reps).toBe(1);
+        expect(r.repMs, `${impl} ${store} ${phase}: each repetition's wall time`).toHaveLength(1);
         if (impl === 'floor' || impl === 'rust-crate') {
           expect(r.maxEventLoopDelayMs).toBeNull();
         } else {

@@ -206,6 +206,7 @@ pub fn run(n: usize, reps: usize, devices_per_user: usize) -> Vec<Run> {
                 reps,
                 min_ms: min,
                 max_ms: max,
+                rep_ms: times.iter().map(|t| t.as_secs_f64() * 1e3).collect(),
                 devices: count,
                 cores: threads,
             });

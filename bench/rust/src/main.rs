@@ -33,6 +33,8 @@ pub struct Run {
     pub reps: usize,
     pub min_ms: f64,
     pub max_ms: f64,
+    /// Wall time of each repetition, in the order they ran.
+    pub rep_ms: Vec<f64>,
     pub devices: usize,
     pub cores: usize,
 }

@@ -374,6 +374,7 @@ pub async fn run(text: &str, setup: &Setup) -> Result<Vec<Run>, Error> {
                 reps: setup.reps,
                 min_ms: min,
                 max_ms: max,
+                rep_ms: samples.iter().map(|s| s.elapsed.as_secs_f64() * 1e3).collect(),
                 devices,
                 cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             }
