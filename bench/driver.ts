@@ -259,7 +259,9 @@ export function mergeRepetitions(runs: Run[]): Run[] {
   const groups = new Map<string, Run[]>();
   for (const r of runs) {
     const key = [r.impl, r.store, r.n, r.devicesPerUser, r.phase, r.cores].join('|');
-    groups.set(key, [...(groups.get(key) ?? []), r]);
+    const group = groups.get(key);
+    if (group) group.push(r);
+    else groups.set(key, [r]);
   }
   return [...groups.values()].map((group) => {
     if (group.length === 1) return group[0]!;
