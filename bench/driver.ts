@@ -186,7 +186,7 @@ export async function runBench(options: BenchOptions): Promise<Results> {
             });
           }
           if (wanted('matrix-crypto-node')) jobs.push(worker('matrix-crypto-node', store, n, devicesPerUser, 1, false, of));
-          if (wanted('official-node') && typeof official !== 'string') jobs.push(worker('official-node', store, n, devicesPerUser, 1, false, of));
+          if (wanted('official-node') && typeof official !== 'string' && official.stores.includes(store)) jobs.push(worker('official-node', store, n, devicesPerUser, 1, false, of));
         }
         if (wanted('matrix-crypto-node') && options.singleCore && devicesPerUser === 1 && options.stores.includes('sqlite')) {
           jobs.push(worker('matrix-crypto-node', 'sqlite', n, devicesPerUser, 1, true, of));
@@ -214,6 +214,13 @@ export async function runBench(options: BenchOptions): Promise<Results> {
     runs: [],
   };
   const workdir = mkdtempSync(join(tmpdir(), 'mcn-bench-'));
+  // The postgres store runs against a server of its own with PostgreSQL's default durability
+  // (every commit flushed), unless MCN_BENCH_POSTGRES names one already.
+  const postgresDir = options.stores.includes('postgres') && !process.env.MCN_BENCH_POSTGRES ? mkdtempSync(join(tmpdir(), 'mcn-bench-pg-')) : undefined;
+  const script = join(__dirname, '..', 'scripts', 'postgres.sh');
+  if (postgresDir) {
+    process.env.MCN_BENCH_POSTGRES = execFileSync('bash', [script, 'start', postgresDir], { encoding: 'utf8', env: { ...process.env, MCN_POSTGRES_DURABLE: '1' } }).trim();
+  }
   try {
     for (const { n, devicesPerUser, jobs } of plan) {
       progress.show(`fixtures N=${n}x${devicesPerUser}`);
@@ -246,6 +253,10 @@ export async function runBench(options: BenchOptions): Promise<Results> {
   } finally {
     progress.end();
     rmSync(workdir, { recursive: true, force: true });
+    if (postgresDir) {
+      execFileSync('bash', [script, 'stop', postgresDir], { stdio: 'inherit' });
+      delete process.env.MCN_BENCH_POSTGRES;
+    }
   }
   return results;
 }

@@ -4,9 +4,28 @@
  * installed, the official Node bindings.
  */
 import * as wasm from '@matrix-org/matrix-sdk-crypto-wasm';
-import { OlmMachine } from '../src/index';
+import { OlmMachine, type StoreOptions } from '../src/index';
 
-export type StoreKind = 'memory' | 'sqlite';
+/**
+ * `sqlite`: our engine (for the official bindings: their SQLite store, the crate's);
+ * `sqlite-crate`: the crate's matrix-sdk-sqlite store; `postgres`: our engine on the server
+ * named by MCN_BENCH_POSTGRES (the driver starts one); `memory`: the crate's memory store.
+ */
+export type StoreKind = 'memory' | 'sqlite' | 'sqlite-crate' | 'postgres';
+
+function storeOptions(store: StoreKind, path: string): StoreOptions {
+  switch (store) {
+    case 'memory':
+      return { kind: 'memory' };
+    case 'postgres': {
+      const url = process.env.MCN_BENCH_POSTGRES;
+      if (!url) throw new Error('the postgres store needs MCN_BENCH_POSTGRES');
+      return { kind: 'postgres', url };
+    }
+    default:
+      return { kind: store, path };
+  }
+}
 export type Trust = 'verified' | 'blacklisted' | 'unset';
 
 /** A request whose response the scenario builds and hands back. */
@@ -61,9 +80,12 @@ const usersOf = (body: string, field: 'device_keys' | 'one_time_keys') => Object
 
 export const matrixCryptoNode: BenchImpl = {
   name: 'matrix-crypto-node',
-  stores: ['memory', 'sqlite'],
+  stores: ['memory', 'sqlite', 'sqlite-crate', 'postgres'],
   async open(store, path, userId, deviceId) {
-    const m = await OlmMachine.open({ userId, deviceId, store: store === 'sqlite' ? { kind: 'sqlite', path } : { kind: 'memory' } });
+    const options = storeOptions(store, path);
+    // Every repetition starts from a new account, as the SQLite runs start from a new folder.
+    if (options.kind === 'postgres') await OlmMachine.deleteAccount(options, userId, deviceId);
+    const m = await OlmMachine.open({ userId, deviceId, store: options });
     return {
       async uploadKeys() {
         const upload = (await m.outgoingRequests()).find((r) => r.type === 'keys_upload');

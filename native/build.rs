@@ -9,6 +9,15 @@ fn main() {
     for (krate, var) in [("vodozemac", "MCN_VODOZEMAC_VERSION"), ("matrix-sdk-crypto", "MCN_MATRIX_SDK_CRYPTO_VERSION")] {
         println!("cargo:rustc-env={var}={}", locked_version(&lock, krate).unwrap_or("unknown"));
     }
+    // The store's PostgreSQL tests need a server: `scripts/postgres.sh run cargo test ...`
+    // starts one and names it in MCN_TEST_POSTGRES. Without it they are left out, and said so.
+    println!("cargo::rustc-check-cfg=cfg(mcn_postgres)");
+    println!("cargo:rerun-if-env-changed=MCN_TEST_POSTGRES");
+    if std::env::var_os("MCN_TEST_POSTGRES").is_some() {
+        println!("cargo:rustc-cfg=mcn_postgres");
+    } else if std::env::var_os("CARGO_FEATURE_NODE").is_none() {
+        println!("cargo:warning=store PostgreSQL tests skipped: MCN_TEST_POSTGRES is not set (run them with scripts/postgres.sh run cargo test ...)");
+    }
 }
 
 /// The version of `krate` in Cargo.lock (`name = "..."` followed by `version = "..."`).

@@ -5,6 +5,7 @@
  */
 import { openMachine, type NativeMachine, type NativeRequest } from '../native/index';
 import { MatrixCryptoError, native, nativeSync } from './errors';
+import { deleteAccount, listAccounts, nativeStoreOptions, type StoreAccount, type StoreDatabase, type StoreOptions } from './store';
 import { ProgressRelay, type ProgressCallback } from './progress';
 import type { OutgoingRequest, RequestType } from './requests';
 import type {
@@ -35,20 +36,7 @@ import type {
   WithheldRecord,
 } from './withheld';
 
-/** Where the machine keeps its keys. */
-export type StoreOptions =
-  | {
-      /** The embedded SQLite store (the default kind). */
-      kind: 'sqlite';
-      /** Folder of the database; created if missing. */
-      path: string;
-      /** Encrypts the store at rest. Must be the same on every open. */
-      passphrase?: string;
-    }
-  | {
-      /** Keys live in memory only and are lost on close: for tests and throwaway devices. */
-      kind: 'memory';
-    };
+export type { StoreOptions } from './store';
 
 /** Options of {@link OlmMachine.open}. */
 export interface OpenOptions {
@@ -175,14 +163,7 @@ export class OlmMachine {
     }
     const userId = requireString('userId', options.userId);
     const deviceId = requireString('deviceId', options.deviceId);
-    const store = options.store ?? { kind: 'memory' };
-    if (store === null || typeof store !== 'object') {
-      throw new MatrixCryptoError('InvalidArgument', 'store: must be { kind: "sqlite", path } or { kind: "memory" }', 'store');
-    }
-    const kind = requireString('store.kind', store.kind);
-    const path = store.kind === 'sqlite' ? requireString('store.path', store.path) : undefined;
-    const passphrase =
-      store.kind === 'sqlite' && store.passphrase !== undefined ? requireString('store.passphrase', store.passphrase) : undefined;
+    const store = nativeStoreOptions(options.store ?? { kind: 'memory' });
     const withheldPolicy = options.withheld === undefined ? undefined : jsonArg('withheld', options.withheld);
     if (options.reactToNoOlm !== undefined && typeof options.reactToNoOlm !== 'boolean') {
       throw new MatrixCryptoError('InvalidArgument', 'reactToNoOlm: must be a boolean', 'reactToNoOlm');
@@ -191,14 +172,35 @@ export class OlmMachine {
       openMachine({
         userId,
         deviceId,
-        storeKind: kind,
-        storePath: path,
-        storePassphrase: passphrase,
+        ...store,
         withheldPolicy,
         reactToNoOlm: options.reactToNoOlm,
       }),
     );
     return new OlmMachine(inner);
+  }
+
+  /**
+   * The accounts kept in a store database (a `sqlite` folder or a `postgres` database), sorted
+   * by user id then device id.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` for a bad store option or a folder without
+   *   our engine's database, `StoreLocked` if another process has the SQLite folder open.
+   */
+  static async listAccounts(store: StoreDatabase): Promise<StoreAccount[]> {
+    return listAccounts(store);
+  }
+
+  /**
+   * Delete an account and everything stored for it from a store database; resolves to whether
+   * it existed. The device's keys are gone for good: its user's other devices and its peers
+   * will see it as a new device if it is opened again.
+   *
+   * @throws {@link MatrixCryptoError} `StoreLocked` while a machine has the account open (in
+   *   this process, or another process on PostgreSQL), `InvalidArgument` for a bad option or id.
+   */
+  static async deleteAccount(store: StoreDatabase, userId: string, deviceId: string): Promise<boolean> {
+    return deleteAccount(store, requireString('userId', userId), requireString('deviceId', deviceId));
   }
 
   /** Our user id. */

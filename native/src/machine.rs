@@ -49,10 +49,12 @@ pub struct IdentityKeys {
 pub struct OpenOptions {
     pub user_id: String,
     pub device_id: String,
-    /// `sqlite` or `memory`.
+    /// `sqlite`, `sqlite-crate`, `postgres` or `memory`.
     pub store_kind: String,
     pub store_path: Option<String>,
     pub store_passphrase: Option<String>,
+    /// `postgres`: where the database is.
+    pub store_postgres: Option<store::StorePostgres>,
     /// The machine-wide withheld policy as JSON (`{ send, reasons }`); default: send all codes.
     pub withheld_policy: Option<String>,
     /// React to `m.no_olm` notices with a new Olm session and an `m.dummy`; default true.
@@ -137,9 +139,14 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
             path: PathBuf::from(options.store_path.ok_or_else(|| invalid("store.path", "is required for a sqlite store"))?),
             passphrase: options.store_passphrase,
         },
-        other => return Err(invalid("store.kind", format!("{other:?} is not one of sqlite, memory"))),
+        "sqlite-crate" => StoreConfig::SqliteCrate {
+            path: PathBuf::from(options.store_path.ok_or_else(|| invalid("store.path", "is required for a sqlite-crate store"))?),
+            passphrase: options.store_passphrase,
+        },
+        "postgres" => store::postgres_config(options.store_postgres.as_ref(), options.store_passphrase)?,
+        other => return Err(invalid("store.kind", format!("{other:?} is not one of sqlite, sqlite-crate, postgres, memory"))),
     };
-    let opened = store::open(&config).await?;
+    let opened = store::open(&config, user_id.as_str(), device_id.as_str()).await?;
     let machine = OlmMachine::with_store(&user_id, &device_id, opened.store, None).await.map_err(|e| match e {
         matrix_sdk_crypto::CryptoStoreError::MismatchedAccount { expected, got } => typed(
             code::STORE_MISMATCHED_ACCOUNT,
@@ -338,8 +345,8 @@ impl NativeMachine {
         }
         release(machine);
         // Keep the folder locked until SQLite's files are released (see `wait_released`).
-        let lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(lock) = &lock {
+        let mut lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(lock) = &mut lock {
             lock.wait_released().await;
         }
         drop(lock);

@@ -124,7 +124,7 @@ fn main() {
             })
         }
         _ => {
-            eprintln!("usage: matrix-crypto-node-bench floor --devices N --devices-per-user K --reps R\n       matrix-crypto-node-bench crate --fixtures FILE --store memory|sqlite --n N --devices-per-user K --reps R --workdir DIR");
+            eprintln!("usage: matrix-crypto-node-bench floor --devices N --devices-per-user K --reps R\n       matrix-crypto-node-bench crate --fixtures FILE --store memory|sqlite|sqlite-crate|postgres --n N --devices-per-user K --reps R --workdir DIR");
             std::process::exit(2)
         }
     };

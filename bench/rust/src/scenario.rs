@@ -88,9 +88,26 @@ async fn open(store: &str, dir: &Path, user: &str, device: &str) -> Result<OlmMa
     let device: &ruma::DeviceId = device.into();
     match store {
         "memory" => OlmMachine::with_store(&user, device, MemoryStore::new(), None).await.map_err(err),
-        "sqlite" => {
+        "sqlite-crate" => {
             let store = SqliteCryptoStore::open(dir, None).await.map_err(err)?;
             OlmMachine::with_store(&user, device, store, None).await.map_err(err)
+        }
+        // Our engine (native/src/store/), as `OlmMachine.open` uses it, without the binding.
+        "sqlite" | "postgres" => {
+            use matrix_crypto_node::store::{backend::Backend, engine::{AccountKey, Engine}};
+            let backend: std::sync::Arc<dyn Backend> = if store == "sqlite" {
+                std::fs::create_dir_all(dir).map_err(err)?;
+                std::sync::Arc::new(matrix_crypto_node::store::sqlite::SqliteBackend::open(dir.join("matrix-crypto-node.sqlite3")).await.map_err(err)?)
+            } else {
+                let url = std::env::var("MCN_BENCH_POSTGRES").map_err(|_| "MCN_BENCH_POSTGRES names no server".to_owned())?;
+                let backend = matrix_crypto_node::store::postgres::PostgresBackend::connect(url.parse().map_err(err)?, 4).await.map_err(err)?;
+                // Every repetition starts from a new account, as the SQLite runs start from a new folder.
+                backend.delete_account(user.as_str(), device.as_str()).await.map_err(err)?;
+                std::sync::Arc::new(backend)
+            };
+            let key = AccountKey { user_id: user.to_string(), device_id: device.to_string() };
+            let engine = Engine::open(backend, key, None).await.map_err(err)?;
+            OlmMachine::with_store(&user, device, engine, None).await.map_err(err)
         }
         other => Err(format!("unknown store {other}")),
     }

@@ -1,0 +1,28 @@
+//! The crypto store: where an `OlmMachine` keeps its keys.
+//!
+//! - [`engine`]: our own `CryptoStore`, every read answered from memory, one transaction per
+//!   write batch, values encrypted at rest with a passphrase; over
+//! - [`backend`]: what a database has to offer the engine, implemented by [`sqlite`] (one file,
+//!   the default) and `postgres` (many processes), both holding any number of accounts in one
+//!   database, their tables versioned by [`schema`] and their rows encoded by [`codec`];
+//! - `open`: the choice a user makes in `OlmMachine.open` (our SQLite engine, PostgreSQL,
+//!   the crate's own matrix-sdk-sqlite store for folders it wrote, or memory) and the folder
+//!   lock of the SQLite kinds.
+
+pub mod backend;
+pub mod codec;
+pub mod engine;
+pub mod error;
+pub mod schema;
+pub mod postgres;
+pub mod sqlite;
+
+#[cfg(feature = "node")]
+mod open;
+#[cfg(feature = "node")]
+pub use open::*;
+
+#[cfg(test)]
+mod tests;
+#[cfg(all(test, mcn_postgres))]
+mod postgres_tests;

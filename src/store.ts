@@ -1,0 +1,167 @@
+/**
+ * Store choices of {@link OlmMachine.open}: where a machine keeps its keys.
+ *
+ * @module
+ */
+import {
+  deleteStoreAccount,
+  listStoreAccounts,
+  type StorePostgres as NativeStorePostgres,
+  type StoreTarget as NativeStoreTarget,
+} from '../native/index';
+import { MatrixCryptoError, native } from './errors';
+
+/** How to reach a PostgreSQL database: a connection string, or its parts. */
+export interface PostgresConnection {
+  /**
+   * A libpq connection string (`host=/run/postgresql user=bot dbname=crypto`) or URL
+   * (`postgresql://bot:secret@db.internal:5432/crypto`). Excludes the other fields.
+   */
+  url?: string;
+  /** Host name, IP address, or the folder of a unix socket (default `localhost`). */
+  host?: string;
+  /** TCP port (default 5432). */
+  port?: number;
+  /** Role to connect as; required without `url`. */
+  user?: string;
+  /** The role's password, if the server asks for one. */
+  password?: string;
+  /** Database name (default: the user's name). */
+  database?: string;
+  /** Connections this process opens to the database at most, shared by all its machines (default 8). */
+  maxConnections?: number;
+}
+
+/** Where the machine keeps its keys. */
+export type StoreOptions =
+  | {
+      /**
+       * The embedded SQLite store (the default kind): our engine, in
+       * `path/matrix-crypto-node.sqlite3`. Any number of accounts share one folder; the folder
+       * is locked to one process. A folder written by matrix-sdk-sqlite (this library before
+       * its own engine, or matrix-bot-sdk) opens with that store instead, unchanged.
+       */
+      kind: 'sqlite';
+      /** Folder of the database; created if missing. */
+      path: string;
+      /** Encrypts the account at rest. Must be the same on every open. */
+      passphrase?: string;
+    }
+  | {
+      /** The crate's own matrix-sdk-sqlite store: one account per folder. */
+      kind: 'sqlite-crate';
+      /** Folder of the database; created if missing. */
+      path: string;
+      /** Encrypts the store at rest. Must be the same on every open. */
+      passphrase?: string;
+    }
+  | ({
+      /**
+       * PostgreSQL: any number of accounts and processes in one database. An account is open in
+       * one process at a time; another process's open fails with `StoreLocked` until the holder
+       * closes it or stops renewing its lease (15 s), then reads the account afresh.
+       * Connections are unencrypted: use a unix socket, loopback, or a network you trust.
+       */
+      kind: 'postgres';
+      /** Encrypts the account at rest. Must be the same on every open. */
+      passphrase?: string;
+    } & PostgresConnection)
+  | {
+      /** Keys live in memory only and are lost on close: for tests and throwaway devices. */
+      kind: 'memory';
+    };
+
+/** A store database that holds accounts: a `sqlite` folder or a `postgres` database. */
+export type StoreDatabase =
+  | { kind: 'sqlite'; path: string }
+  | ({ kind: 'postgres' } & PostgresConnection);
+
+/** An account kept in a store database. */
+export interface StoreAccount {
+  /** Its user id. */
+  userId: string;
+  /** Its device id. */
+  deviceId: string;
+  /** Whether it is encrypted at rest with a passphrase. */
+  encrypted: boolean;
+  /** How many rows it has in the database (keys, sessions, devices, …). */
+  rows: number;
+}
+
+/** The store options as the native `open` takes them. */
+export interface NativeStoreOptions {
+  storeKind: string;
+  storePath?: string;
+  storePassphrase?: string;
+  storePostgres?: NativeStorePostgres;
+}
+
+function optionalString(field: string, value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be a string, got ${typeof value}`, field);
+  }
+  return value;
+}
+
+function optionalInteger(field: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be a non-negative integer`, field);
+  }
+  return value;
+}
+
+function postgres(store: PostgresConnection): NativeStorePostgres {
+  return {
+    url: optionalString('store.url', store.url),
+    host: optionalString('store.host', store.host),
+    port: optionalInteger('store.port', store.port),
+    user: optionalString('store.user', store.user),
+    password: optionalString('store.password', store.password),
+    database: optionalString('store.database', store.database),
+    maxConnections: optionalInteger('store.maxConnections', store.maxConnections),
+  };
+}
+
+const KINDS = ['sqlite', 'sqlite-crate', 'postgres', 'memory'];
+
+/** Check `store` field by field and put it in the native shape. */
+export function nativeStoreOptions(store: unknown): NativeStoreOptions {
+  if (store === null || typeof store !== 'object') {
+    throw new MatrixCryptoError('InvalidArgument', 'store: must be an object such as { kind: "sqlite", path }', 'store');
+  }
+  const s = store as Record<string, unknown>;
+  const kind = optionalString('store.kind', s.kind);
+  if (kind === undefined || !KINDS.includes(kind)) {
+    throw new MatrixCryptoError('InvalidArgument', `store.kind: must be one of ${KINDS.join(', ')}`, 'store.kind');
+  }
+  if (kind === 'memory') return { storeKind: kind };
+  const passphrase = optionalString('store.passphrase', s.passphrase);
+  if (kind === 'postgres') {
+    return { storeKind: kind, storePassphrase: passphrase, storePostgres: postgres(s as PostgresConnection) };
+  }
+  const path = optionalString('store.path', s.path);
+  if (path === undefined) {
+    throw new MatrixCryptoError('InvalidArgument', `store.path: is required for a ${kind} store`, 'store.path');
+  }
+  return { storeKind: kind, storePath: path, storePassphrase: passphrase };
+}
+
+function target(store: StoreDatabase): NativeStoreTarget {
+  const options = nativeStoreOptions(store);
+  if (options.storeKind !== 'sqlite' && options.storeKind !== 'postgres') {
+    throw new MatrixCryptoError('InvalidArgument', 'store.kind: must be sqlite or postgres', 'store.kind');
+  }
+  return { kind: options.storeKind, path: options.storePath, postgres: options.storePostgres };
+}
+
+/** The accounts of a store database, sorted by user id then device id. */
+export async function listAccounts(store: StoreDatabase): Promise<StoreAccount[]> {
+  return native(() => listStoreAccounts(target(store)));
+}
+
+/** Delete an account and everything stored for it; whether it existed. */
+export async function deleteAccount(store: StoreDatabase, userId: string, deviceId: string): Promise<boolean> {
+  return native(() => deleteStoreAccount(target(store), userId, deviceId));
+}
