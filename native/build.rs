@@ -16,7 +16,7 @@ fn main() {
     if std::env::var_os("MCN_TEST_POSTGRES").is_some() {
         println!("cargo:rustc-cfg=mcn_postgres");
     } else if std::env::var_os("CARGO_FEATURE_NODE").is_none() {
-        println!("cargo:warning=store PostgreSQL tests skipped: MCN_TEST_POSTGRES is not set (run them with scripts/postgres.sh run cargo test ...)");
+        println!("cargo:warning=the store's PostgreSQL tests are not compiled: MCN_TEST_POSTGRES is not set (scripts/postgres.sh run cargo test ... sets it)");
     }
 }
 

@@ -10,6 +10,7 @@ import {
   type StoreTarget as NativeStoreTarget,
 } from '../native/index';
 import { MatrixCryptoError, native } from './errors';
+import type { OlmMachine } from './machine';
 
 /** How to reach a PostgreSQL database: a connection string, or its parts. */
 export interface PostgresConnection {
@@ -73,8 +74,16 @@ export type StoreOptions =
 
 /** A store database that holds accounts: a `sqlite` folder or a `postgres` database. */
 export type StoreDatabase =
-  | { kind: 'sqlite'; path: string }
-  | ({ kind: 'postgres' } & PostgresConnection);
+  | {
+      /** A folder of our SQLite engine. */
+      kind: 'sqlite';
+      /** The folder, as given to {@link OlmMachine.open}. */
+      path: string;
+    }
+  | ({
+      /** A PostgreSQL database. */
+      kind: 'postgres';
+    } & PostgresConnection);
 
 /** An account kept in a store database. */
 export interface StoreAccount {

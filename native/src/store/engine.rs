@@ -2,22 +2,27 @@
 //! from memory.
 //!
 //! # Why a full write-through cache
-//! Profiling the benchmark's keys/query, claim and share phases shows the crate reading the
-//! store per device and per user (`get_device`, `get_user_devices`, `get_user_identity`,
-//! `get_sessions`, `get_inbound_group_sessions_for_device_batch` for every changed device), and
-//! writing once per response through `save_changes`. On the crate's SQLite store each of those
-//! reads is a trip to a blocking thread and a query; that is where its 3–7x over the memory
-//! store goes. So the engine keeps the whole account in memory, in the crate's own
-//! [`MemoryStore`] (the reference the targets are measured against, and a store that passes the
-//! crate's conformance suite), and the database only ever sees:
+//! Counting the engine's calls in the benchmark's Rust scenario (`bench/rust`, N = 1,000
+//! recipient devices) shows what the crate asks of a store. The keys/query response: per device
+//! one `get_device`, one `get_user_devices`, one `get_user_identity` and one
+//! `get_inbound_group_sessions_for_device_batch` (1,001 of each), and 5 `save_changes`. The
+//! keys/claim response: per device `get_device`, `get_own_device`, `get_sessions` and
+//! `get_user_devices`, and 2 `save_changes`. Each share: per user `get_user_devices` and
+//! `get_user_identity`, and 6 or 7 `save_changes`. On the crate's SQLite store each of those reads
+//! is a query on a pooled connection, run on the blocking thread pool (its keys/query took 10x
+//! the memory store's in that run). So the engine keeps the whole account in memory, in the crate's own [`MemoryStore`]
+//! (the reference the targets are measured against, and a store that passes the crate's
+//! conformance suite), and the database only ever sees:
 //! - one scan of the account's rows when the store opens (and when [`Engine::reload`] is asked
 //!   to drop what another process may have changed);
 //! - one transaction per `save_changes` (and per the few other writing calls), committed
 //!   *before* the cache is updated: a failed write leaves the cache as it was, and a write
 //!   the caller saw succeed is on disk.
 //!
-//! The cost is memory: the account's rows are held in memory as the memory store holds them
-//! (pickles as JSON), which is what a machine on the memory store holds too.
+//! The costs: memory (the account's rows are held in memory as the memory store holds them,
+//! pickles as JSON, which is what a machine on the memory store holds too), and every saved Olm
+//! session and inbound group session is pickled twice, once for the database and once more by
+//! the memory store, which takes sessions only as objects.
 //!
 //! # Where the memory store's behaviour is not a persistent store's
 //! `MemoryStore::save_changes` replaces the private cross-signing identity with whatever the
