@@ -35,6 +35,18 @@ import type {
   WithheldRecord,
 } from './withheld';
 
+let wrap: (inner: NativeMachine) => OlmMachine;
+
+/**
+ * This library's machine over a native machine that is already open: how the compat layer, which
+ * opens machines its own way, gets one without a public constructor. Not exported from the package.
+ *
+ * @internal
+ */
+export function wrapNativeMachine(inner: NativeMachine): OlmMachine {
+  return wrap(inner);
+}
+
 /** Where the machine keeps its keys. */
 export type StoreOptions =
   | {
@@ -158,6 +170,11 @@ export class OlmMachine {
   readonly #inner: NativeMachine;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
+  static {
+    wrap = (inner) => new OlmMachine(inner);
+  }
+
+  /** Hidden: machines come from {@link OlmMachine.open}. */
   private constructor(inner: NativeMachine) {
     this.#inner = inner;
   }

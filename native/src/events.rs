@@ -8,7 +8,7 @@ use matrix_sdk_common::deserialized_responses::{
     AlgorithmInfo, EncryptionInfo, ProcessedToDeviceEvent, ShieldState, ToDeviceUnableToDecryptReason,
     VerificationState,
 };
-use matrix_sdk_crypto::{store::types::RoomKeyInfo, DecryptionSettings, MegolmError, TrustRequirement};
+use matrix_sdk_crypto::{store::types::RoomKeyInfo, DecryptionSettings, TrustRequirement};
 use ruma::{
     api::client::sync::sync_events::DeviceLists, events::AnyToDeviceEvent, serde::Raw,
     OneTimeKeyAlgorithm, OwnedUserId, UInt,
@@ -16,7 +16,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
-use crate::errors::{code, invalid, typed};
+use crate::errors::{code, invalid, typed, DecryptionCode};
 
 /// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
 #[derive(Deserialize)]
@@ -238,23 +238,8 @@ pub fn decrypted_room_event(
     .map_err(crate::errors::internal)
 }
 
-/// The stable `DecryptionError.code` of a crate error.
-pub fn decryption_code(err: &MegolmError) -> &'static str {
-    use vodozemac::megolm::DecryptionError as VDecryption;
-    match err {
-        MegolmError::MissingRoomKey(_) => "MissingRoomKey",
-        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => "UnknownMessageIndex",
-        MegolmError::Decryption(_) => "DecryptionFailed",
-        MegolmError::MismatchedIdentityKeys(_) => "MismatchedIdentityKeys",
-        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => "MismatchedSender",
-        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => "MalformedEvent",
-        MegolmError::SenderIdentityNotTrusted(_) => "SenderIdentityNotTrusted",
-        MegolmError::Store(_) => "StoreError",
-    }
-}
-
 /// A typed decryption error; `withheld` is the validated explanation, if any.
-pub fn decryption_error(kind: &str, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
+pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
     let withheld_code = withheld.as_ref().and_then(|w| w.get("code").cloned());
     typed(
         code::DECRYPTION,

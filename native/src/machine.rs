@@ -9,7 +9,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::{
     devices,
     withheld,
-    errors::{self, code, internal, invalid, parse_json, typed},
+    errors::{self, code, internal, invalid, parse_json, typed, DecryptionCode},
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
@@ -164,12 +164,11 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
 }
 
 fn store_open_error(err: matrix_sdk_crypto::CryptoStoreError) -> Error {
-    let text = err.to_string();
-    if text.contains("cipher") || text.contains("decrypt") || text.contains("MAC") {
-        typed(
+    if errors::is_store_cipher_error(&err) {
+        errors::for_field(
             code::STORE_PASSPHRASE,
-            format!("store.passphrase: cannot read the store: wrong passphrase? ({text})"),
-            json!({ "field": "store.passphrase" }),
+            "store.passphrase",
+            format!("store.passphrase: cannot read the store: wrong passphrase? ({err})"),
         )
     } else {
         errors::store(err)
@@ -239,10 +238,7 @@ impl NativeMachine {
     /// A handle to the crate's machine, or the typed "closed" error. The handle counts as a
     /// call in flight until dropped, so that `close()` can let running calls finish.
     pub(crate) fn machine(&self) -> Result<InFlight> {
-        let machine = self
-            .inner
-            .read()
-            .map_err(|_| internal("machine lock poisoned"))?
+        let machine = crate::locks::read(&self.inner)
             .clone()
             .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))?;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -250,7 +246,7 @@ impl NativeMachine {
     }
 
     pub(crate) fn remember(&self, requests: &[NativeRequest]) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = crate::locks::lock(&self.pending);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
         }
@@ -317,14 +313,14 @@ impl NativeMachine {
 
     #[napi(getter)]
     pub fn is_closed(&self) -> bool {
-        self.inner.read().map(|m| m.is_none()).unwrap_or(true)
+        crate::locks::read(&self.inner).is_none()
     }
 
     /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        let machine = self.inner.write().ok().and_then(|mut inner| inner.take());
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let machine = crate::locks::write(&self.inner).take();
+        crate::locks::lock(&self.pending).clear();
         if let Some(m) = &machine {
             // Let the calls already running finish, then close the store's connections: once
             // this resolves the files are released (deleting the folder and creating a new
@@ -338,7 +334,7 @@ impl NativeMachine {
         }
         release(machine);
         // Keep the folder locked until SQLite's files are released (see `wait_released`).
-        let lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let lock = crate::locks::lock(&self.store_lock).take();
         if let Some(lock) = &lock {
             lock.wait_released().await;
         }
@@ -350,11 +346,9 @@ impl NativeMachine {
     /// to close (the official bindings' synchronous `close()`, for the compat layer).
     #[napi(catch_unwind)]
     pub fn close_sync(&self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        release(crate::locks::write(&self.inner).take());
+        crate::locks::lock(&self.pending).clear();
+        crate::locks::lock(&self.store_lock).take();
     }
 
     /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
@@ -434,7 +428,7 @@ impl NativeMachine {
     #[napi]
     pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String) -> Result<()> {
         let machine = self.machine()?;
-        let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+        let known = crate::locks::lock(&self.pending).get(&id).cloned();
         match known {
             None => {
                 return Err(invalid("id", format!("{id:?} is not a request this machine handed out (or it was already marked as sent)")))
@@ -457,7 +451,7 @@ impl NativeMachine {
         if let OwnedResponse::KeysClaim(claim) = &parsed {
             self.rearm_after_claim(&machine, claim).await?;
         }
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        crate::locks::lock(&self.pending).remove(&id);
         Ok(())
     }
 
@@ -587,7 +581,7 @@ impl NativeMachine {
         let task = tokio::spawn(async move { crate_machine.encrypt_room_event_raw(&room, &kind, &content).await });
         let outcome = match task.await {
             Ok(outcome) => outcome,
-            Err(join) => return Err(encrypt_panic(&room_id, join)),
+            Err(join) => return Err(encrypt_panic(&machine, &room_id, join).await),
         };
         let result = outcome.map_err(|e| match e {
             matrix_sdk_crypto::MegolmError::Store(s) => errors::store(s),
@@ -614,12 +608,12 @@ impl NativeMachine {
             Err(err) => {
                 let event: serde_json::Value = serde_json::from_str(&event_json).unwrap_or_default();
                 let session_id = event.pointer("/content/session_id").and_then(|v| v.as_str()).map(str::to_owned);
-                let mut kind = events::decryption_code(&err);
+                let mut kind = DecryptionCode::of(&err);
                 let mut withheld = None;
-                if matches!(kind, "MissingRoomKey" | "UnknownMessageIndex") {
+                if matches!(kind, DecryptionCode::MissingRoomKey | DecryptionCode::UnknownMessageIndex) {
                     let (below_first_index, explanation) =
                         inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
-                    kind = if below_first_index { "UnknownMessageIndex" } else { "MissingRoomKey" };
+                    kind = if below_first_index { DecryptionCode::UnknownMessageIndex } else { DecryptionCode::MissingRoomKey };
                     withheld = explanation.map(|e| serde_json::to_value(e).unwrap_or_default());
                 }
                 let message = match &withheld {
@@ -800,9 +794,7 @@ fn release(machine: Option<OlmMachine>) {
 
 impl Drop for NativeMachine {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
+        release(crate::locks::write(&self.inner).take());
     }
 }
 
@@ -820,25 +812,18 @@ impl NativeRequest {
     }
 }
 
-/// The typed error for a panic of the crate's `encrypt_room_event_raw`: its asserts name a room
-/// without an outbound session, or one whose session is due for rotation.
-fn encrypt_panic(room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
-    let text = if join.is_panic() {
-        let payload = join.into_panic();
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default()
-    } else {
-        join.to_string()
+/// The typed error for a panic of the crate's `encrypt_room_event_raw`. Its asserts fire for a
+/// room without an outbound session or with one due for rotation; which of the two is read from
+/// the store, not from the panic's text.
+async fn encrypt_panic(machine: &OlmMachine, room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
+    let text = errors::panic_text(join);
+    let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**machine.store();
+    let message = match backend.get_outbound_group_session(room_id).await {
+        Ok(None) => format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting"),
+        Ok(Some(session)) if session.expired() => format!(
+            "roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key"
+        ),
+        _ => format!("roomId: cannot encrypt for {room_id}: {text}"),
     };
-    let message = if text.contains("expired") {
-        format!("roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key")
-    } else if text.contains("wasn't created") {
-        format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting")
-    } else {
-        format!("roomId: cannot encrypt for {room_id}: {text}")
-    };
-    typed(code::ENCRYPTION, message, json!({ "field": "roomId" }))
+    errors::for_field(code::ENCRYPTION, "roomId", message)
 }
