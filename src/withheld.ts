@@ -57,7 +57,7 @@ export interface WithheldRecipient extends DeviceRef {
   sent: boolean;
 }
 
-/** The `m.no_olm` state of a recipient device (see {@link OlmMachine.noOlmState}). */
+/** The `m.no_olm` state of a recipient device (see {@link OlmMachine.getNoOlmState}). */
 export interface NoOlmState {
   /** When the last `m.no_olm` notice was sent (or suppressed), ms since the epoch. */
   notifiedAt: number;
@@ -77,7 +77,12 @@ export interface NoOlmState {
 export type WithheldVerdict =
   /** Sender and key match the session's creator or the sender's known devices. */
   | 'trusted'
-  /** Nothing known contradicts it yet (the sender's devices were not queried). */
+  /**
+   * Nothing to compare it with: we do not hold the session and this machine does not know the
+   * sender's devices (it knows only the users passed to `updateTrackedUsers`, once queried).
+   * Stored and counted in `unconfirmedNotices`; it explains a failed event only if that event's
+   * sender sent it, re-checked at that time against what we know then.
+   */
   | 'unconfirmed'
   /**
    * From another of our own devices (an answer to our key request): authentic, but it explains
@@ -189,16 +194,27 @@ export interface NoOlmRecord {
   receivedAt: number;
 }
 
-/** Counters of received notices since the machine was opened. */
+/** Counters of received notices (and skipped sync entries) since the machine was opened. */
 export interface WithheldMetrics {
-  /** Notices accepted (trusted, unconfirmed, or answers to our key requests). */
+  /** Notices accepted: trusted, or answers to our key requests. */
   acceptedNotices: number;
+  /**
+   * Notices with `verdict: 'unconfirmed'`: nothing to compare them with (we do not hold the
+   * session and do not know the sender's devices). Stored, but they explain only the same
+   * sender's events, re-checked when a decryption fails.
+   */
+  unconfirmedNotices: number;
   /** Notices ignored because they contradict the session's creator or the sender's devices. */
   spoofedNotices: number;
   /** Notices ignored because required fields were missing. */
   malformedNotices: number;
   /** Incoming room-key requests dropped by the flood bounds. */
   rateLimitedKeyRequests: number;
+  /**
+   * Entries of sync batches that were not event objects: skipped (each listed in
+   * {@link SyncResult.skippedToDeviceEvents} and logged), the rest of their batch processed.
+   */
+  skippedToDeviceEvents: number;
 }
 
 /** What the machine did with one incoming room-key request (see {@link SyncResult.keyRequestAnswers}). */

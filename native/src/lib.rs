@@ -33,6 +33,7 @@ mod requests;
 #[cfg(feature = "node")]
 mod store;
 
+pub mod json_input;
 pub mod key_file;
 pub mod runtime;
 pub mod withheld;
