@@ -105,13 +105,19 @@ async function main() {
     const everyone = [bot.userId, alice.userId, late.userId, dave.userId, erin.userId];
     await bot.machine.updateTrackedUsers(everyone);
     await bot.flush();
-    for (const d of [alice, laptop]) await bot.machine.setLocalTrust(d.userId, d.deviceId, 'verified');
+    // The bot verifies Alice's devices and Erin's; Carol stays unverified.
+    for (const d of [alice, laptop, erin]) await bot.machine.setLocalTrust(d.userId, d.deviceId, 'verified');
+    // Each device knows the bot's device keys, so it can check who a notice claims to come from.
+    for (const d of [late, dave, erin]) {
+      await d.machine.updateTrackedUsers([bot.userId, mallory.userId]);
+      await d.flush();
+    }
     await bot.machine.setLocalTrust(dave.userId, dave.deviceId, 'blacklisted');
     bot.machine.setWithheldPolicy({
       reasons: { 'm.unverified': 'This bot shares keys with verified devices only.', 'm.blacklisted': 'Blocked by the bot operator.' },
     });
     hs.exhaustKeys(erin.userId, erin.deviceId);
-    console.log(`    ${erin.userId} has no one-time keys left; ${dave.userId} is blacklisted; ${late.userId} is unverified`);
+    console.log(`    ${erin.userId} (verified) has no one-time keys left; ${dave.userId} is blacklisted; ${late.userId} is unverified`);
     const policyClaim = await bot.machine.getMissingSessions(everyone);
     if (policyClaim) await bot.send(policyClaim);
     const policyShare = await bot.machine.shareRoomKey(WITHHELD_ROOM, everyone, { sharingStrategy: 'only_trusted_devices' });
@@ -131,8 +137,6 @@ async function main() {
     for (const r of again.requests) await bot.send(r);
     const noOlmAgain = again.withheld.filter((w) => w.code === 'm.no_olm').length;
     console.log(`    another room: ${noOlmAgain} new m.no_olm (one per device, across rooms); state ${JSON.stringify(await bot.machine.getNoOlmState(erin.userId, erin.deviceId))}`);
-    await erin.machine.updateTrackedUsers([bot.userId]);
-    await erin.flush();
     const erinSync = await erin.sync(); // Erin reacts: a new Olm session with the bot and an m.dummy over it
     console.log(`    ERIN received ${erinSync.withheldNotices.map((n) => n.code).join(', ')} and answered with an m.dummy over a new Olm session`);
     await bot.sync();
@@ -155,10 +159,8 @@ async function main() {
         },
       }),
     });
-    await late.machine.updateTrackedUsers([mallory.userId]);
-    await late.flush();
     const forged = await late.sync();
-    for (const n of forged.withheldNotices) console.log(`    CAROL received ${n.code} from ${n.sender} claiming the bot's key: verdict ${n.verdict}`);
+    for (const n of forged.withheldNotices.filter((x) => x.sender === mallory.userId)) console.log(`    CAROL received ${n.code} from ${n.sender} claiming the bot's key: verdict ${n.verdict}`);
     const still = await late.machine.decryptRoomEvent(policyEvent, WITHHELD_ROOM).catch((e: unknown) => e);
     if (!(still instanceof DecryptionError)) throw still;
     console.log(`    not believed: the explanation is still ${still.withheld?.code}; spoofed notices counted: ${late.machine.withheldMetrics().spoofedNotices}`);

@@ -328,7 +328,7 @@ export class OlmMachine {
 
   /** Counters of received withheld notices, including ignored spoofed ones. */
   withheldMetrics(): WithheldMetrics {
-    return JSON.parse(nativeSync(() => this.#inner.withheldMetrics())) as WithheldMetrics;
+    return nativeSync(() => this.#inner.withheldMetrics());
   }
 
   /**
@@ -432,8 +432,7 @@ export class OlmMachine {
   async getNoOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    const r = await native(() => this.#inner.noOlmState(userId, deviceId));
-    return r == null ? null : (JSON.parse(r) as NoOlmState);
+    return (await native(() => this.#inner.noOlmState(userId, deviceId))) ?? null;
   }
 
   /** Discard the room's current outbound session; the next share creates a new one. */

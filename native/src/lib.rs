@@ -32,6 +32,8 @@ mod machine;
 mod requests;
 #[cfg(feature = "node")]
 mod store;
+#[cfg(feature = "node")]
+mod withheld_js;
 
 pub mod json_input;
 pub mod key_file;

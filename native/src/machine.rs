@@ -33,7 +33,7 @@ use crate::{
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
-    withheld::{ledger, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
+    withheld::{inbound, ledger, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
 };
 
 /// Identity keys of this device.
@@ -501,20 +501,20 @@ impl NativeMachine {
         serde_json::to_string(&list).map_err(internal)
     }
 
-    /// Counters of received withheld notices, as JSON.
+    /// Counters of received withheld notices.
     #[napi(catch_unwind)]
-    pub fn withheld_metrics(&self) -> Result<String> {
-        serde_json::to_string(&self.withheld.metrics.snapshot()).map_err(internal)
+    pub fn withheld_metrics(&self) -> crate::withheld_js::WithheldMetrics {
+        self.withheld.metrics.snapshot().into()
     }
 
-    /// The `m.no_olm` state of a recipient device as JSON, or null if it was never notified.
+    /// The `m.no_olm` state of a recipient device, or null if it was never notified.
     #[napi]
-    pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<String>> {
+    pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<crate::withheld_js::NoOlmState>> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
         let device = ids::device_id("deviceId", &device_id)?;
         let entry = self.withheld.no_olm_state(&machine, user.as_str(), device.as_str()).await.map_err(withheld_error)?;
-        Ok(entry.map(|e| json!({ "notifiedAt": e.notified_at, "suppressed": e.suppressed, "rearmed": e.rearmed }).to_string()))
+        Ok(entry.as_ref().map(Into::into))
     }
 
     /// Forget the room's outbound session so the next share creates a new one.
@@ -613,7 +613,10 @@ impl NativeMachine {
             },
         };
         let sender_device_verified = sender_device.as_ref().map(|d| d.is_verified());
-        let sender_device_id = sender_device.as_ref().map(|d| d.device_id().to_string());
+        let sender_device_id = match &info.sender_device {
+            Some(d) => Some(d.to_string()),
+            None => sender_device.as_ref().map(|d| d.device_id().to_string()),
+        };
         let chain = match info.session_id() {
             Some(sid) => ledger::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
             None => Vec::new(),

@@ -91,6 +91,7 @@ export class EncryptionSettings {
   get algorithm(): EncryptionAlgorithm {
     return this.#algorithm;
   }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `algorithm` unless `value` is an EncryptionAlgorithm member. */
   set algorithm(value: EncryptionAlgorithm) {
     this.#algorithm = member('algorithm', EncryptionAlgorithm, value);
   }
@@ -99,6 +100,7 @@ export class EncryptionSettings {
   get rotationPeriod(): bigint {
     return this.#rotationPeriod;
   }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriod` unless `value` is a positive bigint. */
   set rotationPeriod(value: bigint) {
     this.#rotationPeriod = positiveBigint('rotationPeriod', value);
   }
@@ -107,6 +109,7 @@ export class EncryptionSettings {
   get rotationPeriodMessages(): bigint {
     return this.#rotationPeriodMessages;
   }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriodMessages` unless `value` is a positive bigint. */
   set rotationPeriodMessages(value: bigint) {
     this.#rotationPeriodMessages = positiveBigint('rotationPeriodMessages', value);
   }
@@ -115,6 +118,7 @@ export class EncryptionSettings {
   get historyVisibility(): HistoryVisibility {
     return this.#historyVisibility;
   }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `historyVisibility` unless `value` is a HistoryVisibility member. */
   set historyVisibility(value: HistoryVisibility) {
     this.#historyVisibility = member('historyVisibility', HistoryVisibility, value);
   }
@@ -123,6 +127,7 @@ export class EncryptionSettings {
   get sharingStrategy(): CollectStrategy {
     return this.#sharingStrategy;
   }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `sharingStrategy` unless `value` is a CollectStrategy member. */
   set sharingStrategy(value: CollectStrategy) {
     this.#sharingStrategy = member('sharingStrategy', CollectStrategy, value);
   }

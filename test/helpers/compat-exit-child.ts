@@ -2,6 +2,8 @@
 // aborts the process with code 134 here; ours exits normally).
 import { DeviceId, OlmMachine, UserId } from '../../src/compat/index';
 
-const machine = await OlmMachine.initialize(new UserId('@exit:example.org'), new DeviceId('EXIT'), process.argv[2]!, '');
-await machine.outgoingRequests();
-process.stdout.write('opened\n');
+void (async () => {
+  const machine = await OlmMachine.initialize(new UserId('@exit:example.org'), new DeviceId('EXIT'), process.argv[2]!, '');
+  await machine.outgoingRequests();
+  process.stdout.write('opened\n');
+})();

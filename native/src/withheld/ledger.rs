@@ -29,7 +29,7 @@ pub struct Metrics {
 }
 
 /// A snapshot of [`Metrics`].
-#[derive(Serialize)]
+#[derive(Serialize, Debug, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSnapshot {
     pub accepted_notices: u64,
