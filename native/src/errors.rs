@@ -140,7 +140,7 @@ pub fn internal(err: impl Display) -> Error {
 
 /// Parse JSON supplied by the caller, naming the field on failure.
 pub fn parse_json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> napi::Result<T> {
-    serde_json::from_str(text).map_err(|e| invalid(field, format!("not valid JSON for this field ({e})")))
+    crate::json_input::parse(field, text).map_err(|e| invalid(&e.field, e.message))
 }
 
 /// Map `OlmError` to a typed error. Store errors keep their own code.

@@ -37,7 +37,10 @@ mod machine;
 mod requests;
 #[cfg(feature = "node")]
 mod store;
+#[cfg(feature = "node")]
+mod withheld_js;
 
+pub mod json_input;
 pub mod key_file;
 pub mod locks;
 pub mod runtime;

@@ -22,6 +22,7 @@ import { DeviceId, RoomId, UserId, idString, requireString } from './identifiers
 import { IdentityKeys, Signatures } from './keys';
 import {
   CrossSigningBootstrapRequests,
+  INTERNAL,
   KeysBackupRequest,
   KeysClaimRequest,
   KeysQueryRequest,
@@ -55,21 +56,81 @@ export function getVersions(): Versions {
   return new Versions(v.vodozemac, v.matrixSdkCrypto);
 }
 
-/** Room-key sharing settings; the defaults are the crate's. */
+/** An enum member, checked when it is assigned (as the official classes do). */
+function member<T extends number>(field: string, table: object, value: unknown): T {
+  const names = Object.entries(table).filter(([, v]) => typeof v === 'number');
+  if (typeof value !== 'number' || !names.some(([, v]) => v === value)) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: ${String(value)} is not one of ${names.map(([k, v]) => `${k} (${v})`).join(', ')}`, field);
+  }
+  return value as T;
+}
+
+/** A positive bigint, checked when it is assigned. */
+function positiveBigint(field: string, value: unknown): bigint {
+  if (typeof value !== 'bigint' || value <= 0n) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be a positive bigint, got ${typeof value === 'bigint' ? value : typeof value}`, field);
+  }
+  return value;
+}
+
+/**
+ * Room-key sharing settings; the defaults are the crate's. Like the official class, each
+ * property is checked when it is assigned: `settings.historyVisibility = 42` throws there.
+ */
 export class EncryptionSettings {
-  /** The algorithm. Default: `MegolmV1AesSha2`. */
-  algorithm: EncryptionAlgorithm = EncryptionAlgorithm.MegolmV1AesSha2;
-  /** How long a session is used before it rotates, in microseconds. Default: one week. */
-  rotationPeriod: bigint = 604_800_000_000n;
-  /** How many messages a session encrypts before it rotates. Default: 100. */
-  rotationPeriodMessages: bigint = 100n;
-  /** The room's history visibility. Default: `Shared`. */
-  historyVisibility: HistoryVisibility = HistoryVisibility.Shared;
-  /** Which devices get the key. Default: `AllDevices`. */
-  sharingStrategy: CollectStrategy = CollectStrategy.AllDevices;
+  #algorithm: EncryptionAlgorithm = EncryptionAlgorithm.MegolmV1AesSha2;
+  #rotationPeriod = 604_800_000_000n;
+  #rotationPeriodMessages = 100n;
+  #historyVisibility: HistoryVisibility = HistoryVisibility.Shared;
+  #sharingStrategy: CollectStrategy = CollectStrategy.AllDevices;
 
   /** Settings with the default values. */
   constructor() {}
+
+  /** The algorithm. Default: `MegolmV1AesSha2`. */
+  get algorithm(): EncryptionAlgorithm {
+    return this.#algorithm;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `algorithm` unless `value` is an EncryptionAlgorithm member. */
+  set algorithm(value: EncryptionAlgorithm) {
+    this.#algorithm = member('algorithm', EncryptionAlgorithm, value);
+  }
+
+  /** How long a session is used before it rotates, in microseconds. Default: one week. */
+  get rotationPeriod(): bigint {
+    return this.#rotationPeriod;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriod` unless `value` is a positive bigint. */
+  set rotationPeriod(value: bigint) {
+    this.#rotationPeriod = positiveBigint('rotationPeriod', value);
+  }
+
+  /** How many messages a session encrypts before it rotates. Default: 100. */
+  get rotationPeriodMessages(): bigint {
+    return this.#rotationPeriodMessages;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriodMessages` unless `value` is a positive bigint. */
+  set rotationPeriodMessages(value: bigint) {
+    this.#rotationPeriodMessages = positiveBigint('rotationPeriodMessages', value);
+  }
+
+  /** The room's history visibility. Default: `Shared`. */
+  get historyVisibility(): HistoryVisibility {
+    return this.#historyVisibility;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `historyVisibility` unless `value` is a HistoryVisibility member. */
+  set historyVisibility(value: HistoryVisibility) {
+    this.#historyVisibility = member('historyVisibility', HistoryVisibility, value);
+  }
+
+  /** Which devices get the key. Default: `AllDevices`. */
+  get sharingStrategy(): CollectStrategy {
+    return this.#sharingStrategy;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `sharingStrategy` unless `value` is a CollectStrategy member. */
+  set sharingStrategy(value: CollectStrategy) {
+    this.#sharingStrategy = member('sharingStrategy', CollectStrategy, value);
+  }
 }
 
 /** Device-list changes from a sync response. */
@@ -385,15 +446,25 @@ export class OlmMachine {
   }
 
   /**
-   * Pass the homeserver's response (JSON) to a sent request. Resolves to `true`.
+   * Pass the homeserver's response (JSON) to a sent request. Resolves to `true`. As in the
+   * official bindings, an id this machine never handed out is accepted and the response
+   * processed (e.g. the answer to a keys/query or keys/claim the program built itself); the
+   * main API's {@link MainOlmMachine.markRequestAsSent} rejects such ids.
    *
-   * @throws {@link MatrixCryptoError} `InvalidArgument` for an id this machine did not hand out,
-   *   a type that does not match it, or a response that does not parse.
+   * @throws {@link MatrixCryptoError} `InvalidArgument` for a type that does not match a
+   *   request handed out, or a response that does not parse.
    */
   async markRequestAsSent(requestId: string, requestType: RequestType, response: string): Promise<boolean> {
     const type = REQUEST_TYPE_NAMES[enumValue<RequestType>('requestType', REQUEST_TYPE_NAMES, requestType)];
     if (type === 'signature_upload' && this.#untracked.delete(requestId)) return true;
-    await this.#main.markRequestAsSent(requestId, type, response);
+    if (typeof requestId !== 'string') {
+      throw new MatrixCryptoError('InvalidArgument', `requestId: must be a string, got ${typeof requestId}`, 'requestId');
+    }
+    if (typeof response !== 'string') {
+      throw new MatrixCryptoError('InvalidArgument', `response: must be a JSON string, got ${typeof response}`, 'response');
+    }
+    // As the official bindings do, a request id the machine never handed out is accepted.
+    await native(() => this.#native.markRequestAsSent(requestId, type, response, true));
     return true;
   }
 
@@ -403,7 +474,7 @@ export class OlmMachine {
    */
   async getMissingSessions(users?: UserId[] | null): Promise<KeysClaimRequest | null> {
     const r = await this.#main.getMissingSessions(userStrings('users', users ?? []));
-    return r ? new KeysClaimRequest(r.id, r.body) : null;
+    return r ? new KeysClaimRequest(INTERNAL, r.id, r.body) : null;
   }
 
   /** Track the device lists of these users (members of the encrypted rooms we send to). */
@@ -429,7 +500,7 @@ export class OlmMachine {
       historyVisibility: HISTORY[enumValue<HistoryVisibility>('encryptionSettings.historyVisibility', HISTORY, s.historyVisibility)],
       sharingStrategy: STRATEGY[enumValue<CollectStrategy>('encryptionSettings.sharingStrategy', STRATEGY, s.sharingStrategy)],
     });
-    return result.requests.map((r) => new ToDeviceRequest(r.id, r.eventType, r.txnId, r.body));
+    return result.requests.map((r) => new ToDeviceRequest(INTERNAL, r.id, r.eventType, r.txnId, r.body));
   }
 
   /**
@@ -439,7 +510,7 @@ export class OlmMachine {
   queryKeysForUsers(users: UserId[]): KeysQueryRequest {
     const list = userStrings('users', users);
     const r = nativeSync(() => this.#native.compatQueryKeysForUsers(list));
-    return new KeysQueryRequest(r.id, r.body);
+    return new KeysQueryRequest(INTERNAL, r.id, r.body);
   }
 
   /** Encrypt event content (JSON) for the room; returns the `m.room.encrypted` content as JSON. */
@@ -473,9 +544,9 @@ export class OlmMachine {
   async bootstrapCrossSigning(reset: boolean): Promise<CrossSigningBootstrapRequests> {
     const r = await this.#main.bootstrapCrossSigning(reset);
     return new CrossSigningBootstrapRequests(
-      r.uploadKeys ? new KeysUploadRequest(r.uploadKeys.id, r.uploadKeys.body) : undefined,
+      r.uploadKeys ? new KeysUploadRequest(INTERNAL, r.uploadKeys.id, r.uploadKeys.body) : undefined,
       r.uploadSigningKeys.body,
-      new SignatureUploadRequest(r.uploadSignatures.id, signedKeysBody(r.uploadSignatures.body)),
+      new SignatureUploadRequest(INTERNAL, r.uploadSignatures.id, signedKeysBody(r.uploadSignatures.body)),
     );
   }
 
@@ -522,7 +593,7 @@ export class OlmMachine {
   /** The next batch of room keys to back up, or `null` when all are backed up. */
   async backupRoomKeys(): Promise<KeysBackupRequest | null> {
     const r = await native(() => this.#native.compatBackupRoomKeys());
-    return r ? new KeysBackupRequest(r.id, r.body) : null;
+    return r ? new KeysBackupRequest(INTERNAL, r.id, r.body) : null;
   }
 
   /** The exported room key (JSON array) of one session. */
@@ -556,7 +627,7 @@ export class OlmMachine {
       this.#native.compatImportSecretsFromSecretStorage(secretStorageKey.native, items.masterKey, items.selfSigningKey, items.userSigningKey),
     );
     this.#untracked.add(r.id);
-    return new SignatureUploadRequest(r.id, signedKeysBody(r.body));
+    return new SignatureUploadRequest(INTERNAL, r.id, signedKeysBody(r.body));
   }
 
   /** A device we know of, or `null`. `timeout` (seconds) waits for a key query in flight. */
