@@ -158,34 +158,7 @@ export interface DecryptedRoomEvent {
   shieldStateStrict: ShieldState;
 }
 
-/** Our local trust in a device. */
-export type LocalTrust = 'verified' | 'blacklisted' | 'ignored' | 'unset';
-
-/** A device of some user, as the machine knows it. */
-export interface DeviceInfo {
-  /** The owner. */
-  userId: string;
-  /** The device id. */
-  deviceId: string;
-  /** The device's display name, if it published one. */
-  displayName: string | null;
-  /** The device's Curve25519 identity key. */
-  curve25519Key: string | null;
-  /** The device's Ed25519 fingerprint key. */
-  ed25519Key: string | null;
-  /** The trust we set locally. */
-  localTrust: LocalTrust;
-  /** Verified locally or through cross-signing. */
-  isVerified: boolean;
-  /** Signed by its owner's self-signing key. */
-  isCrossSignedByOwner: boolean;
-  /** Blacklisted locally: never receives room keys. */
-  isBlacklisted: boolean;
-  /** The owner removed the device. */
-  isDeleted: boolean;
-  /** When the machine first saw the device (ms since the epoch). */
-  firstTimeSeenTs: number;
-}
+export type { LocalTrust, DeviceInfo, CrossSigningStatus, UserIdentityInfo } from '../native/index';
 
 /** Which devices receive a room key. */
 export type SharingStrategy =
@@ -214,16 +187,6 @@ export interface ShareSettings {
   sharingStrategy?: SharingStrategy;
   /** Withheld policy for this call only; default: the machine's policy. */
   withheld?: WithheldPolicy;
-}
-
-/** Which private cross-signing keys this device holds. */
-export interface CrossSigningStatus {
-  /** The master key. */
-  hasMaster: boolean;
-  /** The self-signing key (signs our own devices). */
-  hasSelfSigning: boolean;
-  /** The user-signing key (signs other users). */
-  hasUserSigning: boolean;
 }
 
 /** A room key in the Matrix key-export format. */

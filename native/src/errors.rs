@@ -24,6 +24,9 @@ pub mod code {
     pub const ENCRYPTION: &str = "EncryptionError";
     pub const INTERNAL: &str = "InternalError";
     pub const DECRYPTION: &str = "DecryptionError";
+    pub const CROSS_SIGNING_KEY_MISSING: &str = "CrossSigningKeyMissing";
+    pub const SECRET_STORAGE_KEY_MISMATCH: &str = "SecretStorageKeyMismatch";
+    pub const SECRET_STORAGE_CORRUPT: &str = "SecretStorageCorrupt";
 }
 
 /// Build a JS error with a stable `code`, a message, and optional structured details.

@@ -32,6 +32,8 @@ mod machine;
 mod requests;
 #[cfg(feature = "node")]
 mod store;
+#[cfg(feature = "node")]
+mod trust;
 
 pub mod key_file;
 pub mod runtime;
