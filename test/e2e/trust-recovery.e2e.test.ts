@@ -17,10 +17,16 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
 });
 
-async function jsUser(localpart: string): Promise<JsSdkUser> {
+/**
+ * A js-sdk user in "exclude insecure devices" mode (OnlySignedDevicesIsolationMode). js-sdk
+ * refuses to encrypt in that mode until its own account is cross-signed, so it bootstraps first.
+ */
+async function strictJsUser(localpart: string): Promise<JsSdkUser> {
   const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
   logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
   cleanup.push(() => u.stop());
+  await u.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
+  u.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
   return u;
 }
 
@@ -56,8 +62,7 @@ async function secretStorageOf(client: EncryptedClient): Promise<Record<string, 
 
 describe('secret storage and recovery', () => {
   it('a bot that lost its store comes back on a new device with the recovery key, cross-signed, and reads a message from before', async () => {
-    const alice = await jsUser('rec-alice');
-    alice.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+    const alice = await strictJsUser('rec-alice');
     const botUser = await hs().registerUser('rec-bot');
     const bot = await open(botUser, { crossSigning: { bootstrap: 'if-missing' } });
     const setup = await bot.setUpRecovery();
