@@ -78,6 +78,9 @@ describe('secret storage interop with matrix-js-sdk', () => {
     const user = await hs().registerUser('interop-ours');
     const ours = await ourClient(user, { bootstrap: 'if-missing' });
     const setup = await ours.setUpRecovery();
+    // An initial sync reports no device-list changes: sync once now, so that the next syncs
+    // are incremental and carry the change js-sdk's signature makes.
+    await ours.syncOnce({ timeoutMs: 0 });
 
     const second = await hs().login(user.userId, user.password);
     const js = await jsClient(second, () => setup.recoveryKey);
