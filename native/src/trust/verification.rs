@@ -82,9 +82,10 @@ pub struct VerificationInfo {
     pub is_self_verification: bool,
     /// Where the flow is.
     pub phase: VerificationPhase,
-    /// The seven SAS emoji, from `keys_exchanged` on, when both sides support emoji.
+    /// The seven SAS emoji in phase `keys_exchanged` (when both sides support emoji); later
+    /// phases may leave them out.
     pub emoji: Option<Vec<SasEmoji>>,
-    /// The three SAS numbers, from `keys_exchanged` on.
+    /// The three SAS numbers in phase `keys_exchanged`; later phases may leave them out.
     pub decimals: Option<Vec<u32>>,
     /// Set in phase `cancelled`.
     pub cancel: Option<VerificationCancelInfo>,
