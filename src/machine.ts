@@ -533,9 +533,10 @@ export class OlmMachine {
   }
 
   /**
-   * Verify another user: sign their master key with our user-signing key. Their devices that
-   * they signed become verified for us, and other clients see our signature once the returned
-   * `signature_upload` request is sent.
+   * Verify another user: sign their master key with our user-signing key, and send the returned
+   * `signature_upload` request. Once their keys are queried again (the homeserver reports the
+   * change in the next sync), their identity counts as verified, and with it the devices they
+   * signed; other clients see our signature too.
    *
    * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` without the user-signing key,
    *   `InvalidArgument` naming `userId` for our own user or a user without a known identity.

@@ -99,6 +99,24 @@ export interface SyncResult {
   keyRequestAnswers: KeyRequestAnswer[];
 }
 
+/**
+ * Why a message's shield is red or grey:
+ * - `AuthenticityNotGuaranteed`: the key came from a backup or a forward, not from its sender;
+ * - `UnknownDevice`: the sending device is not known (query the sender's keys);
+ * - `UnsignedDevice`: the sender did not cross-sign the sending device;
+ * - `UnverifiedIdentity`: we have not verified the sender's identity (strict rules only);
+ * - `VerificationViolation`: the sender's identity was verified and has changed since
+ *   (see {@link OlmMachine.withdrawVerification});
+ * - `MismatchedSender`: the event's sender is not the owner of the sending device.
+ */
+export type ShieldCode =
+  | 'AuthenticityNotGuaranteed'
+  | 'UnknownDevice'
+  | 'UnsignedDevice'
+  | 'UnverifiedIdentity'
+  | 'VerificationViolation'
+  | 'MismatchedSender';
+
 /** The lock icon a client would show next to a message. */
 export type ShieldState =
   | {
@@ -108,8 +126,8 @@ export type ShieldState =
   | {
       /** `red` for a problem with the sender's authenticity, `grey` for a minor concern. */
       color: 'red' | 'grey';
-      /** e.g. `UnverifiedIdentity`, `UnsignedDevice`, `UnknownDevice`, `AuthenticityNotGuaranteed`. */
-      code: string;
+      /** Why the shield is not clear; see {@link ShieldCode}. */
+      code: ShieldCode;
       /** A short English explanation. */
       message: string;
     };
