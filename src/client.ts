@@ -359,6 +359,18 @@ export class EncryptedClient {
       await resumeBackup(this.machine, this.transport);
     }
     this.crossSigning = await setUpCrossSigning(this.machine, this.transport, crossSigning);
+    this.signOwnDevices = crossSigning.signOwnDevices === true;
+  }
+
+  /** Whether {@link syncOnce} signs our other devices (`crossSigning.signOwnDevices`). */
+  private signOwnDevices = false;
+
+  /** Signs our other devices that our self-signing key has not signed; returns their ids. */
+  private async signNewOwnDevices(): Promise<string[]> {
+    if (!(await this.machine.crossSigningStatus()).hasSelfSigning) return [];
+    const unsigned = (await this.machine.unsignedOwnDevices()).filter((d) => d !== this.deviceId);
+    for (const deviceId of unsigned) await this.sendRequest(await this.machine.signOwnDevice(deviceId));
+    return unsigned;
   }
 
   /** What the `crossSigning` option of {@link open} did, or `null` when it was not given. */
@@ -493,6 +505,7 @@ export class EncryptedClient {
     }
     if (inRoom) await this.processOutgoingRequests();
     await this.driveVerifications();
+    if (this.signOwnDevices) await this.signNewOwnDevices();
     return { sync, changes, timeline };
   }
 

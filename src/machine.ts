@@ -26,7 +26,7 @@ import type {
   SyncChanges,
   SyncResult,
 } from './types';
-import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest } from './requests';
+import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest, KeysQueryRequest } from './requests';
 import type {
   DeviceRef,
   NoOlmRecord,
@@ -516,6 +516,15 @@ export class OlmMachine {
   async signOwnDevice(deviceId: string): Promise<SignatureUploadRequest> {
     requireString('deviceId', deviceId);
     return toRequest(await native(() => this.#inner.signOwnDevice(deviceId))) as SignatureUploadRequest;
+  }
+
+  /**
+   * A `keys_query` request for our own keys: send it to learn our published identity and our
+   * devices' signatures now (e.g. right after uploading signatures) instead of at the next
+   * device-list change.
+   */
+  queryOwnKeys(): KeysQueryRequest {
+    return toRequest(nativeSync(() => this.#inner.queryOwnKeys())) as KeysQueryRequest;
   }
 
   /** The ids of our own devices that our self-signing key has not signed (by the keys we know). */

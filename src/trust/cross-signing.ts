@@ -58,6 +58,12 @@ export interface CrossSigningOptions {
   bootstrap?: 'if-missing' | 'reset';
   /** User-interactive auth for the upload; see {@link UiaAuth}. */
   auth?: UiaAuth;
+  /**
+   * `EncryptedClient` only: after each sync, sign every other device of our account that our
+   * self-signing key has not signed, so other clients trust it too. Only for accounts no one
+   * else logs into: it vouches for any device the homeserver lists for us. Default `false`.
+   */
+  signOwnDevices?: boolean;
 }
 
 /** What {@link setUpCrossSigning} did. */
@@ -166,6 +172,8 @@ export async function setUpCrossSigning(
     await sendAndMark(machine, transport, requests.uploadSignatures);
     created = mode === 'reset' || !held;
     status = await machine.crossSigningStatus();
+    // Our device's signature is on the server now; read it back so the machine sees it too.
+    await sendAndMark(machine, transport, machine.queryOwnKeys());
     return { created, signedDevice: true, status };
   }
   if (!status.hasSelfSigning) {
@@ -177,5 +185,6 @@ export async function setUpCrossSigning(
   }
   if (await machine.isOwnDeviceCrossSigned()) return { created, signedDevice: false, status };
   await sendAndMark(machine, transport, await machine.signOwnDevice(machine.deviceId));
+  await sendAndMark(machine, transport, machine.queryOwnKeys());
   return { created, signedDevice: true, status };
 }

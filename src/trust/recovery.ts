@@ -183,7 +183,10 @@ export async function recover(
     secrets,
     backup ? { version: backup.version, publicKey: backup.auth_data.public_key } : undefined,
   );
-  if (imported.signatureUpload) await sendAndMark(machine, transport, imported.signatureUpload);
+  if (imported.signatureUpload) {
+    await sendAndMark(machine, transport, imported.signatureUpload);
+    await sendAndMark(machine, transport, machine.queryOwnKeys());
+  }
   let backupVersion: string | null = null;
   let restored: BackupImportResult | null = null;
   if (backup && imported.backupDecryptionKey) {

@@ -81,6 +81,7 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
       signedDevice: true,
       status: { hasMaster: true, hasSelfSigning: true, hasUserSigning: true },
     });
+    expect(await bot.machine.isOwnDeviceCrossSigned()).toBe(true);
     await waitForSignedByOwner(alice, bot.userId, bot.deviceId, true);
 
     const after = await alice.sendText(roomId, 'now you are cross-signed');
@@ -130,5 +131,28 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
       const master = Object.values(keys.master_keys?.[bot.userId]?.keys ?? {})[0];
       return master === second?.masterKey ? true : undefined;
     });
+  });
+
+  it('with signOwnDevices, the bot signs a new device of its account and clients trust that device', async () => {
+    const botUser = await hs().registerUser('cs-bot3');
+    const bot = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: botUser.accessToken,
+      store: { kind: 'memory' },
+      crossSigning: { bootstrap: 'if-missing', signOwnDevices: true },
+    });
+    cleanup.push(() => bot.close());
+    // After one sync the next ones are incremental and report device-list changes.
+    await bot.syncOnce({ timeoutMs: 0 });
+    const other = await JsSdkUser.start(hs().baseUrl, await hs().login(botUser.userId, botUser.password));
+    cleanup.push(() => other.stop());
+    logs({ name: `js-sdk ${other.user.userId}/${other.user.deviceId}`, logTail: (n) => other.logTail(n) });
+    expect((await bot.machine.unsignedOwnDevices())).not.toContain(bot.deviceId);
+    await waitFor('the bot to sign the new device', async () => {
+      await bot.syncOnce({ timeoutMs: 300 });
+      return (await bot.machine.getDevice(bot.userId, other.user.deviceId))?.isCrossSignedByOwner ? true : undefined;
+    });
+    await waitForSignedByOwner(other, bot.userId, other.user.deviceId, true);
+    expect(await bot.machine.unsignedOwnDevices()).toEqual([]);
   });
 });

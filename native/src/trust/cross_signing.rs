@@ -133,6 +133,29 @@ impl NativeMachine {
         self.remembered_signature(&request.signed_keys)
     }
 
+    /// A `keys_query` request for our own keys, to learn our published identity and devices
+    /// (with their signatures) now rather than at the next device-list change.
+    #[napi]
+    pub fn query_own_keys(&self) -> Result<NativeRequest> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            device_keys: &'a std::collections::BTreeMap<ruma::OwnedUserId, Vec<ruma::OwnedDeviceId>>,
+        }
+        let machine = self.machine()?;
+        let (id, request) = machine.query_keys_for_users([machine.user_id()]);
+        let out = NativeRequest {
+            id: id.to_string(),
+            kind: "keys_query".to_owned(),
+            body: serde_json::to_string(&Body { device_keys: &request.device_keys }).map_err(internal)?,
+            event_type: None,
+            txn_id: None,
+            room_id: None,
+            version: None,
+        };
+        self.remember(std::slice::from_ref(&out));
+        Ok(out)
+    }
+
     /// Our devices the self-signing key has not signed (by the keys we know), deleted ones left out.
     #[napi]
     pub async fn unsigned_own_devices(&self) -> Result<Vec<String>> {
