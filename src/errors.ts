@@ -24,7 +24,16 @@ export type ErrorCode =
   /** Encrypting failed, e.g. no room key was shared for the room yet. */
   | 'EncryptionError'
   /** A failure inside the library that is not the caller's input. */
-  | 'InternalError';
+  | 'InternalError'
+  /**
+   * A cross-signing operation needs a private key this device does not hold: bootstrap
+   * cross-signing, or recover the keys from secret storage.
+   */
+  | 'CrossSigningKeyMissing'
+  /** The recovery key or passphrase does not unlock the secret storage key; nothing was changed. */
+  | 'SecretStorageKeyMismatch'
+  /** Secret storage in account data is malformed or does not authenticate; `field` names the event. */
+  | 'SecretStorageCorrupt';
 
 /** Why a room event could not be decrypted: the `code` of a {@link DecryptionError}. */
 export type DecryptionErrorCode =
@@ -57,6 +66,9 @@ const ERROR_CODES: { readonly [K in ErrorCode]: true } = {
   StoreMismatchedAccount: true,
   EncryptionError: true,
   InternalError: true,
+  CrossSigningKeyMissing: true,
+  SecretStorageKeyMismatch: true,
+  SecretStorageCorrupt: true,
 };
 const DECRYPTION_ERROR_CODES: { readonly [K in DecryptionErrorCode]: true } = {
   MissingRoomKey: true,

@@ -36,7 +36,13 @@ export type TransportCallType =
   | 'send_room_event'
   | 'joined_members'
   | 'room_messages'
-  | 'whoami';
+  | 'whoami'
+  | 'signing_keys_upload'
+  | 'get_account_data'
+  | 'set_account_data'
+  | 'get_backup_version'
+  | 'create_backup_version'
+  | 'get_backup_keys';
 
 /** Passed to {@link HomeserverTransportOptions.onRetry} before each retry. */
 export interface RetryInfo {
@@ -224,6 +230,25 @@ export interface WhoamiResponse {
   device_id?: string;
   /** Whether the user is a guest. */
   is_guest?: boolean;
+}
+
+/** A server-side key backup version, as `GET /room_keys/version` returns it. */
+export interface BackupVersionInfo {
+  /** The version id. */
+  version: string;
+  /** The backup algorithm, `m.megolm_backup.v1.curve25519-aes-sha2` for the backups this library reads. */
+  algorithm: string;
+  /** The algorithm's data: `public_key` and the `signatures` of it. */
+  auth_data: {
+    /** The backup's public key (unpadded base64). */
+    public_key?: string;
+    /** Signatures of `auth_data` by devices and master keys. */
+    signatures?: Record<string, Record<string, string>>;
+  };
+  /** How many keys the backup holds. */
+  count?: number;
+  /** Changes whenever keys are added. */
+  etag?: string;
 }
 
 /**
@@ -523,6 +548,77 @@ export class HomeserverTransport {
       signal: options.signal,
     });
     return JSON.parse(text) as WhoamiResponse;
+  }
+
+  /**
+   * `POST /_matrix/client/v3/keys/device_signing/upload`: publishes cross-signing keys. `body`
+   * is the JSON of `{ master_key, self_signing_key, user_signing_key }`; `auth` is the
+   * user-interactive auth object of the second attempt (the first, without it, gets the 401
+   * challenge unless the homeserver waives auth, e.g. for a first upload or an appservice user).
+   */
+  async uploadSigningKeys(body: string, auth?: Record<string, unknown>, options: TransportCallOptions = {}): Promise<string> {
+    return this.request({
+      requestType: 'signing_keys_upload',
+      method: 'POST',
+      path: `${CLIENT_V3}/keys/device_signing/upload`,
+      body: auth ? JSON.stringify({ ...(JSON.parse(body) as Record<string, unknown>), auth }) : body,
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `GET /_matrix/client/v3/user/{userId}/account_data/{type}`: one global account-data event's
+   * content, or `null` when the user has none of that type (404 `M_NOT_FOUND`).
+   */
+  async getAccountData(userId: string, type: string, options: TransportCallOptions = {}): Promise<Record<string, unknown> | null> {
+    try {
+      const text = await this.request({
+        requestType: 'get_account_data',
+        method: 'GET',
+        path: `${CLIENT_V3}/user/${seg(userId)}/account_data/${seg(type)}`,
+        signal: options.signal,
+      });
+      return JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /** `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`: sets a global account-data event. */
+  async setAccountData(userId: string, type: string, content: Record<string, unknown> | string, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'set_account_data',
+      method: 'PUT',
+      path: `${CLIENT_V3}/user/${seg(userId)}/account_data/${seg(type)}`,
+      body: typeof content === 'string' ? content : JSON.stringify(content),
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `GET /_matrix/client/v3/room_keys/version`: the current server-side key backup version
+   * (`{ version, algorithm, auth_data, count, etag }`), or `null` when there is none.
+   */
+  async getBackupVersion(options: TransportCallOptions = {}): Promise<BackupVersionInfo | null> {
+    try {
+      const text = await this.request({ requestType: 'get_backup_version', method: 'GET', path: `${CLIENT_V3}/room_keys/version`, signal: options.signal });
+      return JSON.parse(text) as BackupVersionInfo;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /** `POST /_matrix/client/v3/room_keys/version` with `body` (`{ algorithm, auth_data }` JSON); resolves with the new version. */
+  async createBackupVersion(body: string, options: TransportCallOptions = {}): Promise<string> {
+    const text = await this.request({ requestType: 'create_backup_version', method: 'POST', path: `${CLIENT_V3}/room_keys/version`, body, signal: options.signal });
+    return (JSON.parse(text) as { version: string }).version;
+  }
+
+  /** `GET /_matrix/client/v3/room_keys/keys?version=...`: every backed-up room key of `version`, as the JSON text. */
+  async getBackupKeys(version: string, options: TransportCallOptions = {}): Promise<string> {
+    return this.request({ requestType: 'get_backup_keys', method: 'GET', path: `${CLIENT_V3}/room_keys/keys`, query: { version }, signal: options.signal });
   }
 
   private callFor(request: OutgoingRequest, signal: AbortSignal | undefined): Call {

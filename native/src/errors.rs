@@ -44,6 +44,13 @@ pub enum ErrorCode {
     InternalError,
     /// A room event could not be decrypted; the `DecryptionCode` says why.
     DecryptionError,
+    /// A cross-signing operation needs a private key this device does not hold: bootstrap
+    /// cross-signing, or recover the keys from secret storage.
+    CrossSigningKeyMissing,
+    /// The recovery key or passphrase does not unlock the secret storage key; nothing was changed.
+    SecretStorageKeyMismatch,
+    /// Secret storage in account data is malformed or does not authenticate; `field` names the event.
+    SecretStorageCorrupt,
 }
 
 /// Why a room event could not be decrypted (`DecryptionError.code`).
@@ -97,6 +104,9 @@ pub mod code {
     pub const ENCRYPTION: ErrorCode = ErrorCode::EncryptionError;
     pub const INTERNAL: ErrorCode = ErrorCode::InternalError;
     pub const DECRYPTION: ErrorCode = ErrorCode::DecryptionError;
+    pub const CROSS_SIGNING_KEY_MISSING: ErrorCode = ErrorCode::CrossSigningKeyMissing;
+    pub const SECRET_STORAGE_KEY_MISMATCH: ErrorCode = ErrorCode::SecretStorageKeyMismatch;
+    pub const SECRET_STORAGE_CORRUPT: ErrorCode = ErrorCode::SecretStorageCorrupt;
 }
 
 /// What the reason string of every error of ours carries after [`ERROR_TAG`].

@@ -38,6 +38,8 @@ mod requests;
 #[cfg(feature = "node")]
 mod store;
 #[cfg(feature = "node")]
+mod trust;
+#[cfg(feature = "node")]
 mod withheld_js;
 
 pub mod json_input;

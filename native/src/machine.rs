@@ -28,7 +28,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    devices,
     errors::{self, code, internal, invalid, parse_json, typed, DecryptionCode},
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
@@ -91,7 +90,7 @@ pub struct NativeMachine {
     inner: RwLock<Option<OlmMachine>>,
     /// Requests handed out and not yet marked as sent: id -> type. Lets `markRequestAsSent`
     /// reject unknown ids and mismatched types instead of silently ignoring them.
-    pending: Mutex<HashMap<String, String>>,
+    pending: Arc<Mutex<HashMap<String, String>>>,
     user_id: String,
     device_id: String,
     identity_keys: (String, String),
@@ -155,7 +154,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         device_id: machine.device_id().to_string(),
         identity_keys: (keys.curve25519.to_base64(), keys.ed25519.to_base64()),
         inner: RwLock::new(Some(machine)),
-        pending: Mutex::new(HashMap::new()),
+        pending: Arc::new(Mutex::new(HashMap::new())),
         withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
         store_lock: Mutex::new(opened.lock),
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -248,6 +247,14 @@ impl NativeMachine {
         let mut pending = crate::locks::lock(&self.pending);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
+        }
+    }
+
+    /// `remember` for a request made later, in a future that cannot borrow the machine.
+    pub(crate) fn remember_fn(&self) -> impl Fn(&NativeRequest) + Send + 'static {
+        let pending = Arc::clone(&self.pending);
+        move |r| {
+            crate::locks::lock(&pending).insert(r.id.clone(), r.kind.clone());
         }
     }
 
@@ -618,80 +625,6 @@ impl NativeMachine {
         events::decrypted_room_event(decrypted.event.json(), info, sender_device_id.as_deref(), sender_device_verified, &chain)
     }
 
-    /// A device we know of, as JSON, or null.
-    #[napi]
-    pub async fn get_device(&self, user_id: String, device_id: String) -> Result<Option<String>> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let device = ids::device_id("deviceId", &device_id)?;
-        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
-        found.map(|d| serde_json::to_string(&devices::info(&d)).map_err(internal)).transpose()
-    }
-
-    /// All known devices of a user, as a JSON array.
-    #[napi]
-    pub async fn get_user_devices(&self, user_id: String) -> Result<String> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let list = machine.get_user_devices(&user, None).await.map_err(errors::store)?;
-        let infos: Vec<_> = list.devices().map(|d| devices::info(&d)).collect();
-        serde_json::to_string(&infos).map_err(internal)
-    }
-
-    /// Set our local trust in a device: verified, blacklisted, ignored or unset.
-    #[napi]
-    pub async fn set_local_trust(&self, user_id: String, device_id: String, trust: String) -> Result<()> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let device = ids::device_id("deviceId", &device_id)?;
-        let trust = devices::parse_trust("trust", &trust)?;
-        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
-        let Some(found) = found else {
-            return Err(invalid("deviceId", format!("no known device {device_id} of {user_id}; query its keys first")));
-        };
-        found.set_local_trust(trust).await.map_err(errors::store)
-    }
-
-    /// Which private cross-signing keys we hold.
-    #[napi]
-    pub async fn cross_signing_status(&self) -> Result<String> {
-        let machine = self.machine()?;
-        let s = machine.cross_signing_status().await;
-        Ok(json!({ "hasMaster": s.has_master, "hasSelfSigning": s.has_self_signing, "hasUserSigning": s.has_user_signing }).to_string())
-    }
-
-    /// Create cross-signing keys; returns the requests to send, in order, as JSON.
-    #[napi]
-    pub async fn bootstrap_cross_signing(&self, reset: bool) -> Result<String> {
-        let machine = self.machine()?;
-        let r = machine.bootstrap_cross_signing(reset).await.map_err(errors::store)?;
-        let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
-        let sig_id = TransactionId::new().to_string();
-        let signatures = NativeRequest {
-            id: sig_id,
-            kind: "signature_upload".to_owned(),
-            body: serde_json::to_string(&r.upload_signatures_req.signed_keys).map_err(internal)?,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        };
-        let signing_body = requests::signing_keys_upload(&r.upload_signing_keys_req)?;
-        let signing_id = TransactionId::new().to_string();
-        let mut handed = vec![signatures.clone_shallow()];
-        if let Some(u) = &upload_keys {
-            handed.push(u.clone_shallow());
-        }
-        handed.push(NativeRequest { id: signing_id.clone(), kind: "signing_keys_upload".to_owned(), body: String::new(), event_type: None, txn_id: None, room_id: None, version: None });
-        self.remember(&handed);
-        Ok(json!({
-            "uploadKeys": upload_keys.map(|u| json!({ "id": u.id, "type": u.kind, "body": u.body })),
-            "uploadSigningKeys": { "id": signing_id, "type": "signing_keys_upload", "body": signing_body },
-            "uploadSignatures": { "id": signatures.id, "type": "signature_upload", "body": signatures.body },
-        })
-        .to_string())
-    }
-
     /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
     /// `progress(done, total)` is called as keys are exported, last with `done == total`.
     #[napi]
@@ -778,20 +711,6 @@ fn release(machine: Option<OlmMachine>) {
 impl Drop for NativeMachine {
     fn drop(&mut self) {
         release(crate::locks::write(&self.inner).take());
-    }
-}
-
-impl NativeRequest {
-    fn clone_shallow(&self) -> NativeRequest {
-        NativeRequest {
-            id: self.id.clone(),
-            kind: self.kind.clone(),
-            body: String::new(),
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        }
     }
 }
 
