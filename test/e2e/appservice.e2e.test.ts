@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   AppserviceCrypto,
   serveAppservice,
@@ -102,6 +102,8 @@ let hs: Homeserver;
 let registration: AppserviceRegistration;
 let asPort: number;
 const cleanup: Array<() => Promise<void>> = [];
+/** Bridges of the running test, stopped after it (they share the registration's port). */
+const bridges: Array<() => Promise<void>> = [];
 const logs: Array<{ name: string; tail: () => string }> = [];
 
 beforeAll(async () => {
@@ -119,6 +121,9 @@ afterAll(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
   await hs?.stop();
 });
+afterEach(async () => {
+  for (const f of bridges.splice(0).reverse()) await f();
+});
 beforeEach((ctx) => {
   ctx.onTestFailed(() => {
     for (const l of logs) console.error(`--- ${l.name} ---\n${l.tail()}`);
@@ -130,7 +135,7 @@ async function newBridge(maxOpenMachines?: number): Promise<Bridge> {
   const root = await mkdtemp(join(tmpdir(), 'mcn-as-e2e-'));
   const bridge = new Bridge(hs, registration, asPort, root, maxOpenMachines);
   await bridge.start();
-  cleanup.push(async () => {
+  bridges.push(async () => {
     await bridge.stop().catch(() => undefined);
     await rm(root, { recursive: true, force: true });
   });
@@ -229,6 +234,10 @@ describe('an encrypting appservice with three puppets and a js-sdk user', () => 
     const fine = await bridge.crypto.sendEncrypted(one, roomId, 'm.room.message', { msgtype: 'm.text', body: 'for alice' });
     expect(fine.share.withheld).toEqual([]);
     expect((await alice.waitForDecrypted(roomId, fine.eventId)).content.body).toBe('for alice');
+    await bridge.crypto.withMachine(two, async (m) => {
+      await m.setLocalTrust(alice.user.userId, alice.user.deviceId, 'unset');
+      await m.discardRoomKey(roomId);
+    });
 
     // A transaction answered 500 once is retried by Synapse: nothing lost, nothing doubled.
     await alice.crypto.forceDiscardSession(roomId);
@@ -289,7 +298,8 @@ describe('200 puppets in one room', () => {
     for (const p of puppets) {
       const got = await bridge.decryptedBy(p, roomId, message, 60_000);
       expect(got.kind === 'decrypted' && got.decrypted.event.content.body).toBe('hello two hundred');
-      expect(bridge.crypto.openMachineCount).toBeLessThanOrEqual(50);
+      // The cap, plus the machines pinned by operations still running (transactions process 8 devices at once).
+      expect(bridge.crypto.openMachineCount).toBeLessThanOrEqual(50 + 8);
     }
   }, 300_000);
 });
