@@ -12,7 +12,8 @@
 // "io.element.msc4190": true; Synapse also needs, in homeserver.yaml:
 //   experimental_features: { msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true }
 // The bridge listens on the port of the registration's "url". Invite a puppet to an encrypted
-// room: it joins, and echoes what you write. Ctrl-C stops it; its keys stay in ./echo-bridge-store.
+// room: it joins, and echoes what you write. Ctrl-C stops it; its keys stay in
+// ./echo-bridge-store (or $ECHO_BRIDGE_STORE).
 import { readFile } from 'node:fs/promises';
 import { AppserviceCrypto, serveAppservice, type AppserviceRegistration } from '../src/index';
 
@@ -32,7 +33,7 @@ async function main(): Promise<void> {
   const crypto = await AppserviceCrypto.open({
     homeserverUrl: registration.homeserver_url,
     registration,
-    storeRoot: './echo-bridge-store',
+    storeRoot: process.env.ECHO_BRIDGE_STORE ?? './echo-bridge-store',
   });
   for (const p of puppets) {
     await crypto.registerUser(p.slice(1, p.indexOf(':')));
@@ -53,7 +54,7 @@ async function main(): Promise<void> {
           console.log(`${event.state_key} joined ${roomId}`);
           continue;
         }
-        if (puppets.has(event.sender)) continue; // our own echoes
+        if (puppets.has(event.sender ?? '')) continue; // our own echoes
         if (item.kind === 'undecryptable') {
           console.log(`cannot decrypt ${event.event_id}: ${item.error.code}${item.error.withheld ? ` (withheld: ${item.error.withheld.code})` : ''}`);
           continue;

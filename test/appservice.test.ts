@@ -5,9 +5,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AppserviceCrypto, AppserviceError, MatrixCryptoError, type AppserviceCryptoOptions } from '../src/index';
+import { AppserviceCrypto, AppserviceError, MatrixCryptoError, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, registration } from './appservice-fake';
+import { FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
 
 const ROOM = '!room:example.org';
 const A = '@puppet_a:example.org';
@@ -289,5 +289,39 @@ describe('options', () => {
       field: 'options.registration.namespaces.users[0].regex',
     });
     expect(await err({ ...base, deviceStore: 'x' })).toMatchObject({ field: 'options.deviceStore' });
+  });
+});
+
+describe('serveAppservice', () => {
+  it('checks the hs_token, answers transactions, and answers 500 so that a failed one is retried', async () => {
+    const { fake, crypto } = await setup();
+    const a = await crypto.deviceFor(A);
+    const alice = await TestDevice.create(fake.hs, ALICE, 'ALICE');
+    const event = await alice.sendMessage(ROOM, [ALICE, A], { msgtype: 'm.text', body: 'over http' });
+    const handled: string[] = [];
+    let failOnce = true;
+    const server = await serveAppservice(crypto, {
+      port: 0,
+      onEvents: (r) => {
+        if (failOnce) {
+          failOnce = false;
+          throw new Error('bridge busy');
+        }
+        for (const e of r.events) if (e.kind === 'decrypted') handled.push(String(e.decrypted.event.content.body));
+      },
+    });
+    cleanup.push(() => server.close());
+    const body = JSON.stringify(fake.transaction([a], [member(A), event]));
+    const put = (path: string, headers: Record<string, string> = { Authorization: `Bearer ${HS_TOKEN}` }, data = body) =>
+      fetch(`http://127.0.0.1:${server.port}${path}`, { method: 'PUT', headers: { 'Content-Type': 'application/json', ...headers }, body: data });
+    expect((await put('/_matrix/app/v1/transactions/1', {})).status).toBe(401);
+    expect(await (await put('/_matrix/app/v1/transactions/1', { Authorization: 'Bearer nope' })).json()).toMatchObject({ errcode: 'M_FORBIDDEN' });
+    expect((await put('/_matrix/app/v1/transactions/1', undefined, '{not json')).status).toBe(400);
+    expect((await put('/_matrix/app/v1/transactions/1')).status).toBe(500);
+    expect(handled).toEqual([]);
+    expect((await put('/_matrix/app/v1/transactions/1')).status).toBe(200);
+    expect((await put(`/transactions/1?access_token=${HS_TOKEN}`, {})).status).toBe(200);
+    expect(handled).toEqual(['over http']);
+    expect((await put('/_matrix/app/v1/rooms/x')).status).toBe(404);
   });
 });

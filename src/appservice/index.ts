@@ -14,10 +14,11 @@ export type {
   AppserviceTimelineEvent,
   BridgedDeviceInfo,
   ProcessTransactionOptions,
+  TransactionDeviceResult,
   TransactionResult,
 } from './manager';
 export { AppserviceError } from './errors';
 export type { AppserviceErrorCode } from './errors';
 export { serveAppservice } from './server';
 export type { AppserviceServer, ServeAppserviceOptions } from './server';
-export type { TransactionBody, TransactionToDeviceEvent } from './transaction';
+export type { TransactionBody, TransactionDeviceLists, TransactionToDeviceEvent } from './transaction';

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { TimelineEvent } from '../client';
+import type { SendEncryptedResult, TimelineEvent } from '../client';
 import { DecryptionError, MatrixCryptoError } from '../errors';
 import { OlmMachine, type ShareResult, type StoreOptions } from '../machine';
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
@@ -110,6 +110,12 @@ export type AppserviceTimelineEvent = TimelineEvent & {
   decryptedBy: string | null;
 };
 
+/** One bridged device's part of a {@link TransactionResult}. */
+export interface TransactionDeviceResult extends BridgedDeviceInfo {
+  /** What the device's machine made of its to-device events and key counts (room keys, withheld notices, ...). */
+  result: SyncResult;
+}
+
 /** What {@link AppserviceCrypto.processTransaction} returns. */
 export interface TransactionResult {
   /** The transaction id. */
@@ -119,7 +125,7 @@ export interface TransactionResult {
   /** The transaction's room events in order, encrypted ones decrypted where possible. */
   events: AppserviceTimelineEvent[];
   /** What each bridged device's machine made of its to-device events and key counts. */
-  devices: Array<BridgedDeviceInfo & { result: SyncResult }>;
+  devices: TransactionDeviceResult[];
   /** To-device events for devices this manager does not know (not created by it), left unread. */
   unroutedToDeviceEvents: number;
 }
@@ -407,8 +413,8 @@ export class AppserviceCrypto {
         throw new AppserviceError(
           'DeviceManagementUnsupported',
           `the homeserver does not let the appservice create a device for ${userId} (MSC4190): PUT /_matrix/client/v3/devices/${deviceId} ` +
-            `answered ${err.status} ${err.errcode ?? ''}. Synapse supports it from 1.120 (set "io.element.msc4190: true" in the registration); ` +
-            `other homeservers may need an upgrade`,
+            `answered ${err.status} ${err.errcode ?? ''}. The homeserver must support MSC4190 (on Synapse, also set ` +
+            `"io.element.msc4190: true" in the appservice registration)`,
           { userId, cause: err },
         );
       }
@@ -687,8 +693,8 @@ export class AppserviceCrypto {
 
   /**
    * {@link encrypt}, then sends the event in the room as the bridged user and device.
-   *
-   * @param txnId - the transaction id of the send; generated when omitted.
+   * `options.txnId` is the transaction id of the send (generated when omitted); reuse it to
+   * retry a send without duplicating it.
    */
   async sendEncrypted(
     userId: string,
@@ -696,7 +702,7 @@ export class AppserviceCrypto {
     type: string,
     content: Record<string, unknown>,
     options: AppserviceEncryptOptions & { txnId?: string } = {},
-  ): Promise<{ eventId: string; share: ShareResult }> {
+  ): Promise<SendEncryptedResult> {
     const encrypted = await this.encrypt(userId, roomId, type, content, options);
     const { event_id } = await this.using(userId, (d) =>
       d.transport.sendRoomEvent(roomId, 'm.room.encrypted', encrypted.content, options.txnId),

@@ -40,11 +40,19 @@ export interface TransactionBody {
   /** Unstable name of {@link TransactionBody.device_unused_fallback_key_types}. */
   'org.matrix.msc3202.device_unused_fallback_key_types'?: Record<string, Record<string, string[]>>;
   /** MSC3202: users whose devices changed, or who no longer share a room with the appservice's users. */
-  device_lists?: { changed?: string[]; left?: string[] };
+  device_lists?: TransactionDeviceLists;
   /** Unstable name of {@link TransactionBody.device_lists}. */
-  'org.matrix.msc3202.device_lists'?: { changed?: string[]; left?: string[] };
+  'org.matrix.msc3202.device_lists'?: TransactionDeviceLists;
   /** Any other field. */
   [key: string]: unknown;
+}
+
+/** The MSC3202 device-list changes of a transaction. */
+export interface TransactionDeviceLists {
+  /** Users whose devices changed, or who now share an encrypted room with the appservice's users. */
+  changed?: string[];
+  /** Users who no longer share a room with any of the appservice's users. */
+  left?: string[];
 }
 
 /** A to-device event in a transaction: the event plus its recipient. */

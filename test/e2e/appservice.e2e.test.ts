@@ -2,7 +2,8 @@
 // matrix-js-sdk user on a real Synapse. The appservice's puppets get devices through MSC4190,
 // their to-device events and key counts come in transactions (MSC4203 / MSC3202), and every
 // request goes out masquerading as the puppet's device.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -302,4 +303,45 @@ describe('200 puppets in one room', () => {
       expect(bridge.crypto.openMachineCount).toBeLessThanOrEqual(50 + 8);
     }
   }, 300_000);
+});
+
+describe('examples/echo-bridge.ts', () => {
+  it('joins on invite and echoes an encrypted message, encrypted', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'mcn-echo-'));
+    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    const file = join(dir, 'registration.json');
+    await writeFile(
+      file,
+      JSON.stringify({ ...registration, url: `http://127.0.0.1:${asPort}`, homeserver_url: hs.baseUrl, server_name: 'localhost', puppets: ['puppet_echo'] }),
+    );
+    const root = join(__dirname, '..', '..');
+    const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'examples', 'echo-bridge.ts'), file], {
+      cwd: root,
+      env: { ...process.env, ECHO_BRIDGE_STORE: join(dir, 'store') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (out += c));
+    const exited = new Promise((r) => child.on('exit', r));
+    bridges.push(async () => {
+      child.kill('SIGINT');
+      await exited;
+    });
+    logs.push({ name: 'echo-bridge', tail: () => out.split('\n').slice(-40).join('\n') });
+    await waitFor('the echo bridge to listen', () => (out.includes('echo bridge listening') ? true : undefined), 30_000);
+
+    const alice = await jsUser('as_alice_echo');
+    const puppet = '@puppet_echo:localhost';
+    const roomId = await alice.createEncryptedRoom([puppet], 'echo');
+    await alice.waitForMember(roomId, puppet);
+    await alice.sendText(roomId, 'ping');
+    const echo = await waitFor('the echo', () => {
+      const events = alice.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
+      const e = events.find((ev) => ev.getSender() === puppet && ev.getType() === 'm.room.message');
+      return e ? { content: e.getContent(), encrypted: e.isEncrypted() } : undefined;
+    }, 30_000);
+    expect(echo).toEqual({ content: { msgtype: 'm.notice', body: `${puppet} heard: ping` }, encrypted: true });
+    expect(out).toContain(`${puppet} joined ${roomId}`);
+  }, 90_000);
 });
