@@ -39,6 +39,7 @@ async function eachLimited<T>(items: T[], concurrency: number, task: (item: T) =
 }
 
 const rssMiB = () => Math.round(process.memoryUsage().rss / 2 ** 20);
+const heapMiB = () => Math.round(process.memoryUsage().heapUsed / 2 ** 20);
 
 async function main(): Promise<void> {
   const users = option('--users', 10_000);
@@ -68,11 +69,15 @@ async function main(): Promise<void> {
       // device, as JSON) still does.
       fake.hs.requestLog.length = 0;
       fake.calls.length = 0;
-      if (++done % 1000 === 0) console.error(`created ${done}/${users} devices, RSS ${rssMiB()} MiB`);
+      if (++done % 1000 === 0) console.error(`created ${done}/${users} devices, RSS ${rssMiB()} MiB, JS heap ${heapMiB()} MiB`);
     });
     const createMs = performance.now() - t;
     figures.createPerDeviceMs = +(createMs / users).toFixed(2);
     figures.openMachinesAfterCreate = crypto.openMachineCount;
+    // The JS heap holds the fake homeserver's copy of every device's keys; the rest of the RSS
+    // is mostly native (machines, SQLite, allocator).
+    figures.rssAfterCreateMiB = rssMiB();
+    figures.heapAfterCreateMiB = heapMiB();
 
     const alice = await TestDevice.create(fake.hs, '@alice:example.org', 'ALICE');
     const activePuppets = puppets.slice(0, active);
@@ -118,6 +123,7 @@ async function main(): Promise<void> {
     // A round-robin decryption is a reopen plus a decryption (plus the close of another machine).
     figures.reopenPerDeviceMs = +(reopenMs / active - openMs / events.length).toFixed(2);
     figures.peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
+    figures.heapAtEndMiB = heapMiB();
   } finally {
     await crypto.close();
     await rm(root, { recursive: true, force: true });

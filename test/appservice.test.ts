@@ -152,6 +152,19 @@ describe('transactions', () => {
     expect(item).toMatchObject({ kind: 'undecryptable', decryptedBy: A, error: { code: 'MissingRoomKey', withheld: null } });
   });
 
+  it('decrypts an event that came before its room key once a later transaction brings the key', async () => {
+    const { fake, crypto, a, alice } = await conversation();
+    const event = await alice.sendMessage(ROOM, [ALICE, A], { msgtype: 'm.text', body: 'key comes later' });
+    const early = await crypto.processTransaction('e1', fake.transaction([], [member(A), event]));
+    expect(early.events[1]).toMatchObject({ kind: 'undecryptable', error: { code: 'MissingRoomKey' } });
+    const later = await crypto.processTransaction('e2', fake.transaction([a]));
+    expect(later.events).toEqual([]);
+    expect(later.lateDecryptions).toHaveLength(1);
+    expect(later.lateDecryptions[0]).toMatchObject({ kind: 'decrypted', decryptedBy: A, decrypted: { event: { content: { body: 'key comes later' } } } });
+    // Handed over once.
+    expect((await crypto.processTransaction('e3', { events: [] })).lateDecryptions).toEqual([]);
+  });
+
   it('processes a transaction id once', async () => {
     const { fake, crypto, a, b, alice } = await conversation();
     const event = await alice.sendMessage(ROOM, [ALICE, A, B]);
@@ -160,7 +173,7 @@ describe('transactions', () => {
     const first = await crypto.processTransaction('7', body, { onResult: (r) => void seen.push(r.txnId) });
     const again = await crypto.processTransaction('7', body, { onResult: (r) => void seen.push(r.txnId) });
     expect(first.events).toHaveLength(3);
-    expect(again).toEqual({ txnId: '7', duplicate: true, events: [], devices: [], unroutedToDeviceEvents: 0 });
+    expect(again).toEqual({ txnId: '7', duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0 });
     expect(seen).toEqual(['7']);
   });
 

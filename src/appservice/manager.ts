@@ -124,6 +124,13 @@ export interface TransactionResult {
   duplicate: boolean;
   /** The transaction's room events in order, encrypted ones decrypted where possible. */
   events: AppserviceTimelineEvent[];
+  /**
+   * Events of earlier transactions that were `undecryptable` for want of their room key and
+   * decrypt now, with a key this transaction brought (the homeserver may push the event before
+   * the key). The manager keeps up to 1,000 such events in memory, oldest dropped first; it
+   * does not keep them across a restart.
+   */
+  lateDecryptions: AppserviceTimelineEvent[];
   /** What each bridged device's machine made of its to-device events and key counts. */
   devices: TransactionDeviceResult[];
   /** To-device events for devices this manager does not know (not created by it), left unread. */
@@ -253,6 +260,9 @@ export class AppserviceCrypto {
   private readonly creating = new Map<string, Promise<BridgedDeviceInfo>>();
   /** Bridged users known to hold a room key, by `roomId|sessionId` (this process only). */
   private readonly holders = new Map<string, Set<string>>();
+  /** Undecryptable events waiting for their room key, by `roomId|sessionId`. */
+  private readonly waiting = new Map<string, RoomEvent[]>();
+  private waitingCount = 0;
   private transactions: Promise<void> = Promise.resolve();
   /** No new public call is accepted. */
   private closed = false;
@@ -507,7 +517,7 @@ export class AppserviceCrypto {
 
   private async process(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
     if (this.state.isTransactionDone(txnId)) {
-      return { txnId, duplicate: true, events: [], devices: [], unroutedToDeviceEvents: 0 };
+      return { txnId, duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0 };
     }
     const routed = routeTransaction(body);
     if (routed.changed.length > 0 || routed.left.length > 0) {
@@ -569,9 +579,13 @@ export class AppserviceCrypto {
       }
       events.push(await this.decryptForBridge(roomId, event));
     }
-    const result: TransactionResult = { txnId, duplicate: false, events, devices, unroutedToDeviceEvents: unrouted };
+    const late = await this.retryWaiting(devices);
+    const result: TransactionResult = { txnId, duplicate: false, events, lateDecryptions: late.items, devices, unroutedToDeviceEvents: unrouted };
     await options.onResult?.(result);
     await this.state.recordTransaction(txnId);
+    // Only once the transaction is done: a retry hands the same events over again.
+    late.commit();
+    for (const item of events) if (item.kind === 'undecryptable') this.wait(item);
     return result;
   }
 
@@ -597,6 +611,51 @@ export class AppserviceCrypto {
     await this.state.recordSeen(rec.userId, seq);
     for (const k of result.roomKeyUpdates) this.noteHolder(k.roomId, k.sessionId, rec.userId);
     return result;
+  }
+
+  /** Keeps an event that lacks its room key, to decrypt it when the key comes. */
+  private wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): void {
+    if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') return;
+    const k = `${item.roomId}|${item.error.sessionId ?? ''}`;
+    if (!this.waiting.has(k)) this.waiting.set(k, []);
+    this.waiting.get(k)!.push(item.event);
+    this.waitingCount++;
+    while (this.waitingCount > 1000) {
+      const [oldest, list] = this.waiting.entries().next().value as [string, RoomEvent[]];
+      list.shift();
+      this.waitingCount--;
+      if (list.length === 0) this.waiting.delete(oldest);
+    }
+  }
+
+  /**
+   * Decrypts the waiting events whose room key one of these devices just received; `commit`
+   * forgets them (called once the transaction is recorded).
+   */
+  private async retryWaiting(devices: TransactionDeviceResult[]): Promise<{ items: AppserviceTimelineEvent[]; commit: () => void }> {
+    const items: AppserviceTimelineEvent[] = [];
+    const decrypted = new Set<RoomEvent>();
+    for (const d of devices) {
+      for (const key of d.result.roomKeyUpdates) {
+        for (const event of this.waiting.get(`${key.roomId}|${key.sessionId}`) ?? []) {
+          if (decrypted.has(event)) continue;
+          const item = await this.decryptRoomEvent(d.userId, key.roomId, event);
+          if (item.kind !== 'decrypted') continue;
+          items.push(item);
+          decrypted.add(event);
+        }
+      }
+    }
+    const commit = (): void => {
+      if (decrypted.size === 0) return;
+      for (const [k, list] of this.waiting) {
+        const still = list.filter((e) => !decrypted.has(e));
+        this.waitingCount -= list.length - still.length;
+        if (still.length) this.waiting.set(k, still);
+        else this.waiting.delete(k);
+      }
+    };
+    return { items, commit };
   }
 
   private noteHolder(roomId: string, sessionId: string, userId: string): void {
