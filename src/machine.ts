@@ -8,11 +8,14 @@ import { MatrixCryptoError, native, nativeSync } from './errors';
 import { deleteAccount, listAccounts, nativeStoreOptions, type StoreAccount, type StoreDatabase, type StoreOptions } from './store';
 import { ProgressRelay, type ProgressCallback } from './progress';
 import type { OutgoingRequest, RequestType } from './requests';
+import { SecretStorageKey, type AccountDataSecret, type SecretsImport } from './trust/secret-storage';
+import type { VerificationCancelCode, VerificationInfo, VerificationStep } from './trust/verification';
 import type {
   BackupImportResult,
   CrossSigningStatus,
   DecryptedRoomEvent,
   DeviceInfo,
+  UserIdentityInfo,
   ExportedRoomKey,
   ImportResult,
   KeyBackup,
@@ -24,7 +27,7 @@ import type {
   SyncChanges,
   SyncResult,
 } from './types';
-import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest } from './requests';
+import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest, KeysQueryRequest } from './requests';
 import type {
   DeviceRef,
   NoOlmRecord,
@@ -36,6 +39,18 @@ import type {
   WithheldRecord,
 } from './withheld';
 
+let wrap: (inner: NativeMachine) => OlmMachine;
+
+/**
+ * This library's machine over a native machine that is already open: how the compat layer, which
+ * opens machines its own way, gets one without a public constructor. Not exported from the package.
+ *
+ * @internal
+ */
+export function wrapNativeMachine(inner: NativeMachine): OlmMachine {
+  return wrap(inner);
+}
+
 export type { StoreOptions } from './store';
 
 /** Options of {@link OlmMachine.open}. */
@@ -44,7 +59,10 @@ export interface OpenOptions {
   userId: string;
   /** Our device id, as the homeserver assigned it at login. */
   deviceId: string;
-  /** The store; opening the same store again restores the account. */
+  /**
+   * The store; opening the same store again restores the account. Required: there is no
+   * default, so that an account is never kept in memory by mistake.
+   */
   store: StoreOptions;
   /** Which withheld notices to send; default: every code, with default reasons. */
   withheld?: WithheldPolicy;
@@ -104,6 +122,10 @@ function toRequest(r: NativeRequest): OutgoingRequest {
   }
 }
 
+function step(r: { requests: NativeRequest[]; verification: VerificationInfo }): VerificationStep {
+  return { requests: r.requests.map(toRequest) as VerificationStep['requests'], verification: r.verification };
+}
+
 function requireString(field: string, value: unknown): string {
   if (typeof value !== 'string') {
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be a string, got ${typeof value}`, field);
@@ -117,6 +139,15 @@ function requireStringArray(field: string, value: unknown): string[] {
   }
   value.forEach((v, i) => requireString(`${field}[${i}]`, v));
   return value as string[];
+}
+
+/** A plain object argument (a policy), as JSON; strings are not accepted for these. */
+function objectArg(field: string, value: unknown, shape: string): string {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be an object ${shape}, got ${got}`, field);
+  }
+  return JSON.stringify(value);
 }
 
 function jsonArg(field: string, value: unknown): string {
@@ -146,6 +177,11 @@ export class OlmMachine {
   readonly #inner: NativeMachine;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
+  static {
+    wrap = (inner) => new OlmMachine(inner);
+  }
+
+  /** Hidden: machines come from {@link OlmMachine.open}. */
   private constructor(inner: NativeMachine) {
     this.#inner = inner;
   }
@@ -163,8 +199,16 @@ export class OlmMachine {
     }
     const userId = requireString('userId', options.userId);
     const deviceId = requireString('deviceId', options.deviceId);
-    const store = nativeStoreOptions(options.store ?? { kind: 'memory' });
-    const withheldPolicy = options.withheld === undefined ? undefined : jsonArg('withheld', options.withheld);
+    const store = options.store;
+    if (store === undefined) {
+      throw new MatrixCryptoError(
+        'InvalidArgument',
+        'store: is required: { kind: "sqlite", path } to keep the account, or { kind: "memory" } for a throwaway device',
+        'store',
+      );
+    }
+    const nativeStore = nativeStoreOptions(store);
+    const withheldPolicy = options.withheld === undefined ? undefined : objectArg('withheld', options.withheld, '{ send, reasons }');
     if (options.reactToNoOlm !== undefined && typeof options.reactToNoOlm !== 'boolean') {
       throw new MatrixCryptoError('InvalidArgument', 'reactToNoOlm: must be a boolean', 'reactToNoOlm');
     }
@@ -172,7 +216,7 @@ export class OlmMachine {
       openMachine({
         userId,
         deviceId,
-        ...store,
+        ...nativeStore,
         withheldPolicy,
         reactToNoOlm: options.reactToNoOlm,
       }),
@@ -299,20 +343,19 @@ export class OlmMachine {
   }
 
   /**
-   * The `m.no_olm` notices received from a user's devices; with `deviceId`, those that name the
-   * device or carry its key.
+   * The `m.no_olm` notices received from a user's devices; with `deviceId`, that device's: those
+   * that nothing known contradicts (their key is the device's key when we know it, their
+   * `from_device` is the device when they name one). Decryption errors use the same rule.
    */
   async getNoOlmNotices(userId: string, deviceId?: string): Promise<NoOlmRecord[]> {
     requireString('userId', userId);
-    const list = JSON.parse(await native(() => this.#inner.noOlmNotices(userId))) as NoOlmRecord[];
-    if (deviceId === undefined) return list;
-    const key = (await this.getDevice(userId, requireString('deviceId', deviceId)))?.curve25519Key;
-    return list.filter((n) => n.fromDevice === deviceId || (key != null && n.senderKey === key));
+    if (deviceId !== undefined) requireString('deviceId', deviceId);
+    return JSON.parse(await native(() => this.#inner.noOlmNotices(userId, deviceId))) as NoOlmRecord[];
   }
 
   /** Counters of received withheld notices, including ignored spoofed ones. */
   withheldMetrics(): WithheldMetrics {
-    return JSON.parse(nativeSync(() => this.#inner.withheldMetrics())) as WithheldMetrics;
+    return nativeSync(() => this.#inner.withheldMetrics());
   }
 
   /**
@@ -387,9 +430,14 @@ export class OlmMachine {
     return { requests: result.requests.map(toRequest) as ToDeviceRequest[], ...summary };
   }
 
-  /** The machine-wide withheld policy. */
-  get withheldPolicy(): WithheldPolicy {
+  /** The machine-wide withheld policy (see {@link setWithheldPolicy}). */
+  getWithheldPolicy(): WithheldPolicy {
     return JSON.parse(nativeSync(() => this.#inner.withheldPolicy())) as WithheldPolicy;
+  }
+
+  /** Whether the machine reacts to `m.no_olm` notices (see {@link OpenOptions.reactToNoOlm}). */
+  getReactToNoOlm(): boolean {
+    return nativeSync(() => this.#inner.reactToNoOlm());
   }
 
   /** Turn the reaction to `m.no_olm` notices on or off (see {@link OpenOptions.reactToNoOlm}). */
@@ -400,7 +448,7 @@ export class OlmMachine {
 
   /** Replace the machine-wide withheld policy (not persisted: pass it to {@link open} too). */
   setWithheldPolicy(policy: WithheldPolicy): void {
-    const json = jsonArg('policy', policy);
+    const json = objectArg('policy', policy, '{ send, reasons }');
     nativeSync(() => this.#inner.setWithheldPolicy(json));
   }
 
@@ -408,11 +456,10 @@ export class OlmMachine {
    * Whether a recipient device was sent an `m.no_olm` notice and whether the rule re-armed since
    * (an Olm session was established after it); `null` if it was never notified.
    */
-  async noOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
+  async getNoOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    const r = await native(() => this.#inner.noOlmState(userId, deviceId));
-    return r == null ? null : (JSON.parse(r) as NoOlmState);
+    return (await native(() => this.#inner.noOlmState(userId, deviceId))) ?? null;
   }
 
   /** Discard the room's current outbound session; the next share creates a new one. */
@@ -452,14 +499,13 @@ export class OlmMachine {
   async getDevice(userId: string, deviceId: string): Promise<DeviceInfo | null> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    const r = await native(() => this.#inner.getDevice(userId, deviceId));
-    return r == null ? null : (JSON.parse(r) as DeviceInfo);
+    return (await native(() => this.#inner.getDevice(userId, deviceId))) ?? null;
   }
 
   /** Every known device of a user. */
   async getUserDevices(userId: string): Promise<DeviceInfo[]> {
     requireString('userId', userId);
-    return JSON.parse(await native(() => this.#inner.getUserDevices(userId))) as DeviceInfo[];
+    return native(() => this.#inner.getUserDevices(userId));
   }
 
   /**
@@ -475,15 +521,263 @@ export class OlmMachine {
 
   /** Which private cross-signing keys this device holds. */
   async crossSigningStatus(): Promise<CrossSigningStatus> {
-    return JSON.parse(await native(() => this.#inner.crossSigningStatus())) as CrossSigningStatus;
+    return native(() => this.#inner.crossSigningStatus());
   }
 
   /**
    * Create cross-signing keys (or new ones with `reset`) and return the requests that publish
-   * them. Mark each sent with {@link markRequestAsSent}.
+   * them. Mark each sent with {@link markRequestAsSent}. Without `reset`, keys this device
+   * already holds are published again instead of new ones. {@link EncryptedClient.setUpCrossSigning}
+   * sends them for you, with user-interactive auth.
    */
   async bootstrapCrossSigning(reset = false): Promise<CrossSigningBootstrapRequests> {
-    return JSON.parse(await native(() => this.#inner.bootstrapCrossSigning(reset))) as CrossSigningBootstrapRequests;
+    if (typeof reset !== 'boolean') throw new MatrixCryptoError('InvalidArgument', 'reset: must be a boolean', 'reset');
+    const r = await native(() => this.#inner.bootstrapCrossSigning(reset));
+    return {
+      uploadKeys: r.uploadKeys ? (toRequest(r.uploadKeys) as KeysUploadRequest) : null,
+      uploadSigningKeys: { id: r.uploadSigningKeys.id, type: 'signing_keys_upload', body: r.uploadSigningKeys.body },
+      uploadSignatures: toRequest(r.uploadSignatures) as SignatureUploadRequest,
+    };
+  }
+
+  /**
+   * Whether our self-signing key (as published, by the keys we last queried) signed this
+   * device: what clients that exclude insecure devices check before sharing room keys with us.
+   */
+  async isOwnDeviceCrossSigned(): Promise<boolean> {
+    return native(() => this.#inner.isOwnDeviceCrossSigned());
+  }
+
+  /**
+   * Sign another device of our own account with our self-signing key (so other clients trust
+   * it); returns the `signature_upload` request to send.
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` without the self-signing key,
+   *   `InvalidArgument` naming `deviceId` for a device we do not know.
+   */
+  async signOwnDevice(deviceId: string): Promise<SignatureUploadRequest> {
+    requireString('deviceId', deviceId);
+    return toRequest(await native(() => this.#inner.signOwnDevice(deviceId))) as SignatureUploadRequest;
+  }
+
+  /**
+   * A `keys_query` request for our own keys: send it to learn our published identity and our
+   * devices' signatures now (e.g. right after uploading signatures) instead of at the next
+   * device-list change.
+   */
+  queryOwnKeys(): KeysQueryRequest {
+    return toRequest(nativeSync(() => this.#inner.queryOwnKeys())) as KeysQueryRequest;
+  }
+
+  /** The ids of our own devices that our self-signing key has not signed (by the keys we know). */
+  async unsignedOwnDevices(): Promise<string[]> {
+    return native(() => this.#inner.unsignedOwnDevices());
+  }
+
+  /**
+   * A user's cross-signing identity as we know it (verified, changed, ...), or `null` when the
+   * user has none or their keys were never queried.
+   */
+  async getUserIdentity(userId: string): Promise<UserIdentityInfo | null> {
+    requireString('userId', userId);
+    return (await native(() => this.#inner.getUserIdentity(userId))) ?? null;
+  }
+
+  /**
+   * Verify another user: sign their master key with our user-signing key, and send the returned
+   * `signature_upload` request. Once their keys are queried again (the homeserver reports the
+   * change in the next sync), their identity counts as verified, and with it the devices they
+   * signed; other clients see our signature too.
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` without the user-signing key,
+   *   `InvalidArgument` naming `userId` for our own user or a user without a known identity.
+   */
+  async verifyUser(userId: string): Promise<SignatureUploadRequest> {
+    requireString('userId', userId);
+    return toRequest(await native(() => this.#inner.verifyUser(userId))) as SignatureUploadRequest;
+  }
+
+  /**
+   * Accept a user's current identity after it changed (clears {@link UserIdentityInfo.needsUserApproval}),
+   * without verifying it.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `userId` for our own user or a user without a known identity.
+   */
+  async pinIdentity(userId: string): Promise<void> {
+    requireString('userId', userId);
+    await native(() => this.#inner.pinIdentity(userId));
+  }
+
+  /**
+   * Stop requiring a user's identity to be verified: clears
+   * {@link UserIdentityInfo.hasVerificationViolation} after their verified identity changed.
+   */
+  async withdrawVerification(userId: string): Promise<void> {
+    requireString('userId', userId);
+    await native(() => this.#inner.withdrawVerification(userId));
+  }
+
+  /**
+   * Our private cross-signing keys and the backup key, encrypted with `key` as the account-data
+   * events to store (`PUT /user/{userId}/account_data/{name}`). The backup key is
+   * `backupDecryptionKey` when given, else the one saved with {@link saveBackupDecryptionKey}
+   * (left out when there is none).
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` when this device does not hold all three cross-signing keys.
+   */
+  async exportSecretsForStorage(key: SecretStorageKey, backupDecryptionKey?: string): Promise<AccountDataSecret[]> {
+    if (!(key instanceof SecretStorageKey)) throw new MatrixCryptoError('InvalidArgument', 'key: must be a SecretStorageKey', 'key');
+    if (backupDecryptionKey !== undefined) requireString('backupDecryptionKey', backupDecryptionKey);
+    return native(() => this.#inner.exportSecretsForStorage(key.native, backupDecryptionKey));
+  }
+
+  /**
+   * Import our secrets from secret storage: `secrets` are the account-data events as
+   * {@link exportSecretsForStorage} made them (any of the four). Every secret is decrypted and
+   * checked before anything changes. The cross-signing keys must match our public identity
+   * (our own keys must have been queried, e.g. by a sync); our device is then signed (send
+   * `signatureUpload`). The backup key is saved with `backup.version` when it is that backup
+   * version's key.
+   *
+   * @throws {@link MatrixCryptoError} `SecretStorageCorrupt` naming the event that is malformed
+   *   or does not decrypt, `CrossSigningKeyMissing` when our public identity is not known yet.
+   */
+  async importSecretsFromStorage(
+    key: SecretStorageKey,
+    secrets: AccountDataSecret[],
+    backup?: {
+      /** The current backup version. */
+      version: string;
+      /** Its `auth_data.public_key`. */
+      publicKey: string;
+    },
+  ): Promise<SecretsImport> {
+    if (!(key instanceof SecretStorageKey)) throw new MatrixCryptoError('InvalidArgument', 'key: must be a SecretStorageKey', 'key');
+    if (!Array.isArray(secrets)) throw new MatrixCryptoError('InvalidArgument', 'secrets: must be an array of { name, content }', 'secrets');
+    const list = secrets.map((s, i) => ({ name: requireString(`secrets[${i}].name`, s?.name), content: requireString(`secrets[${i}].content`, s?.content) }));
+    if (backup !== undefined) {
+      requireString('backup.version', backup?.version);
+      requireString('backup.publicKey', backup?.publicKey);
+    }
+    const r = await native(() => this.#inner.importSecretsFromStorage(key.native, list, backup));
+    return {
+      crossSigning: r.crossSigning,
+      signatureUpload: r.signatureUpload ? (toRequest(r.signatureUpload) as SignatureUploadRequest) : null,
+      backupDecryptionKey: r.backupDecryptionKey ?? null,
+      backupKeyMatches: r.backupKeyMatches ?? null,
+    };
+  }
+
+  /**
+   * Save a backup decryption key (unpadded base64) with its backup version in the store, so
+   * that it survives restarts and {@link exportSecretsForStorage} finds it.
+   */
+  async saveBackupDecryptionKey(decryptionKey: string, version: string): Promise<void> {
+    requireString('decryptionKey', decryptionKey);
+    requireString('version', version);
+    await native(() => this.#inner.saveBackupDecryptionKey(decryptionKey, version));
+  }
+
+  /** The backup decryption key saved in the store and the version it was saved for, or `null`. */
+  async savedBackupDecryptionKey(): Promise<{
+    /** The private key, unpadded base64. */
+    decryptionKey: string;
+    /** The backup version, when it was saved with one. */
+    version: string | null;
+  } | null> {
+    const r = await native(() => this.#inner.savedBackupDecryptionKey());
+    return r ? { decryptionKey: r.decryptionKey, version: r.version ?? null } : null;
+  }
+
+  /** A verification flow with `userId` by its flow id, or `null` when none is known. */
+  getVerification(userId: string, flowId: string): VerificationInfo | null {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return nativeSync(() => this.#inner.getVerification(userId, flowId)) ?? null;
+  }
+
+  /** Every verification request with `userId` the machine knows, in any phase. */
+  getVerifications(userId: string): VerificationInfo[] {
+    requireString('userId', userId);
+    return nativeSync(() => this.#inner.getVerifications(userId));
+  }
+
+  /**
+   * Ask a device to verify with us (to-device): another of our devices, or another user's.
+   * Send the returned requests; the flow is then in phase `created`.
+   */
+  async requestDeviceVerification(userId: string, deviceId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('deviceId', deviceId);
+    return step(await native(() => this.#inner.requestDeviceVerification(userId, deviceId)));
+  }
+
+  /**
+   * The content of an in-room verification request to `userId` (an `m.room.message`), to send
+   * into a direct-message room with them; register it with {@link roomVerificationRequestSent}.
+   */
+  async roomVerificationRequestContent(userId: string): Promise<Record<string, unknown>> {
+    requireString('userId', userId);
+    return JSON.parse(await native(() => this.#inner.roomVerificationRequestContent(userId))) as Record<string, unknown>;
+  }
+
+  /** Register the in-room verification request sent as `eventId` in `roomId`. */
+  async roomVerificationRequestSent(userId: string, roomId: string, eventId: string): Promise<VerificationInfo> {
+    requireString('userId', userId);
+    requireString('roomId', roomId);
+    requireString('eventId', eventId);
+    return native(() => this.#inner.roomVerificationRequestSent(userId, roomId, eventId));
+  }
+
+  /**
+   * Feed a room event that may belong to an in-room verification: the request message
+   * (`msgtype: m.key.verification.request`) or an `m.key.verification.*` event, decrypted if it
+   * was encrypted. Others are ignored.
+   */
+  async receiveRoomVerificationEvent(event: MatrixEvent, roomId: string): Promise<void> {
+    requireString('roomId', roomId);
+    const json = jsonArg('event', event);
+    await native(() => this.#inner.receiveRoomVerificationEvent(json, roomId));
+  }
+
+  /**
+   * Accept a verification request (phase `requested`), offering SAS.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `flowId` for an unknown flow or one in another phase.
+   */
+  acceptVerification(userId: string, flowId: string): VerificationStep {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(nativeSync(() => this.#inner.acceptVerification(userId, flowId)));
+  }
+
+  /** Start SAS on a `ready` flow, or accept the SAS the other side started. */
+  async startSas(userId: string, flowId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(await native(() => this.#inner.startSas(userId, flowId)));
+  }
+
+  /**
+   * Confirm that the SAS (emoji or decimals) matches what the other side shows (phase
+   * `keys_exchanged`). Once both sides confirmed, the requests include the signature that
+   * publishes the verification.
+   */
+  async confirmSas(userId: string, flowId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(await native(() => this.#inner.confirmSas(userId, flowId)));
+  }
+
+  /**
+   * Cancel a flow with a cancel code: `m.user` (the default) or, for a SAS that did not match,
+   * `m.mismatched_sas`.
+   */
+  cancelVerification(userId: string, flowId: string, code: VerificationCancelCode = 'm.user'): VerificationStep {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    requireString('code', code);
+    return step(nativeSync(() => this.#inner.cancelVerification(userId, flowId, code)));
   }
 
   /**

@@ -143,7 +143,8 @@ export function nativeStoreOptions(store: unknown): NativeStoreOptions {
   const s = store as Record<string, unknown>;
   const kind = optionalString('store.kind', s.kind);
   if (kind === undefined || !KINDS.includes(kind)) {
-    throw new MatrixCryptoError('InvalidArgument', `store.kind: must be one of ${KINDS.join(', ')}`, 'store.kind');
+    const given = kind === undefined ? 'missing' : JSON.stringify(kind);
+    throw new MatrixCryptoError('InvalidArgument', `store.kind: ${given} is not one of ${KINDS.join(', ')}`, 'store.kind');
   }
   if (kind === 'memory') return { storeKind: kind };
   const passphrase = optionalString('store.passphrase', s.passphrase);
