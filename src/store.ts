@@ -37,7 +37,7 @@ export interface PostgresConnection {
 export type StoreOptions =
   | {
       /**
-       * The embedded SQLite store (the default kind): our engine, in
+       * The embedded SQLite store: our engine, in
        * `path/matrix-crypto-node.sqlite3`. Any number of accounts share one folder; the folder
        * is locked to one process. A folder written by matrix-sdk-sqlite (this library before
        * its own engine, or matrix-bot-sdk) opens with that store instead, unchanged.
