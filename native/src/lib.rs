@@ -36,6 +36,8 @@ mod machine;
 #[cfg(feature = "node")]
 mod requests;
 #[cfg(feature = "node")]
+mod rooms;
+#[cfg(feature = "node")]
 mod store;
 #[cfg(feature = "node")]
 mod trust;
