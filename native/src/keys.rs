@@ -9,9 +9,12 @@ use napi::{
 use ruma::OwnedRoomId;
 use serde_json::json;
 
+use napi_derive::napi;
+
 use crate::{
     errors::{self, internal, invalid},
-    key_file,
+    ids, key_file,
+    machine::NativeMachine,
     withheld::{self, received::Source},
 };
 
@@ -164,4 +167,68 @@ pub async fn import_file(
         })?;
     let json = String::from_utf8(plaintext).map_err(|_| invalid("file", "the decrypted file is not UTF-8 JSON"))?;
     import(machine, &json, progress).await
+}
+
+/// Room-key export and import on the `OlmMachine` class.
+#[napi]
+impl NativeMachine {
+    /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
+    /// `progress(done, total)` is called as keys are exported, last with `done == total`.
+    #[napi]
+    pub async fn export_room_keys(
+        &self,
+        room_id: Option<String>,
+        session_id: Option<String>,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
+    ) -> napi::Result<String> {
+        let machine = self.machine()?;
+        let room = room_id.map(|r| ids::room_id("roomId", &r)).transpose()?;
+        export(&machine, room, session_id, progress.as_ref()).await
+    }
+
+    /// Import room keys from a JSON array; returns `{ imported, total, keys }` as JSON.
+    /// `progress(done, total)` is called as keys are imported, last with `done == total`.
+    #[napi]
+    pub async fn import_room_keys(
+        &self,
+        keys_json: String,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
+    ) -> napi::Result<String> {
+        let machine = self.machine()?;
+        import(&machine, &keys_json, progress.as_ref()).await
+    }
+
+    /// Export room keys as an encrypted key-export file (armored text).
+    #[napi]
+    pub async fn export_room_keys_file(
+        &self,
+        passphrase: String,
+        rounds: Option<u32>,
+        room_id: Option<String>,
+        session_id: Option<String>,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
+    ) -> napi::Result<String> {
+        let machine = self.machine()?;
+        if passphrase.is_empty() {
+            return Err(invalid("passphrase", "must not be empty"));
+        }
+        let rounds = rounds.unwrap_or(crate::key_file::DEFAULT_ROUNDS);
+        if rounds == 0 {
+            return Err(invalid("rounds", "must be positive"));
+        }
+        let room = room_id.map(|r| ids::room_id("roomId", &r)).transpose()?;
+        export_file(&machine, room, session_id, passphrase, rounds, progress.as_ref()).await
+    }
+
+    /// Import an encrypted key-export file; returns `{ imported, total, keys }` as JSON.
+    #[napi]
+    pub async fn import_room_keys_file(
+        &self,
+        text: String,
+        passphrase: String,
+        #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
+    ) -> napi::Result<String> {
+        let machine = self.machine()?;
+        import_file(&machine, text, passphrase, progress.as_ref()).await
+    }
 }

@@ -35,6 +35,8 @@ mod logging;
 mod machine;
 #[cfg(feature = "node")]
 mod requests;
+#[cfg(feature = "node")]
+mod rooms;
 // The store engine is plain Rust (its conformance tests run without `node`, bench/rust runs the
 // crate on it); only its `OlmMachine.open` glue is part of the binding.
 pub mod store;

@@ -2,6 +2,7 @@
 //! memory stores, each with its own [`Withheld`], talking through [`Server`], an in-memory
 //! homeserver. Each device reads the time from its own clock, which tests move forward.
 
+mod crate_contract;
 mod no_olm;
 
 use std::{
