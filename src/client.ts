@@ -39,6 +39,24 @@ import {
 } from './transport';
 import type { DecryptedRoomEvent, ShareSettings, SyncResult } from './types';
 import type { WithheldPolicy } from './withheld';
+import { setUpCrossSigning, type CrossSigningOptions, type CrossSigningSetup } from './trust/cross-signing';
+import {
+  VerificationTracker,
+  verificationFlowOf,
+  type VerificationCancelCode,
+  type VerificationInfo,
+  type VerificationPolicy,
+  type VerificationStep,
+} from './trust/verification';
+import {
+  recover,
+  resumeBackup,
+  setUpRecovery,
+  type RecoverOptions,
+  type RecoveryResult,
+  type RecoverySetup,
+  type RecoverySetupOptions,
+} from './trust/recovery';
 
 /** Options of {@link EncryptedClient.open}. */
 export interface EncryptedClientOpenOptions {
@@ -60,6 +78,20 @@ export interface EncryptedClientOpenOptions {
   shareSettings?: ShareSettings;
   /** See {@link EncryptedClientOptions.syncToken}. */
   syncToken?: string;
+  /**
+   * Make this device cross-signed on open (see {@link EncryptedClient.setUpCrossSigning}), e.g.
+   * `{ bootstrap: 'if-missing', auth: { type: 'password', password } }`. With `recoveryKey`, a
+   * device that lacks the account's cross-signing keys recovers them (and the backup) from
+   * secret storage first ({@link EncryptedClient.recover}). Default: nothing is done.
+   */
+  crossSigning?: CrossSigningOptions & {
+    /** The recovery key (or passphrase) of the account's secret storage. */
+    recoveryKey?: string;
+    /** Progress of the room-key restore during recovery. */
+    onProgress?: RecoverOptions['onProgress'];
+  };
+  /** See {@link EncryptedClientOptions.verification}. */
+  verification?: VerificationPolicy;
 }
 
 /** Options of the {@link EncryptedClient} constructor. */
@@ -79,6 +111,12 @@ export interface EncryptedClientOptions {
    * before a restart. Default: none (an initial sync).
    */
   syncToken?: string;
+  /**
+   * How verification requests are answered without the application (see
+   * {@link VerificationPolicy}). Default: nothing is automatic; every flow is reported with
+   * {@link EncryptedClient.on} and waits.
+   */
+  verification?: VerificationPolicy;
 }
 
 /** Options of {@link EncryptedClient.syncOnce}. */
@@ -181,6 +219,88 @@ export class EncryptedClient {
     this.transport = options.transport;
     this.shareSettings = options.shareSettings ?? {};
     this.since = options.syncToken;
+    const policy = options.verification ?? {};
+    if (policy.acceptFrom !== undefined && !(Array.isArray(policy.acceptFrom) && policy.acceptFrom.every((u) => typeof u === 'string'))) {
+      throw new TypeError('verification.acceptFrom: must be an array of user ids');
+    }
+    this.verificationPolicy = { acceptFrom: [...(policy.acceptFrom ?? [])], autoConfirmSas: policy.autoConfirmSas === true };
+  }
+
+  private readonly verificationPolicy: Required<VerificationPolicy>;
+  private readonly verifications = new VerificationTracker();
+
+  /**
+   * Subscribes to verification flows: the listener gets a flow's state each time its phase
+   * changes (a request arrived, the SAS is ready to compare, done, cancelled with a reason, ...),
+   * as syncs and actions move it. Returns a function that unsubscribes.
+   *
+   * @example Verify whoever asks, comparing the emoji in the log
+   * ```ts
+   * client.on('verification', async (v) => {
+   *   if (v.phase === 'requested') await client.acceptVerification(v.otherUserId, v.flowId);
+   *   if (v.phase === 'keys_exchanged') console.log(v.emoji?.map((e) => e.symbol).join(' '));
+   * });
+   * ```
+   */
+  on(event: 'verification', listener: (verification: VerificationInfo) => void): () => void {
+    if (event !== 'verification') throw new TypeError(`EncryptedClient.on: unknown event ${String(event)}; only 'verification'`);
+    if (typeof listener !== 'function') throw new TypeError('EncryptedClient.on: listener must be a function');
+    return this.verifications.listen(listener);
+  }
+
+  /** Asks a device (another of ours, or another user's) to verify with us; resolves in phase `created`. */
+  async requestVerification(userId: string, deviceId: string): Promise<VerificationInfo> {
+    return this.verificationStep(await this.machine.requestDeviceVerification(userId, deviceId));
+  }
+
+  /** Accepts a verification request (phase `requested`). */
+  async acceptVerification(userId: string, flowId: string): Promise<VerificationInfo> {
+    return this.verificationStep(this.machine.acceptVerification(userId, flowId));
+  }
+
+  /** Starts SAS on a `ready` flow, or accepts the SAS the other side started. */
+  async startSas(userId: string, flowId: string): Promise<VerificationInfo> {
+    return this.verificationStep(await this.machine.startSas(userId, flowId));
+  }
+
+  /** Confirms that the SAS matches (phase `keys_exchanged`); the flow is done once the other side confirms too. */
+  async confirmSas(userId: string, flowId: string): Promise<VerificationInfo> {
+    return this.verificationStep(await this.machine.confirmSas(userId, flowId));
+  }
+
+  /** Cancels a flow: `m.user` by default, `m.mismatched_sas` when the SAS did not match. */
+  async cancelVerification(userId: string, flowId: string, code: VerificationCancelCode = 'm.user'): Promise<VerificationInfo> {
+    return this.verificationStep(this.machine.cancelVerification(userId, flowId, code));
+  }
+
+  /** Sends an action's requests, then reports and drives the flows. */
+  private async verificationStep(step: VerificationStep): Promise<VerificationInfo> {
+    const v = step.verification;
+    this.verifications.track(v.otherUserId, v.flowId);
+    for (const r of step.requests) await this.sendRequest(r);
+    await this.driveVerifications();
+    return this.machine.getVerification(v.otherUserId, v.flowId) ?? v;
+  }
+
+  /** Reports changed flows and applies the policy, until nothing changes. */
+  private async driveVerifications(): Promise<void> {
+    const { acceptFrom, autoConfirmSas } = this.verificationPolicy;
+    for (let round = 0; round < 5; round++) {
+      const changed = this.verifications.report((u, f) => this.machine.getVerification(u, f));
+      let acted = false;
+      for (const v of changed) {
+        if (!acceptFrom.includes(v.otherUserId)) continue;
+        let step: VerificationStep | undefined;
+        if (v.phase === 'requested') step = this.machine.acceptVerification(v.otherUserId, v.flowId);
+        else if (v.phase === 'started' && !v.weStarted) step = await this.machine.startSas(v.otherUserId, v.flowId);
+        else if (v.phase === 'keys_exchanged' && autoConfirmSas) step = await this.machine.confirmSas(v.otherUserId, v.flowId);
+        if (!step) continue;
+        for (const r of step.requests) await this.sendRequest(r);
+        acted = true;
+      }
+      if (!acted) return;
+      await this.processOutgoingRequests();
+    }
   }
 
   /**
@@ -210,11 +330,96 @@ export class EncryptedClient {
       store: options.store,
       ...(options.withheld ? { withheld: options.withheld } : {}),
     });
-    return new EncryptedClient({
+    const client = new EncryptedClient({
       machine,
       transport,
+      ...(options.verification ? { verification: options.verification } : {}),
       ...(options.shareSettings ? { shareSettings: options.shareSettings } : {}),
       ...(options.syncToken !== undefined ? { syncToken: options.syncToken } : {}),
+    });
+    try {
+      if (options.crossSigning) await client.openTrust(options.crossSigning);
+      else await resumeBackup(machine, transport);
+    } catch (err) {
+      await machine.close();
+      throw err;
+    }
+    return client;
+  }
+
+  /** The `crossSigning` part of {@link open}. */
+  private async openTrust(options: NonNullable<EncryptedClientOpenOptions['crossSigning']>): Promise<void> {
+    const { recoveryKey, onProgress, ...crossSigning } = options;
+    await this.processOutgoingRequests();
+    const status = await this.machine.crossSigningStatus();
+    const published = await this.machine.getUserIdentity(this.userId);
+    if (recoveryKey !== undefined && published && !status.hasSelfSigning && crossSigning.bootstrap !== 'reset') {
+      this.recovery = await recover(this.machine, this.transport, recoveryKey, onProgress ? { onProgress } : {}, 'crossSigning.recoveryKey');
+    } else {
+      await resumeBackup(this.machine, this.transport);
+    }
+    this.crossSigning = await setUpCrossSigning(this.machine, this.transport, crossSigning);
+    this.signOwnDevices = crossSigning.signOwnDevices === true;
+  }
+
+  /** Whether {@link syncOnce} signs our other devices (`crossSigning.signOwnDevices`). */
+  private signOwnDevices = false;
+
+  /** Signs our other devices that our self-signing key has not signed; returns their ids. */
+  private async signNewOwnDevices(): Promise<string[]> {
+    if (!(await this.machine.crossSigningStatus()).hasSelfSigning) return [];
+    const unsigned = (await this.machine.unsignedOwnDevices()).filter((d) => d !== this.deviceId);
+    for (const deviceId of unsigned) await this.sendRequest(await this.machine.signOwnDevice(deviceId));
+    return unsigned;
+  }
+
+  /** What the `crossSigning` option of {@link open} did, or `null` when it was not given. */
+  crossSigning: CrossSigningSetup | null = null;
+
+  /** What recovery during {@link open} did, or `null` when the device did not recover. */
+  recovery: RecoveryResult | null = null;
+
+  /**
+   * Makes this device cross-signed: publishes the account's cross-signing identity when it has
+   * none (or a new one with `bootstrap: 'reset'`), answering user-interactive auth with
+   * `options.auth`, and uploads the signature of our device. See {@link setUpCrossSigning}.
+   */
+  async setUpCrossSigning(options: CrossSigningOptions = {}): Promise<CrossSigningSetup> {
+    await this.processOutgoingRequests();
+    return setUpCrossSigning(this.machine, this.transport, options, 'options');
+  }
+
+  /**
+   * Stores our cross-signing keys and the backup key in secret storage under a new key, and
+   * returns its recovery key; creates and enables a key backup when the account has none. See
+   * {@link setUpRecovery}.
+   */
+  setUpRecovery(options: RecoverySetupOptions = {}): Promise<RecoverySetup> {
+    return setUpRecovery(this.machine, this.transport, options);
+  }
+
+  /**
+   * Recovers from secret storage with the recovery key (or passphrase): cross-signing keys, the
+   * signature of this device, the backup and its room keys. See {@link recover}.
+   */
+  recover(recoveryKey: string, options: RecoverOptions = {}): Promise<RecoveryResult> {
+    return recover(this.machine, this.transport, recoveryKey, options);
+  }
+
+  /**
+   * Uploads every room key not yet in the enabled key backup (nothing when no backup is
+   * enabled). {@link syncOnce} calls it after each sync.
+   *
+   * @returns how many batches were uploaded.
+   */
+  backUpRoomKeys(): Promise<number> {
+    return this.serialized('backup', async () => {
+      let batches = 0;
+      for (let request = await this.machine.backupRoomKeys(); request; request = await this.machine.backupRoomKeys()) {
+        await this.sendRequest(request);
+        batches++;
+      }
+      return batches;
     });
   }
 
@@ -275,14 +480,32 @@ export class EncryptedClient {
     });
     const changes = await this.machine.receiveSyncChanges(toSyncChanges(sync));
     this.since = sync.next_batch;
+    for (const e of changes.toDeviceEvents) {
+      const flow = e.kind === 'decrypted' || e.kind === 'plaintext' ? verificationFlowOf(e.event) : undefined;
+      if (flow) this.verifications.track(flow.sender, flow.flowId);
+    }
     await this.processOutgoingRequests();
     // Olm sessions the machine wants on its own: to answer a key request from a device it has
     // no session with, or to replace a wedged session.
     if (await this.claimMissingSessions([])) await this.processOutgoingRequests();
+    await this.backUpRoomKeys();
     const timeline: TimelineEvent[] = [];
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
       for (const event of room.timeline?.events ?? []) timeline.push(await this.decryptEvent(roomId, event));
     }
+    let inRoom = false;
+    for (const item of timeline) {
+      const event = item.kind === 'decrypted' ? item.decrypted.event : item.kind === 'plaintext' ? item.event : undefined;
+      const flow = event ? verificationFlowOf(event) : undefined;
+      if (!event || !flow) continue;
+      await this.machine.receiveRoomVerificationEvent(event, item.roomId);
+      // Our own events name the other side in the request; the crate files the flow under it.
+      if (flow.sender !== this.userId) this.verifications.track(flow.sender, flow.flowId);
+      inRoom = true;
+    }
+    if (inRoom) await this.processOutgoingRequests();
+    await this.driveVerifications();
+    if (this.signOwnDevices) await this.signNewOwnDevices();
     return { sync, changes, timeline };
   }
 

@@ -17,3 +17,5 @@ export type { ProgressCallback, ProgressBarOptions } from './progress';
 export { setLogger, formatLogRecord } from './logging';
 export type { LogLevel, LogRecord, LogSpan, LogSink, LoggerLike, LoggingOptions } from './logging';
 export * from './client';
+export * from './trust';
+export * from './appservice';

@@ -7,11 +7,14 @@ import { openMachine, type NativeMachine, type NativeRequest } from '../native/i
 import { MatrixCryptoError, native, nativeSync } from './errors';
 import { ProgressRelay, type ProgressCallback } from './progress';
 import type { OutgoingRequest, RequestType } from './requests';
+import { SecretStorageKey, type AccountDataSecret, type SecretsImport } from './trust/secret-storage';
+import type { VerificationCancelCode, VerificationInfo, VerificationStep } from './trust/verification';
 import type {
   BackupImportResult,
   CrossSigningStatus,
   DecryptedRoomEvent,
   DeviceInfo,
+  UserIdentityInfo,
   ExportedRoomKey,
   ImportResult,
   KeyBackup,
@@ -23,7 +26,7 @@ import type {
   SyncChanges,
   SyncResult,
 } from './types';
-import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest } from './requests';
+import type { ToDeviceRequest, SignatureUploadRequest, KeysUploadRequest, KeysClaimRequest, KeysBackupRequest, KeysQueryRequest } from './requests';
 import type {
   DeviceRef,
   NoOlmRecord,
@@ -34,6 +37,18 @@ import type {
   WithheldRecipient,
   WithheldRecord,
 } from './withheld';
+
+let wrap: (inner: NativeMachine) => OlmMachine;
+
+/**
+ * This library's machine over a native machine that is already open: how the compat layer, which
+ * opens machines its own way, gets one without a public constructor. Not exported from the package.
+ *
+ * @internal
+ */
+export function wrapNativeMachine(inner: NativeMachine): OlmMachine {
+  return wrap(inner);
+}
 
 /** Where the machine keeps its keys. */
 export type StoreOptions =
@@ -119,6 +134,10 @@ function toRequest(r: NativeRequest): OutgoingRequest {
   }
 }
 
+function step(r: { requests: NativeRequest[]; verification: VerificationInfo }): VerificationStep {
+  return { requests: r.requests.map(toRequest) as VerificationStep['requests'], verification: r.verification };
+}
+
 function requireString(field: string, value: unknown): string {
   if (typeof value !== 'string') {
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be a string, got ${typeof value}`, field);
@@ -170,6 +189,11 @@ export class OlmMachine {
   readonly #inner: NativeMachine;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
+  static {
+    wrap = (inner) => new OlmMachine(inner);
+  }
+
+  /** Hidden: machines come from {@link OlmMachine.open}. */
   private constructor(inner: NativeMachine) {
     this.#inner = inner;
   }
@@ -472,14 +496,13 @@ export class OlmMachine {
   async getDevice(userId: string, deviceId: string): Promise<DeviceInfo | null> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    const r = await native(() => this.#inner.getDevice(userId, deviceId));
-    return r == null ? null : (JSON.parse(r) as DeviceInfo);
+    return (await native(() => this.#inner.getDevice(userId, deviceId))) ?? null;
   }
 
   /** Every known device of a user. */
   async getUserDevices(userId: string): Promise<DeviceInfo[]> {
     requireString('userId', userId);
-    return JSON.parse(await native(() => this.#inner.getUserDevices(userId))) as DeviceInfo[];
+    return native(() => this.#inner.getUserDevices(userId));
   }
 
   /**
@@ -495,15 +518,263 @@ export class OlmMachine {
 
   /** Which private cross-signing keys this device holds. */
   async crossSigningStatus(): Promise<CrossSigningStatus> {
-    return JSON.parse(await native(() => this.#inner.crossSigningStatus())) as CrossSigningStatus;
+    return native(() => this.#inner.crossSigningStatus());
   }
 
   /**
    * Create cross-signing keys (or new ones with `reset`) and return the requests that publish
-   * them. Mark each sent with {@link markRequestAsSent}.
+   * them. Mark each sent with {@link markRequestAsSent}. Without `reset`, keys this device
+   * already holds are published again instead of new ones. {@link EncryptedClient.setUpCrossSigning}
+   * sends them for you, with user-interactive auth.
    */
   async bootstrapCrossSigning(reset = false): Promise<CrossSigningBootstrapRequests> {
-    return JSON.parse(await native(() => this.#inner.bootstrapCrossSigning(reset))) as CrossSigningBootstrapRequests;
+    if (typeof reset !== 'boolean') throw new MatrixCryptoError('InvalidArgument', 'reset: must be a boolean', 'reset');
+    const r = await native(() => this.#inner.bootstrapCrossSigning(reset));
+    return {
+      uploadKeys: r.uploadKeys ? (toRequest(r.uploadKeys) as KeysUploadRequest) : null,
+      uploadSigningKeys: { id: r.uploadSigningKeys.id, type: 'signing_keys_upload', body: r.uploadSigningKeys.body },
+      uploadSignatures: toRequest(r.uploadSignatures) as SignatureUploadRequest,
+    };
+  }
+
+  /**
+   * Whether our self-signing key (as published, by the keys we last queried) signed this
+   * device: what clients that exclude insecure devices check before sharing room keys with us.
+   */
+  async isOwnDeviceCrossSigned(): Promise<boolean> {
+    return native(() => this.#inner.isOwnDeviceCrossSigned());
+  }
+
+  /**
+   * Sign another device of our own account with our self-signing key (so other clients trust
+   * it); returns the `signature_upload` request to send.
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` without the self-signing key,
+   *   `InvalidArgument` naming `deviceId` for a device we do not know.
+   */
+  async signOwnDevice(deviceId: string): Promise<SignatureUploadRequest> {
+    requireString('deviceId', deviceId);
+    return toRequest(await native(() => this.#inner.signOwnDevice(deviceId))) as SignatureUploadRequest;
+  }
+
+  /**
+   * A `keys_query` request for our own keys: send it to learn our published identity and our
+   * devices' signatures now (e.g. right after uploading signatures) instead of at the next
+   * device-list change.
+   */
+  queryOwnKeys(): KeysQueryRequest {
+    return toRequest(nativeSync(() => this.#inner.queryOwnKeys())) as KeysQueryRequest;
+  }
+
+  /** The ids of our own devices that our self-signing key has not signed (by the keys we know). */
+  async unsignedOwnDevices(): Promise<string[]> {
+    return native(() => this.#inner.unsignedOwnDevices());
+  }
+
+  /**
+   * A user's cross-signing identity as we know it (verified, changed, ...), or `null` when the
+   * user has none or their keys were never queried.
+   */
+  async getUserIdentity(userId: string): Promise<UserIdentityInfo | null> {
+    requireString('userId', userId);
+    return (await native(() => this.#inner.getUserIdentity(userId))) ?? null;
+  }
+
+  /**
+   * Verify another user: sign their master key with our user-signing key, and send the returned
+   * `signature_upload` request. Once their keys are queried again (the homeserver reports the
+   * change in the next sync), their identity counts as verified, and with it the devices they
+   * signed; other clients see our signature too.
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` without the user-signing key,
+   *   `InvalidArgument` naming `userId` for our own user or a user without a known identity.
+   */
+  async verifyUser(userId: string): Promise<SignatureUploadRequest> {
+    requireString('userId', userId);
+    return toRequest(await native(() => this.#inner.verifyUser(userId))) as SignatureUploadRequest;
+  }
+
+  /**
+   * Accept a user's current identity after it changed (clears {@link UserIdentityInfo.needsUserApproval}),
+   * without verifying it.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `userId` for our own user or a user without a known identity.
+   */
+  async pinIdentity(userId: string): Promise<void> {
+    requireString('userId', userId);
+    await native(() => this.#inner.pinIdentity(userId));
+  }
+
+  /**
+   * Stop requiring a user's identity to be verified: clears
+   * {@link UserIdentityInfo.hasVerificationViolation} after their verified identity changed.
+   */
+  async withdrawVerification(userId: string): Promise<void> {
+    requireString('userId', userId);
+    await native(() => this.#inner.withdrawVerification(userId));
+  }
+
+  /**
+   * Our private cross-signing keys and the backup key, encrypted with `key` as the account-data
+   * events to store (`PUT /user/{userId}/account_data/{name}`). The backup key is
+   * `backupDecryptionKey` when given, else the one saved with {@link saveBackupDecryptionKey}
+   * (left out when there is none).
+   *
+   * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` when this device does not hold all three cross-signing keys.
+   */
+  async exportSecretsForStorage(key: SecretStorageKey, backupDecryptionKey?: string): Promise<AccountDataSecret[]> {
+    if (!(key instanceof SecretStorageKey)) throw new MatrixCryptoError('InvalidArgument', 'key: must be a SecretStorageKey', 'key');
+    if (backupDecryptionKey !== undefined) requireString('backupDecryptionKey', backupDecryptionKey);
+    return native(() => this.#inner.exportSecretsForStorage(key.native, backupDecryptionKey));
+  }
+
+  /**
+   * Import our secrets from secret storage: `secrets` are the account-data events as
+   * {@link exportSecretsForStorage} made them (any of the four). Every secret is decrypted and
+   * checked before anything changes. The cross-signing keys must match our public identity
+   * (our own keys must have been queried, e.g. by a sync); our device is then signed (send
+   * `signatureUpload`). The backup key is saved with `backup.version` when it is that backup
+   * version's key.
+   *
+   * @throws {@link MatrixCryptoError} `SecretStorageCorrupt` naming the event that is malformed
+   *   or does not decrypt, `CrossSigningKeyMissing` when our public identity is not known yet.
+   */
+  async importSecretsFromStorage(
+    key: SecretStorageKey,
+    secrets: AccountDataSecret[],
+    backup?: {
+      /** The current backup version. */
+      version: string;
+      /** Its `auth_data.public_key`. */
+      publicKey: string;
+    },
+  ): Promise<SecretsImport> {
+    if (!(key instanceof SecretStorageKey)) throw new MatrixCryptoError('InvalidArgument', 'key: must be a SecretStorageKey', 'key');
+    if (!Array.isArray(secrets)) throw new MatrixCryptoError('InvalidArgument', 'secrets: must be an array of { name, content }', 'secrets');
+    const list = secrets.map((s, i) => ({ name: requireString(`secrets[${i}].name`, s?.name), content: requireString(`secrets[${i}].content`, s?.content) }));
+    if (backup !== undefined) {
+      requireString('backup.version', backup?.version);
+      requireString('backup.publicKey', backup?.publicKey);
+    }
+    const r = await native(() => this.#inner.importSecretsFromStorage(key.native, list, backup));
+    return {
+      crossSigning: r.crossSigning,
+      signatureUpload: r.signatureUpload ? (toRequest(r.signatureUpload) as SignatureUploadRequest) : null,
+      backupDecryptionKey: r.backupDecryptionKey ?? null,
+      backupKeyMatches: r.backupKeyMatches ?? null,
+    };
+  }
+
+  /**
+   * Save a backup decryption key (unpadded base64) with its backup version in the store, so
+   * that it survives restarts and {@link exportSecretsForStorage} finds it.
+   */
+  async saveBackupDecryptionKey(decryptionKey: string, version: string): Promise<void> {
+    requireString('decryptionKey', decryptionKey);
+    requireString('version', version);
+    await native(() => this.#inner.saveBackupDecryptionKey(decryptionKey, version));
+  }
+
+  /** The backup decryption key saved in the store and the version it was saved for, or `null`. */
+  async savedBackupDecryptionKey(): Promise<{
+    /** The private key, unpadded base64. */
+    decryptionKey: string;
+    /** The backup version, when it was saved with one. */
+    version: string | null;
+  } | null> {
+    const r = await native(() => this.#inner.savedBackupDecryptionKey());
+    return r ? { decryptionKey: r.decryptionKey, version: r.version ?? null } : null;
+  }
+
+  /** A verification flow with `userId` by its flow id, or `null` when none is known. */
+  getVerification(userId: string, flowId: string): VerificationInfo | null {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return nativeSync(() => this.#inner.getVerification(userId, flowId)) ?? null;
+  }
+
+  /** Every verification request with `userId` the machine knows, in any phase. */
+  getVerifications(userId: string): VerificationInfo[] {
+    requireString('userId', userId);
+    return nativeSync(() => this.#inner.getVerifications(userId));
+  }
+
+  /**
+   * Ask a device to verify with us (to-device): another of our devices, or another user's.
+   * Send the returned requests; the flow is then in phase `created`.
+   */
+  async requestDeviceVerification(userId: string, deviceId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('deviceId', deviceId);
+    return step(await native(() => this.#inner.requestDeviceVerification(userId, deviceId)));
+  }
+
+  /**
+   * The content of an in-room verification request to `userId` (an `m.room.message`), to send
+   * into a direct-message room with them; register it with {@link roomVerificationRequestSent}.
+   */
+  async roomVerificationRequestContent(userId: string): Promise<Record<string, unknown>> {
+    requireString('userId', userId);
+    return JSON.parse(await native(() => this.#inner.roomVerificationRequestContent(userId))) as Record<string, unknown>;
+  }
+
+  /** Register the in-room verification request sent as `eventId` in `roomId`. */
+  async roomVerificationRequestSent(userId: string, roomId: string, eventId: string): Promise<VerificationInfo> {
+    requireString('userId', userId);
+    requireString('roomId', roomId);
+    requireString('eventId', eventId);
+    return native(() => this.#inner.roomVerificationRequestSent(userId, roomId, eventId));
+  }
+
+  /**
+   * Feed a room event that may belong to an in-room verification: the request message
+   * (`msgtype: m.key.verification.request`) or an `m.key.verification.*` event, decrypted if it
+   * was encrypted. Others are ignored.
+   */
+  async receiveRoomVerificationEvent(event: MatrixEvent, roomId: string): Promise<void> {
+    requireString('roomId', roomId);
+    const json = jsonArg('event', event);
+    await native(() => this.#inner.receiveRoomVerificationEvent(json, roomId));
+  }
+
+  /**
+   * Accept a verification request (phase `requested`), offering SAS.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `flowId` for an unknown flow or one in another phase.
+   */
+  acceptVerification(userId: string, flowId: string): VerificationStep {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(nativeSync(() => this.#inner.acceptVerification(userId, flowId)));
+  }
+
+  /** Start SAS on a `ready` flow, or accept the SAS the other side started. */
+  async startSas(userId: string, flowId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(await native(() => this.#inner.startSas(userId, flowId)));
+  }
+
+  /**
+   * Confirm that the SAS (emoji or decimals) matches what the other side shows (phase
+   * `keys_exchanged`). Once both sides confirmed, the requests include the signature that
+   * publishes the verification.
+   */
+  async confirmSas(userId: string, flowId: string): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(await native(() => this.#inner.confirmSas(userId, flowId)));
+  }
+
+  /**
+   * Cancel a flow with a cancel code: `m.user` (the default) or, for a SAS that did not match,
+   * `m.mismatched_sas`.
+   */
+  cancelVerification(userId: string, flowId: string, code: VerificationCancelCode = 'm.user'): VerificationStep {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    requireString('code', code);
+    return step(nativeSync(() => this.#inner.cancelVerification(userId, flowId, code)));
   }
 
   /**

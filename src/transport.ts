@@ -36,7 +36,16 @@ export type TransportCallType =
   | 'send_room_event'
   | 'joined_members'
   | 'room_messages'
-  | 'whoami';
+  | 'whoami'
+  | 'signing_keys_upload'
+  | 'get_account_data'
+  | 'set_account_data'
+  | 'get_backup_version'
+  | 'create_backup_version'
+  | 'get_backup_keys'
+  | 'put_device'
+  | 'delete_device'
+  | 'register';
 
 /** Passed to {@link HomeserverTransportOptions.onRetry} before each retry. */
 export interface RetryInfo {
@@ -74,6 +83,17 @@ export interface HomeserverTransportOptions {
   fetch?: typeof fetch;
   /** Called before each retry, e.g. for logging. Exceptions it throws are ignored. */
   onRetry?: (info: RetryInfo) => void;
+  /**
+   * Application services only (`accessToken` is the appservice's `as_token`): act as this user,
+   * and as this device of theirs, on every call. Adds the `user_id` query parameter and the
+   * stable MSC4326 `device_id` query parameter (MSC3202 device masquerading) to every URL.
+   */
+  masquerade?: {
+    /** The user to act as; must be in the appservice's user namespace. */
+    userId: string;
+    /** The device of that user to act as; it must exist on the homeserver. */
+    deviceId?: string;
+  };
 }
 
 /** Per-call options. */
@@ -226,6 +246,25 @@ export interface WhoamiResponse {
   is_guest?: boolean;
 }
 
+/** A server-side key backup version, as `GET /room_keys/version` returns it. */
+export interface BackupVersionInfo {
+  /** The version id. */
+  version: string;
+  /** The backup algorithm, `m.megolm_backup.v1.curve25519-aes-sha2` for the backups this library reads. */
+  algorithm: string;
+  /** The algorithm's data: `public_key` and the `signatures` of it. */
+  auth_data: {
+    /** The backup's public key (unpadded base64). */
+    public_key?: string;
+    /** Signatures of `auth_data` by devices and master keys. */
+    signatures?: Record<string, Record<string, string>>;
+  };
+  /** How many keys the backup holds. */
+  count?: number;
+  /** Changes whenever keys are added. */
+  etag?: string;
+}
+
 /**
  * The homeserver answered with an error status that is not retried (or retries ran out).
  *
@@ -282,7 +321,7 @@ export function toSyncChanges(sync: SyncResponse): SyncChanges {
 
 interface Call {
   requestType: TransportCallType;
-  method: 'GET' | 'POST' | 'PUT';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   path: string;
   query?: Record<string, string | undefined>;
   body?: string;
@@ -368,6 +407,7 @@ export class HomeserverTransport {
   private readonly requestTimeoutMs: number;
   private readonly fetchImpl: typeof fetch;
   private readonly onRetry: ((info: RetryInfo) => void) | undefined;
+  private readonly masquerade: HomeserverTransportOptions['masquerade'];
 
   /** Creates a transport; no request is made until a method is called. */
   constructor(options: HomeserverTransportOptions) {
@@ -385,6 +425,7 @@ export class HomeserverTransport {
     this.requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.onRetry = options.onRetry;
+    this.masquerade = options.masquerade;
   }
 
   /**
@@ -525,6 +566,128 @@ export class HomeserverTransport {
     return JSON.parse(text) as WhoamiResponse;
   }
 
+  /**
+   * `POST /_matrix/client/v3/keys/device_signing/upload`: publishes cross-signing keys. `body`
+   * is the JSON of `{ master_key, self_signing_key, user_signing_key }`; `auth` is the
+   * user-interactive auth object of the second attempt (the first, without it, gets the 401
+   * challenge unless the homeserver waives auth, e.g. for a first upload or an appservice user).
+   */
+  async uploadSigningKeys(body: string, auth?: Record<string, unknown>, options: TransportCallOptions = {}): Promise<string> {
+    return this.request({
+      requestType: 'signing_keys_upload',
+      method: 'POST',
+      path: `${CLIENT_V3}/keys/device_signing/upload`,
+      body: auth ? JSON.stringify({ ...(JSON.parse(body) as Record<string, unknown>), auth }) : body,
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `GET /_matrix/client/v3/user/{userId}/account_data/{type}`: one global account-data event's
+   * content, or `null` when the user has none of that type (404 `M_NOT_FOUND`).
+   */
+  async getAccountData(userId: string, type: string, options: TransportCallOptions = {}): Promise<Record<string, unknown> | null> {
+    try {
+      const text = await this.request({
+        requestType: 'get_account_data',
+        method: 'GET',
+        path: `${CLIENT_V3}/user/${seg(userId)}/account_data/${seg(type)}`,
+        signal: options.signal,
+      });
+      return JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /** `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`: sets a global account-data event. */
+  async setAccountData(userId: string, type: string, content: Record<string, unknown> | string, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'set_account_data',
+      method: 'PUT',
+      path: `${CLIENT_V3}/user/${seg(userId)}/account_data/${seg(type)}`,
+      body: typeof content === 'string' ? content : JSON.stringify(content),
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `GET /_matrix/client/v3/room_keys/version`: the current server-side key backup version
+   * (`{ version, algorithm, auth_data, count, etag }`), or `null` when there is none.
+   */
+  async getBackupVersion(options: TransportCallOptions = {}): Promise<BackupVersionInfo | null> {
+    try {
+      const text = await this.request({ requestType: 'get_backup_version', method: 'GET', path: `${CLIENT_V3}/room_keys/version`, signal: options.signal });
+      return JSON.parse(text) as BackupVersionInfo;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /** `POST /_matrix/client/v3/room_keys/version` with `body` (`{ algorithm, auth_data }` JSON); resolves with the new version. */
+  async createBackupVersion(body: string, options: TransportCallOptions = {}): Promise<string> {
+    const text = await this.request({ requestType: 'create_backup_version', method: 'POST', path: `${CLIENT_V3}/room_keys/version`, body, signal: options.signal });
+    return (JSON.parse(text) as { version: string }).version;
+  }
+
+  /** `GET /_matrix/client/v3/room_keys/keys?version=...`: every backed-up room key of `version`, as the JSON text. */
+  async getBackupKeys(version: string, options: TransportCallOptions = {}): Promise<string> {
+    return this.request({ requestType: 'get_backup_keys', method: 'GET', path: `${CLIENT_V3}/room_keys/keys`, query: { version }, signal: options.signal });
+  }
+
+  /**
+   * `PUT /_matrix/client/v3/devices/{deviceId}`: updates a device's display name; for an
+   * application service with MSC4190 (set {@link HomeserverTransportOptions.masquerade} to the
+   * user, without `deviceId`), creates the device if it does not exist (HTTP 201) without a login.
+   */
+  async putDevice(deviceId: string, body: { display_name?: string } = {}, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'put_device',
+      method: 'PUT',
+      path: `${CLIENT_V3}/devices/${seg(deviceId)}`,
+      body: JSON.stringify(body),
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `DELETE /_matrix/client/v3/devices/{deviceId}`: deletes a device and its keys. Ordinary
+   * users must add user-interactive auth, which this call does not do; application services
+   * (MSC4190) need none.
+   */
+  async deleteDevice(deviceId: string, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'delete_device',
+      method: 'DELETE',
+      path: `${CLIENT_V3}/devices/${seg(deviceId)}`,
+      body: '{}',
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `POST /_matrix/client/v3/register` with `type: m.login.application_service` and
+   * `inhibit_login`: registers a user in the appservice's namespace (the transport's access token
+   * must be the `as_token`). Resolves `false` when the user already exists (`M_USER_IN_USE`).
+   */
+  async registerAppserviceUser(localpart: string, options: TransportCallOptions = {}): Promise<boolean> {
+    try {
+      await this.request({
+        requestType: 'register',
+        method: 'POST',
+        path: `${CLIENT_V3}/register`,
+        body: JSON.stringify({ type: 'm.login.application_service', username: localpart, inhibit_login: true }),
+        signal: options.signal,
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.errcode === 'M_USER_IN_USE') return false;
+      throw err;
+    }
+  }
+
   private callFor(request: OutgoingRequest, signal: AbortSignal | undefined): Call {
     const base = { requestType: request.type, body: request.body, signal } as const;
     switch (request.type) {
@@ -559,9 +722,12 @@ export class HomeserverTransport {
 
   private url(call: Call): string {
     let url = this.baseUrl + call.path;
-    if (call.query) {
+    const query = this.masquerade
+      ? { ...call.query, user_id: this.masquerade.userId, device_id: this.masquerade.deviceId }
+      : call.query;
+    if (query) {
       const params = new URLSearchParams();
-      for (const [k, v] of Object.entries(call.query)) if (v !== undefined) params.append(k, v);
+      for (const [k, v] of Object.entries(query)) if (v !== undefined) params.append(k, v);
       const qs = params.toString();
       if (qs) url += `?${qs}`;
     }

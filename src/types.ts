@@ -114,6 +114,24 @@ export interface SkippedToDeviceEvent {
   reason: string;
 }
 
+/**
+ * Why a message's shield is red or grey:
+ * - `AuthenticityNotGuaranteed`: the key came from a backup or a forward, not from its sender;
+ * - `UnknownDevice`: the sending device is not known (query the sender's keys);
+ * - `UnsignedDevice`: the sender did not cross-sign the sending device;
+ * - `UnverifiedIdentity`: we have not verified the sender's identity (strict rules only);
+ * - `VerificationViolation`: the sender's identity was verified and has changed since
+ *   (see {@link OlmMachine.withdrawVerification});
+ * - `MismatchedSender`: the event's sender is not the owner of the sending device.
+ */
+export type ShieldCode =
+  | 'AuthenticityNotGuaranteed'
+  | 'UnknownDevice'
+  | 'UnsignedDevice'
+  | 'UnverifiedIdentity'
+  | 'VerificationViolation'
+  | 'MismatchedSender';
+
 /** The lock icon a client would show next to a message. */
 export type ShieldState =
   | {
@@ -123,8 +141,8 @@ export type ShieldState =
   | {
       /** `red` for a problem with the sender's authenticity, `grey` for a minor concern. */
       color: 'red' | 'grey';
-      /** e.g. `UnverifiedIdentity`, `UnsignedDevice`, `UnknownDevice`, `AuthenticityNotGuaranteed`. */
-      code: string;
+      /** Why the shield is not clear; see {@link ShieldCode}. */
+      code: ShieldCode;
       /** A short English explanation. */
       message: string;
     };
@@ -173,34 +191,7 @@ export interface DecryptedRoomEvent {
   shieldStateStrict: ShieldState;
 }
 
-/** Our local trust in a device. */
-export type LocalTrust = 'verified' | 'blacklisted' | 'ignored' | 'unset';
-
-/** A device of some user, as the machine knows it. */
-export interface DeviceInfo {
-  /** The owner. */
-  userId: string;
-  /** The device id. */
-  deviceId: string;
-  /** The device's display name, if it published one. */
-  displayName: string | null;
-  /** The device's Curve25519 identity key. */
-  curve25519Key: string | null;
-  /** The device's Ed25519 fingerprint key. */
-  ed25519Key: string | null;
-  /** The trust we set locally. */
-  localTrust: LocalTrust;
-  /** Verified locally or through cross-signing. */
-  isVerified: boolean;
-  /** Signed by its owner's self-signing key. */
-  isCrossSignedByOwner: boolean;
-  /** Blacklisted locally: never receives room keys. */
-  isBlacklisted: boolean;
-  /** The owner removed the device. */
-  isDeleted: boolean;
-  /** When the machine first saw the device (ms since the epoch). */
-  firstTimeSeenTs: number;
-}
+export type { LocalTrust, DeviceInfo, CrossSigningStatus, UserIdentityInfo } from '../native/index';
 
 /** Which devices receive a room key. */
 export type SharingStrategy =
@@ -229,16 +220,6 @@ export interface ShareSettings {
   sharingStrategy?: SharingStrategy;
   /** Withheld policy for this call only; default: the machine's policy. */
   withheld?: WithheldPolicy;
-}
-
-/** Which private cross-signing keys this device holds. */
-export interface CrossSigningStatus {
-  /** The master key. */
-  hasMaster: boolean;
-  /** The self-signing key (signs our own devices). */
-  hasSelfSigning: boolean;
-  /** The user-signing key (signs other users). */
-  hasUserSigning: boolean;
 }
 
 /** A room key in the Matrix key-export format. */

@@ -16,7 +16,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
-use crate::errors::{code, typed};
+use crate::errors::{code, typed, DecryptionCode};
 
 /// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
 #[derive(Deserialize)]
@@ -219,29 +219,16 @@ pub fn decrypted_room_event(
     .map_err(crate::errors::internal)
 }
 
-/// The stable `DecryptionError.code` of a crate error.
-pub fn decryption_code(err: &MegolmError) -> &'static str {
-    use vodozemac::megolm::DecryptionError as VDecryption;
-    match err {
-        MegolmError::MissingRoomKey(_) => "MissingRoomKey",
-        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => "UnknownMessageIndex",
-        MegolmError::Decryption(_) => "DecryptionFailed",
-        MegolmError::MismatchedIdentityKeys(_) => "MismatchedIdentityKeys",
-        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => "MismatchedSender",
-        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => "MalformedEvent",
-        MegolmError::SenderIdentityNotTrusted(_) => "SenderIdentityNotTrusted",
-        MegolmError::Store(_) => "StoreError",
-    }
-}
-
 /// The message of a decryption error, from our own verdict: the code, our explanation (code,
 /// reason, scope) and never the crate's text for a missing key, which quotes any withheld code
 /// the crate accepted, forged ones included.
-pub fn decryption_message(kind: &str, err: &MegolmError, session_id: Option<&str>, withheld: Option<&Value>) -> String {
+pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: Option<&str>, withheld: Option<&Value>) -> String {
     let session = session_id.map(|s| format!("session {s}")).unwrap_or_else(|| "the event's session".to_owned());
     let base = match kind {
-        "MissingRoomKey" => format!("the room key for {session} is missing"),
-        "UnknownMessageIndex" => format!("the room key for {session} is held only from a later message index than this event's"),
+        DecryptionCode::MissingRoomKey => format!("the room key for {session} is missing"),
+        DecryptionCode::UnknownMessageIndex => {
+            format!("the room key for {session} is held only from a later message index than this event's")
+        }
         _ => return err.to_string(),
     };
     match withheld {
@@ -262,7 +249,7 @@ pub fn decryption_message(kind: &str, err: &MegolmError, session_id: Option<&str
 }
 
 /// A typed decryption error; `withheld` is the validated explanation, if any.
-pub fn decryption_error(kind: &str, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
+pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
     let withheld_code = withheld.as_ref().and_then(|w| w.get("code").cloned());
     typed(
         code::DECRYPTION,

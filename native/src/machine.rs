@@ -9,7 +9,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -28,8 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    devices,
-    errors::{self, code, internal, invalid, parse_json, typed},
+    errors::{self, code, internal, invalid, parse_json, typed, DecryptionCode},
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
@@ -91,7 +90,7 @@ pub struct NativeMachine {
     inner: RwLock<Option<OlmMachine>>,
     /// Requests handed out and not yet marked as sent: id -> type. Lets `markRequestAsSent`
     /// reject unknown ids and mismatched types instead of silently ignoring them.
-    pending: Mutex<HashMap<String, String>>,
+    pending: Arc<Mutex<HashMap<String, String>>>,
     user_id: String,
     device_id: String,
     identity_keys: (String, String),
@@ -155,7 +154,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         device_id: machine.device_id().to_string(),
         identity_keys: (keys.curve25519.to_base64(), keys.ed25519.to_base64()),
         inner: RwLock::new(Some(machine)),
-        pending: Mutex::new(HashMap::new()),
+        pending: Arc::new(Mutex::new(HashMap::new())),
         withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
         store_lock: Mutex::new(opened.lock),
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -163,12 +162,11 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
 }
 
 fn store_open_error(err: matrix_sdk_crypto::CryptoStoreError) -> Error {
-    let text = err.to_string();
-    if text.contains("cipher") || text.contains("decrypt") || text.contains("MAC") {
-        typed(
+    if errors::is_store_cipher_error(&err) {
+        errors::for_field(
             code::STORE_PASSPHRASE,
-            format!("store.passphrase: cannot read the store: wrong passphrase? ({text})"),
-            json!({ "field": "store.passphrase" }),
+            "store.passphrase",
+            format!("store.passphrase: cannot read the store: wrong passphrase? ({err})"),
         )
     } else {
         errors::store(err)
@@ -238,10 +236,7 @@ impl NativeMachine {
     /// A handle to the crate's machine, or the typed "closed" error. The handle counts as a
     /// call in flight until dropped, so that `close()` can let running calls finish.
     pub(crate) fn machine(&self) -> Result<InFlight> {
-        let machine = self
-            .inner
-            .read()
-            .map_err(|_| internal("machine lock poisoned"))?
+        let machine = crate::locks::read(&self.inner)
             .clone()
             .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))?;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -249,9 +244,17 @@ impl NativeMachine {
     }
 
     pub(crate) fn remember(&self, requests: &[NativeRequest]) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = crate::locks::lock(&self.pending);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
+        }
+    }
+
+    /// `remember` for a request made later, in a future that cannot borrow the machine.
+    pub(crate) fn remember_fn(&self) -> impl Fn(&NativeRequest) + Send + 'static {
+        let pending = Arc::clone(&self.pending);
+        move |r| {
+            crate::locks::lock(&pending).insert(r.id.clone(), r.kind.clone());
         }
     }
 
@@ -281,14 +284,14 @@ impl NativeMachine {
 
     #[napi(getter)]
     pub fn is_closed(&self) -> bool {
-        self.inner.read().map(|m| m.is_none()).unwrap_or(true)
+        crate::locks::read(&self.inner).is_none()
     }
 
     /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        let machine = self.inner.write().ok().and_then(|mut inner| inner.take());
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let machine = crate::locks::write(&self.inner).take();
+        crate::locks::lock(&self.pending).clear();
         if let Some(m) = &machine {
             // Let the calls already running finish, then close the store's connections: once
             // this resolves the files are released (deleting the folder and creating a new
@@ -302,7 +305,7 @@ impl NativeMachine {
         }
         release(machine);
         // Keep the folder locked until SQLite's files are released (see `wait_released`).
-        let lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let lock = crate::locks::lock(&self.store_lock).take();
         if let Some(lock) = &lock {
             lock.wait_released().await;
         }
@@ -314,11 +317,9 @@ impl NativeMachine {
     /// to close (the official bindings' synchronous `close()`, for the compat layer).
     #[napi(catch_unwind)]
     pub fn close_sync(&self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        release(crate::locks::write(&self.inner).take());
+        crate::locks::lock(&self.pending).clear();
+        crate::locks::lock(&self.store_lock).take();
     }
 
     /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
@@ -381,7 +382,7 @@ impl NativeMachine {
     #[napi]
     pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String, foreign_ids: Option<bool>) -> Result<()> {
         let machine = self.machine()?;
-        let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+        let known = crate::locks::lock(&self.pending).get(&id).cloned();
         match known {
             None if foreign_ids == Some(true) => {}
             None => {
@@ -402,7 +403,7 @@ impl NativeMachine {
             _ => None,
         };
         self.withheld.after_request_sent(&machine, &id, claim).await.map_err(withheld_error)?;
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        crate::locks::lock(&self.pending).remove(&id);
         Ok(())
     }
 
@@ -545,7 +546,7 @@ impl NativeMachine {
         let task = tokio::spawn(async move { crate_machine.encrypt_room_event_raw(&room, &kind, &content).await });
         let outcome = match task.await {
             Ok(outcome) => outcome,
-            Err(join) => return Err(encrypt_panic(&room_id, join)),
+            Err(join) => return Err(encrypt_panic(&machine, &room_id, join).await),
         };
         let result = outcome.map_err(|e| match e {
             matrix_sdk_crypto::MegolmError::Store(s) => errors::store(s),
@@ -572,12 +573,12 @@ impl NativeMachine {
             Err(err) => {
                 let event: serde_json::Value = serde_json::from_str(&event_json).unwrap_or_default();
                 let session_id = event.pointer("/content/session_id").and_then(|v| v.as_str()).map(str::to_owned);
-                let mut kind = events::decryption_code(&err);
+                let mut kind = DecryptionCode::of(&err);
                 let mut withheld = None;
-                if matches!(kind, "MissingRoomKey" | "UnknownMessageIndex") {
+                if matches!(kind, DecryptionCode::MissingRoomKey | DecryptionCode::UnknownMessageIndex) {
                     let (below_first_index, explanation) =
                         inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
-                    kind = if below_first_index { "UnknownMessageIndex" } else { "MissingRoomKey" };
+                    kind = if below_first_index { DecryptionCode::UnknownMessageIndex } else { DecryptionCode::MissingRoomKey };
                     withheld = explanation.map(|e| serde_json::to_value(e).unwrap_or_default());
                 }
                 let message = events::decryption_message(kind, &err, session_id.as_deref(), withheld.as_ref());
@@ -587,7 +588,7 @@ impl NativeMachine {
                     target: "matrix_crypto_node::decryption",
                     room_id = %room_id,
                     session_id = session_id.as_deref().unwrap_or_default(),
-                    code = kind,
+                    code = ?kind,
                     withheld = withheld.as_ref().and_then(|w| w["code"].as_str()).unwrap_or("none"),
                     "{message}"
                 );
@@ -622,80 +623,6 @@ impl NativeMachine {
             None => Vec::new(),
         };
         events::decrypted_room_event(decrypted.event.json(), info, sender_device_id.as_deref(), sender_device_verified, &chain)
-    }
-
-    /// A device we know of, as JSON, or null.
-    #[napi]
-    pub async fn get_device(&self, user_id: String, device_id: String) -> Result<Option<String>> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let device = ids::device_id("deviceId", &device_id)?;
-        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
-        found.map(|d| serde_json::to_string(&devices::info(&d)).map_err(internal)).transpose()
-    }
-
-    /// All known devices of a user, as a JSON array.
-    #[napi]
-    pub async fn get_user_devices(&self, user_id: String) -> Result<String> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let list = machine.get_user_devices(&user, None).await.map_err(errors::store)?;
-        let infos: Vec<_> = list.devices().map(|d| devices::info(&d)).collect();
-        serde_json::to_string(&infos).map_err(internal)
-    }
-
-    /// Set our local trust in a device: verified, blacklisted, ignored or unset.
-    #[napi]
-    pub async fn set_local_trust(&self, user_id: String, device_id: String, trust: String) -> Result<()> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let device = ids::device_id("deviceId", &device_id)?;
-        let trust = devices::parse_trust("trust", &trust)?;
-        let found = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
-        let Some(found) = found else {
-            return Err(invalid("deviceId", format!("no known device {device_id} of {user_id}; query its keys first")));
-        };
-        found.set_local_trust(trust).await.map_err(errors::store)
-    }
-
-    /// Which private cross-signing keys we hold.
-    #[napi]
-    pub async fn cross_signing_status(&self) -> Result<String> {
-        let machine = self.machine()?;
-        let s = machine.cross_signing_status().await;
-        Ok(json!({ "hasMaster": s.has_master, "hasSelfSigning": s.has_self_signing, "hasUserSigning": s.has_user_signing }).to_string())
-    }
-
-    /// Create cross-signing keys; returns the requests to send, in order, as JSON.
-    #[napi]
-    pub async fn bootstrap_cross_signing(&self, reset: bool) -> Result<String> {
-        let machine = self.machine()?;
-        let r = machine.bootstrap_cross_signing(reset).await.map_err(errors::store)?;
-        let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
-        let sig_id = TransactionId::new().to_string();
-        let signatures = NativeRequest {
-            id: sig_id,
-            kind: "signature_upload".to_owned(),
-            body: serde_json::to_string(&r.upload_signatures_req.signed_keys).map_err(internal)?,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        };
-        let signing_body = requests::signing_keys_upload(&r.upload_signing_keys_req)?;
-        let signing_id = TransactionId::new().to_string();
-        let mut handed = vec![signatures.clone_shallow()];
-        if let Some(u) = &upload_keys {
-            handed.push(u.clone_shallow());
-        }
-        handed.push(NativeRequest { id: signing_id.clone(), kind: "signing_keys_upload".to_owned(), body: String::new(), event_type: None, txn_id: None, room_id: None, version: None });
-        self.remember(&handed);
-        Ok(json!({
-            "uploadKeys": upload_keys.map(|u| json!({ "id": u.id, "type": u.kind, "body": u.body })),
-            "uploadSigningKeys": { "id": signing_id, "type": "signing_keys_upload", "body": signing_body },
-            "uploadSignatures": { "id": signatures.id, "type": "signature_upload", "body": signatures.body },
-        })
-        .to_string())
     }
 
     /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
@@ -783,45 +710,22 @@ fn release(machine: Option<OlmMachine>) {
 
 impl Drop for NativeMachine {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
+        release(crate::locks::write(&self.inner).take());
     }
 }
 
-impl NativeRequest {
-    fn clone_shallow(&self) -> NativeRequest {
-        NativeRequest {
-            id: self.id.clone(),
-            kind: self.kind.clone(),
-            body: String::new(),
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        }
-    }
-}
-
-/// The typed error for a panic of the crate's `encrypt_room_event_raw`: its asserts name a room
-/// without an outbound session, or one whose session is due for rotation.
-fn encrypt_panic(room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
-    let text = if join.is_panic() {
-        let payload = join.into_panic();
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default()
-    } else {
-        join.to_string()
+/// The typed error for a panic of the crate's `encrypt_room_event_raw`. Its asserts fire for a
+/// room without an outbound session or with one due for rotation; which of the two is read from
+/// the store, not from the panic's text.
+async fn encrypt_panic(machine: &OlmMachine, room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
+    let text = errors::panic_text(join);
+    let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**machine.store();
+    let message = match backend.get_outbound_group_session(room_id).await {
+        Ok(None) => format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting"),
+        Ok(Some(session)) if session.expired() => format!(
+            "roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key"
+        ),
+        _ => format!("roomId: cannot encrypt for {room_id}: {text}"),
     };
-    let message = if text.contains("expired") {
-        format!("roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key")
-    } else if text.contains("wasn't created") {
-        format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting")
-    } else {
-        format!("roomId: cannot encrypt for {room_id}: {text}")
-    };
-    typed(code::ENCRYPTION, message, json!({ "field": "roomId" }))
+    errors::for_field(code::ENCRYPTION, "roomId", message)
 }

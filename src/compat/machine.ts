@@ -5,7 +5,7 @@
  */
 import { compatVersions, openMachine, type NativeMachine } from '../../native/index';
 import { MatrixCryptoError, native, nativeSync } from '../errors';
-import { OlmMachine as MainOlmMachine } from '../machine';
+import { OlmMachine as MainOlmMachine, wrapNativeMachine } from '../machine';
 import type { DecryptedRoomEvent as MainDecryptedRoomEvent, ShieldState as MainShieldState, SharingStrategy } from '../types';
 import { BackupKeys, RoomKeyCounts, SignatureVerification, type BackupDecryptionKey } from './backup';
 import {
@@ -18,7 +18,7 @@ import {
   StoreType,
   type SignatureState,
 } from './enums';
-import { DeviceId, RoomId, UserId, idString } from './identifiers';
+import { DeviceId, RoomId, UserId, idString, requireString } from './identifiers';
 import { IdentityKeys, Signatures } from './keys';
 import {
   CrossSigningBootstrapRequests,
@@ -309,10 +309,7 @@ function userStrings(field: string, users: unknown): string[] {
   return users.map((u, i) => idString(`${field}[${i}]`, u));
 }
 
-/** Our OlmMachine over an open native machine; its constructor is private to keep users on `open()`. */
-const wrapNative = (inner: NativeMachine) => new (MainOlmMachine as unknown as new (n: NativeMachine) => MainOlmMachine)(inner);
-
-let constructing: { main: MainOlmMachine; native: NativeMachine } | null = null;
+let create: (inner: NativeMachine) => OlmMachine;
 
 /**
  * One device's end-to-end encryption, with the API of `@matrix-org/matrix-sdk-crypto-nodejs`
@@ -338,15 +335,18 @@ export class OlmMachine {
   /** Signature uploads from `importSecretsFromSecretStorage`: the crate needs no response for them. */
   readonly #untracked = new Set<string>();
 
+  static {
+    create = (inner) => new OlmMachine(inner);
+  }
+
   /**
-   * Not usable: opening a machine is asynchronous.
-   *
-   * @throws Always; use {@link OlmMachine.initialize}.
+   * Hidden: opening a machine is asynchronous, so machines come from {@link OlmMachine.initialize}.
+   * Like the official bindings, `new OlmMachine()` from JavaScript throws.
    */
-  constructor() {
-    if (!constructing) throw new Error('To build an `OlmMachine`, please use the `initialize` method');
-    this.#main = constructing.main;
-    this.#native = constructing.native;
+  private constructor(inner?: NativeMachine) {
+    if (inner === undefined) throw new Error('To build an `OlmMachine`, please use the `initialize` method');
+    this.#main = wrapNativeMachine(inner);
+    this.#native = inner;
     this.#userId = new UserId(this.#main.userId);
     this.#deviceId = new DeviceId(this.#main.deviceId);
     this.#identityKeys = new IdentityKeys(this.#main.identityKeys);
@@ -381,12 +381,7 @@ export class OlmMachine {
         storePassphrase: storePath == null ? undefined : (storePassphrase ?? undefined),
       }),
     );
-    constructing = { main: wrapNative(inner), native: inner };
-    try {
-      return new OlmMachine();
-    } finally {
-      constructing = null;
-    }
+    return create(inner);
   }
 
   /** This library's machine under this one, for its typed API (withheld policy, trust, ...). */
@@ -520,8 +515,12 @@ export class OlmMachine {
 
   /** Encrypt event content (JSON) for the room; returns the `m.room.encrypted` content as JSON. */
   async encryptRoomEvent(roomId: RoomId, eventType: string, content: string): Promise<string> {
-    const encrypted = await this.#main.encryptRoomEvent(idString('roomId', roomId), eventType, content as unknown as Record<string, unknown>);
-    return JSON.stringify(encrypted);
+    // The content is JSON already, and so is the answer: straight to the native machine, with
+    // the main API's argument checks and error mapping.
+    const room = idString('roomId', roomId);
+    requireString('eventType', eventType);
+    requireString('content', content);
+    return native(() => this.#native.encryptRoomEvent(room, eventType, content));
   }
 
   /**

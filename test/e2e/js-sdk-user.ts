@@ -20,7 +20,7 @@ import {
   type MatrixClient,
   type MatrixEvent,
 } from 'matrix-js-sdk';
-import type { CryptoApi, DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import type { CryptoApi, CryptoCallbacks, DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { TestUser } from './synapse';
 
@@ -98,7 +98,7 @@ export class JsSdkUser {
    * Creates the client for `user`'s device, initialises Rust crypto (memory store), starts
    * syncing and resolves once the first sync is processed and the device keys are uploaded.
    */
-  static async start(baseUrl: string, user: TestUser): Promise<JsSdkUser> {
+  static async start(baseUrl: string, user: TestUser, options: { cryptoCallbacks?: CryptoCallbacks } = {}): Promise<JsSdkUser> {
     const log: string[] = [];
     const client = createClient({
       baseUrl,
@@ -106,6 +106,7 @@ export class JsSdkUser {
       deviceId: user.deviceId,
       accessToken: user.accessToken,
       logger: ringLogger(`[${user.userId}/${user.deviceId}] `, log),
+      ...(options.cryptoCallbacks ? { cryptoCallbacks: options.cryptoCallbacks } : {}),
     });
     await client.initRustCrypto({ useIndexedDB: false });
     const u = new JsSdkUser(client, user, log);

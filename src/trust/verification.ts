@@ -1,0 +1,131 @@
+/**
+ * Interactive verification: SAS (emoji and decimals) over to-device or in-room requests, every
+ * state change reported, and a policy for bots that run unattended.
+ *
+ * The {@link OlmMachine} holds each flow's state; {@link VerificationTracker} (behind
+ * {@link EncryptedClient.on}) watches the flows that syncs touch, reports each change of
+ * phase once, and applies the {@link VerificationPolicy}.
+ *
+ * @module
+ */
+import type { MatrixEvent } from '../types';
+import type { RoomMessageRequest, SignatureUploadRequest, ToDeviceRequest } from '../requests';
+import type { VerificationInfo } from '../../native/index';
+
+export type { VerificationInfo, VerificationPhase, SasEmoji, VerificationCancelInfo } from '../../native/index';
+
+/**
+ * A cancel code: `m.user` (cancelled by the user) and `m.mismatched_sas` (the SAS did not
+ * match) are the ones to send; others come from the other side or from the crate (`m.timeout`,
+ * `m.unknown_transaction`, `m.unexpected_message`, `m.key_mismatch`, `m.user_mismatch`,
+ * `m.invalid_message`, `m.accepted`, `m.unknown_method`, `m.mismatched_commitment`).
+ */
+export type VerificationCancelCode = 'm.user' | 'm.mismatched_sas' | (string & {});
+
+/** What a verification action returns. */
+export interface VerificationStep {
+  /** Send these now, in order: to-device or room messages, and a signature upload once verified. */
+  requests: Array<ToDeviceRequest | RoomMessageRequest | SignatureUploadRequest>;
+  /** The flow after the action. */
+  verification: VerificationInfo;
+}
+
+/**
+ * How an unattended bot answers verification. Nothing is automatic by default: every request
+ * is reported with `on('verification')` and waits for the application.
+ */
+export interface VerificationPolicy {
+  /**
+   * Accept requests from these users (ours included, for our other devices) and the SAS they
+   * start; requests from anyone else wait for the application. Default: none.
+   */
+  acceptFrom?: string[];
+  /**
+   * Confirm the SAS without comparing it, for flows with users in `acceptFrom`. Only for bots
+   * whose operator decided that the homeserver and those users' devices are trusted: an
+   * automatic confirmation verifies whoever answers. Default `false`.
+   */
+  autoConfirmSas?: boolean;
+}
+
+/** Events the tracker needs from each sync. */
+export interface VerificationSource {
+  /** The sender and flow id of a verification event. */
+  sender: string;
+  /** The flow id (`transaction_id`, or the related request event's id in a room). */
+  flowId: string;
+}
+
+/** The flow a to-device or room event belongs to, if it is a verification event. */
+export function verificationFlowOf(event: MatrixEvent): VerificationSource | undefined {
+  const sender = event.sender;
+  if (typeof sender !== 'string') return undefined;
+  const content = (event.content ?? {}) as Record<string, unknown>;
+  if (event.type === 'm.room.message' && content.msgtype === 'm.key.verification.request' && typeof event.event_id === 'string') {
+    return { sender, flowId: event.event_id };
+  }
+  if (typeof event.type !== 'string' || !event.type.startsWith('m.key.verification.')) return undefined;
+  if (typeof content.transaction_id === 'string') return { sender, flowId: content.transaction_id };
+  const relates = content['m.relates_to'] as { event_id?: unknown } | undefined;
+  if (relates && typeof relates.event_id === 'string') return { sender, flowId: relates.event_id };
+  return undefined;
+}
+
+/** Whether the phase ends the flow. */
+function finished(v: VerificationInfo): boolean {
+  return v.phase === 'done' || v.phase === 'cancelled';
+}
+
+/**
+ * Watches verification flows: remembers each flow a sync or an action touched, reports every
+ * change of phase once to the listeners, and forgets flows that ended.
+ */
+export class VerificationTracker {
+  readonly #flows = new Map<string, { userId: string; flowId: string; last: string | null }>();
+  readonly #listeners = new Set<(v: VerificationInfo) => void>();
+
+  /** Starts watching a flow. */
+  track(userId: string, flowId: string): void {
+    const key = `${userId}\u0000${flowId}`;
+    if (!this.#flows.has(key)) this.#flows.set(key, { userId, flowId, last: null });
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  listen(listener: (v: VerificationInfo) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Reports the flows whose phase changed since the last report (through `read`, which returns
+   * a flow's current state) and returns them.
+   */
+  report(read: (userId: string, flowId: string) => VerificationInfo | null): VerificationInfo[] {
+    const changed: VerificationInfo[] = [];
+    for (const [key, flow] of this.#flows) {
+      const now = read(flow.userId, flow.flowId);
+      if (!now) {
+        this.#flows.delete(key);
+        continue;
+      }
+      // The flow id of a to-device request is known before the request is, so the same flow
+      // can be tracked under a SAS-only view first: the phase decides what counts as a change.
+      const signature = `${now.phase}|${now.otherDeviceId ?? ''}`;
+      if (signature !== flow.last) {
+        flow.last = signature;
+        changed.push(now);
+        for (const l of this.#listeners) {
+          try {
+            l(now);
+          } catch (err) {
+            queueMicrotask(() => {
+              throw err;
+            });
+          }
+        }
+      }
+      if (finished(now)) this.#flows.delete(key);
+    }
+    return changed;
+  }
+}

@@ -1,0 +1,158 @@
+// Cross-signing of our bot against Synapse, with a matrix-js-sdk user in "exclude insecure
+// devices" mode (OnlySignedDevicesIsolationMode, Element's MSC4153 setting) on the other side.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { OnlySignedDevicesIsolationMode } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EncryptedClient } from '../../src/client';
+import { HomeserverError } from '../../src/transport';
+import { openBot, syncUntil, syncUntilDecrypted, useHomeserver } from './harness';
+import { JsSdkUser, waitFor } from './js-sdk-user';
+
+const { hs, logs } = useHomeserver();
+const cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+/**
+ * A js-sdk user in "exclude insecure devices" mode (OnlySignedDevicesIsolationMode). js-sdk
+ * refuses to encrypt in that mode until its own account is cross-signed, so it bootstraps first.
+ */
+async function strictJsUser(localpart: string): Promise<JsSdkUser> {
+  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
+  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
+  cleanup.push(() => u.stop());
+  await u.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
+  u.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+  return u;
+}
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'mcn-trust-'));
+  cleanup.push(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Waits until the js-sdk user sees the bot's device as signed by its owner (or not). */
+async function waitForSignedByOwner(alice: JsSdkUser, userId: string, deviceId: string, signed: boolean): Promise<void> {
+  await waitFor(`js-sdk to see ${userId}/${deviceId} ${signed ? '' : 'not '}cross-signed`, async () => {
+    const status = await alice.crypto.getDeviceVerificationStatus(userId, deviceId);
+    return status && status.signedByOwner === signed ? true : undefined;
+  });
+}
+
+describe('cross-signing: trusted by a client that excludes insecure devices', () => {
+  it('before bootstrap the bot gets a withheld notice instead of the key; after it, the next message decrypts', async () => {
+    const alice = await strictJsUser('cs-alice');
+    const botUser = await hs().registerUser('cs-bot');
+    const store = { kind: 'sqlite' as const, path: await tempDir() };
+    let bot = await openBot(hs(), botUser, store);
+    const roomId = await alice.createEncryptedRoom([bot.userId]);
+    await bot.transport.joinRoom(roomId);
+    await alice.waitForMember(roomId, bot.userId);
+    await waitForSignedByOwner(alice, bot.userId, bot.deviceId, false);
+
+    const before = await alice.sendText(roomId, 'not for insecure devices');
+    const refused = await syncUntil(bot, 'the withheld notice for the first message', (items) => {
+      const item = items.find((i) => i.event.event_id === before);
+      return item?.kind === 'undecryptable' && item.error.withheld ? item : undefined;
+    });
+    if (refused.kind !== 'undecryptable') throw new Error('unreachable');
+    // What js-sdk sends an unsigned device under OnlySignedDevicesIsolationMode.
+    expect(refused.error).toMatchObject({ code: 'MissingRoomKey', withheldCode: 'm.unverified' });
+    expect(refused.error.withheld).toEqual({ code: 'm.unverified', reason: 'The sender has disabled encrypting to unverified devices.', scope: 'session' });
+    expect(refused.error.message).toContain('m.unverified');
+    await bot.close();
+
+    bot = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: botUser.accessToken,
+      userId: botUser.userId,
+      deviceId: botUser.deviceId,
+      store,
+      crossSigning: { bootstrap: 'if-missing' },
+    });
+    cleanup.push(() => bot.close());
+    // Synapse lets the first upload of an account's keys through without user-interactive auth (MSC3967).
+    expect(bot.crossSigning).toEqual({
+      created: true,
+      signedDevice: true,
+      status: { hasMaster: true, hasSelfSigning: true, hasUserSigning: true },
+    });
+    expect(await bot.machine.isOwnDeviceCrossSigned()).toBe(true);
+    await waitForSignedByOwner(alice, bot.userId, bot.deviceId, true);
+
+    const after = await alice.sendText(roomId, 'now you are cross-signed');
+    const got = await syncUntilDecrypted(bot, after);
+    expect(got.decrypted.event.content.body).toBe('now you are cross-signed');
+    // The first message stays withheld: its session reached us only from a later index, or not at all.
+    const first = await bot.decryptEvent(roomId, refused.event);
+    expect(first.kind).toBe('undecryptable');
+
+    // Opening again with the same store changes nothing: the keys are there and the device is signed.
+    await bot.close();
+    bot = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: botUser.accessToken,
+      store,
+      crossSigning: { bootstrap: 'if-missing' },
+    });
+    expect(bot.crossSigning).toMatchObject({ created: false, signedDevice: false });
+    expect((await bot.machine.getUserIdentity(bot.userId))?.isVerified).toBe(true);
+  });
+
+  it('replacing the identity needs user-interactive auth: refused without it and with a wrong password, done with the password', async () => {
+    const alice = await strictJsUser('cs-alice2');
+    const botUser = await hs().registerUser('cs-bot2');
+    const bot = await openBot(hs(), botUser);
+    cleanup.push(() => bot.close());
+    expect(await bot.setUpCrossSigning()).toMatchObject({ created: true });
+    const first = await bot.machine.getUserIdentity(bot.userId);
+    expect(first).toMatchObject({ isOwn: true, isVerified: true });
+
+    await expect(bot.setUpCrossSigning({ bootstrap: 'reset' })).rejects.toMatchObject({
+      name: 'MatrixCryptoError',
+      code: 'InvalidArgument',
+      field: 'options.auth',
+    });
+    const wrong = await bot.setUpCrossSigning({ bootstrap: 'reset', auth: { type: 'password', password: 'not the password' } }).catch((e: unknown) => e);
+    expect(wrong).toBeInstanceOf(HomeserverError);
+    expect(wrong).toMatchObject({ status: 401, errcode: 'M_FORBIDDEN' });
+
+    const reset = await bot.setUpCrossSigning({ bootstrap: 'reset', auth: { type: 'password', password: botUser.password } });
+    expect(reset).toMatchObject({ created: true, signedDevice: true });
+    const second = await bot.machine.getUserIdentity(bot.userId);
+    expect(second?.masterKey).not.toBe(first?.masterKey);
+    // The other side learns the new master key and our device signed by it.
+    await waitFor('js-sdk to see the new master key', async () => {
+      const keys = await alice.client.downloadKeysForUsers([bot.userId]);
+      const master = Object.values(keys.master_keys?.[bot.userId]?.keys ?? {})[0];
+      return master === second?.masterKey ? true : undefined;
+    });
+  });
+
+  it('with signOwnDevices, the bot signs a new device of its account and clients trust that device', async () => {
+    const botUser = await hs().registerUser('cs-bot3');
+    const bot = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: botUser.accessToken,
+      store: { kind: 'memory' },
+      crossSigning: { bootstrap: 'if-missing', signOwnDevices: true },
+    });
+    cleanup.push(() => bot.close());
+    // After one sync the next ones are incremental and report device-list changes.
+    await bot.syncOnce({ timeoutMs: 0 });
+    const other = await JsSdkUser.start(hs().baseUrl, await hs().login(botUser.userId, botUser.password));
+    cleanup.push(() => other.stop());
+    logs({ name: `js-sdk ${other.user.userId}/${other.user.deviceId}`, logTail: (n) => other.logTail(n) });
+    expect((await bot.machine.unsignedOwnDevices())).not.toContain(bot.deviceId);
+    await waitFor('the bot to sign the new device', async () => {
+      await bot.syncOnce({ timeoutMs: 300 });
+      return (await bot.machine.getDevice(bot.userId, other.user.deviceId))?.isCrossSignedByOwner ? true : undefined;
+    });
+    await waitForSignedByOwner(other, bot.userId, other.user.deviceId, true);
+    expect(await bot.machine.unsignedOwnDevices()).toEqual([]);
+  });
+});
