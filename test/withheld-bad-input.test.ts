@@ -53,6 +53,15 @@ const cases: Case[] = [
   ['updateTrackedUsers: a user', (m) => m.updateTrackedUsers([BOB, 7 as never]), 'users[1]', /must be a string, got number/],
   ['getMissingSessions: users', (m) => m.getMissingSessions(null as never), 'users', /must be an array of strings/],
   ['markRequestAsSent: unknown id', (m) => m.markRequestAsSent('nope', 'keys_query', '{}'), 'id', /is not a request this machine handed out/],
+  [
+    'markRequestAsSent: a response of the wrong shape',
+    async (m) => {
+      const upload = (await m.outgoingRequests()).find((r) => r.type === 'keys_upload')!;
+      return m.markRequestAsSent(upload, { one_time_key_counts: 7 });
+    },
+    'response',
+    /^is not a valid homeserver response for this request \(.*must be an object, got the number 7\)$/,
+  ],
   ['markRequestAsSent: request', (m) => m.markRequestAsSent(5 as never, '{}'), 'request', /must be a request object or its id/],
   ['exportRoomKeysFile: rounds', (m) => m.exportRoomKeysFile('p', { rounds: 0 }), 'rounds', /must be a positive integer/],
   ['exportRoomKeysFile: passphrase', (m) => m.exportRoomKeysFile(''), 'passphrase', /must not be empty/],

@@ -66,6 +66,33 @@ describe('small things', () => {
     expect(stored!.reason).toBe(withheldNotices[0]!.reason);
   });
 
+  it("an unconfirmed notice (sender's devices unknown) is counted apart and never explains another sender's message", async () => {
+    const hs = new TestHomeserver();
+    const alice = await TestDevice.create(hs, ALICE, 'ALICE');
+    const bob = await TestDevice.create(hs, BOB, 'BOB');
+    const mallory = await TestDevice.create(hs, '@mallory:example.org', 'MALLORY');
+    await bob.machine.updateTrackedUsers([ALICE]); // Bob never queries Mallory's devices
+    await bob.flush();
+    const event = await alice.sendMessage(ROOM, [ALICE]); // Bob does not hold the session
+    const txnId = randomUUID();
+    hs.handle(mallory.userId, mallory.deviceId, {
+      type: 'to_device',
+      id: txnId,
+      txnId,
+      eventType: 'm.room_key.withheld',
+      body: JSON.stringify({ messages: { [BOB]: { BOB: {
+        algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', room_id: ROOM,
+        session_id: event.content.session_id, sender_key: alice.machine.identityKeys.curve25519,
+      } } } }),
+    });
+    const { withheldNotices } = await bob.sync();
+    expect(withheldNotices).toEqual([expect.objectContaining({ sender: mallory.userId, verdict: 'unconfirmed' })]);
+    expect(bob.machine.withheldMetrics()).toMatchObject({ unconfirmedNotices: 1, acceptedNotices: 0, spoofedNotices: 0 });
+    const err = await bob.machine.decryptRoomEvent(event, ROOM).catch((e) => e);
+    expect(err.withheld).toBeNull();
+    expect(err.message).not.toContain('m.blacklisted');
+  });
+
   it('rejects open() without a store instead of silently keeping the account in memory', async () => {
     const err = await OlmMachine.open({ userId: ALICE, deviceId: 'A' } as never).catch((e) => e);
     expect(err).toBeInstanceOf(MatrixCryptoError);

@@ -66,13 +66,26 @@ pub fn js_message(err: &serde_json::Error) -> String {
     if err.is_syntax() || err.is_eof() {
         return format!("is not valid JSON ({text})");
     }
-    if let Some(rest) = text.strip_prefix("invalid type: ").or_else(|| text.strip_prefix("invalid value: ")) {
+    js_text(text)
+}
+
+/// A serde message already turned into text (e.g. inside another library's error), in
+/// JavaScript terms and without its position.
+pub fn js_text(text: String) -> String {
+    let text = match text.rfind(" at line ") {
+        Some(at) if text[at..].contains(" column ") => text[..at].to_owned(),
+        _ => text,
+    };
+    if let Some(at) = text.find("invalid type: ").or_else(|| text.find("invalid value: ")) {
+        let (prefix, rest) = text.split_at(at);
+        let rest = rest.trim_start_matches("invalid type: ").trim_start_matches("invalid value: ");
         if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("must be {}, got {}", js_kind(expected), js_kind(got));
+            return format!("{prefix}must be {}, got {}", js_kind(expected), js_kind(got));
         }
     }
-    if let Some(rest) = text.strip_prefix("missing field `") {
-        return format!("{} is required", rest.trim_end_matches('`'));
+    if let Some(at) = text.find("missing field `") {
+        let (prefix, rest) = text.split_at(at);
+        return format!("{prefix}{} is required", rest.trim_start_matches("missing field `").trim_end_matches('`'));
     }
     if let Some(rest) = text.strip_prefix("unknown field `") {
         if let Some((name, expected)) = rest.split_once("`, expected ") {
@@ -165,5 +178,14 @@ mod tests {
         assert_eq!(e.field, "changes");
         assert!(e.message.starts_with("is not valid JSON"), "{}", e.message);
         assert!(!e.message.contains("line 1"), "{}", e.message);
+    }
+
+    #[test]
+    fn text_from_other_libraries_is_translated_too() {
+        assert_eq!(
+            js_text("deserialization failed: invalid type: integer `7`, expected a map at line 1 column 15".into()),
+            "deserialization failed: must be an object, got the number 7"
+        );
+        assert_eq!(js_text("JSON: missing field `device_keys` at line 1 column 2".into()), "JSON: device_keys is required");
     }
 }

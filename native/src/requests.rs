@@ -229,7 +229,7 @@ impl OwnedResponse {
                 .body(body.as_bytes())
                 .map_err(internal)?;
             R::try_from_http_response(response)
-                .map_err(|e| invalid("response", format!("not a valid homeserver response for this request ({e})")))
+                .map_err(|e| invalid("response", format!("is not a valid homeserver response for this request ({})", crate::json_input::js_text(e.to_string()))))
         }
         Ok(match kind {
             "keys_upload" => Self::KeysUpload(read(body)?),
