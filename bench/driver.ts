@@ -6,7 +6,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { generateFixtures, writeFixtures } from './fixtures';
+import { generateFixtures } from './fixtures';
 import { officialNode, type StoreKind } from './impls';
 import type { ImplName, Results, Run, Skip } from './results';
 import { summarise } from './measure';
@@ -132,7 +132,8 @@ export async function runBench(options: BenchOptions): Promise<Results> {
     run: (fixturesPath: string, workdir: string, onLine: (line: string) => void) => Promise<Run[]>;
   }
   const plan: { n: number; devicesPerUser: number; jobs: Job[] }[] = [];
-  const rustBinary = wanted('rust-crate') || wanted('floor') ? buildRust(options.release) : '';
+  // Every run needs the binary: it generates the fixtures.
+  const rustBinary = buildRust(options.release);
 
   const worker = (impl: WorkerArgs['impl'], store: StoreKind, n: number, devicesPerUser: number, reps: number, pin: boolean, suffix = ''): Job => ({
     label: `${impl}${pin ? ' (1 CPU)' : ''} ${store} N=${n}x${devicesPerUser}${suffix}`,
@@ -217,9 +218,8 @@ export async function runBench(options: BenchOptions): Promise<Results> {
   try {
     for (const { n, devicesPerUser, jobs } of plan) {
       progress.show(`fixtures N=${n}x${devicesPerUser}`);
-      const fixtures = await generateFixtures(n, devicesPerUser);
       const path = join(workdir, `fixtures-${n}x${devicesPerUser}.json`);
-      writeFixtures(path, fixtures);
+      const fixtures = generateFixtures(rustBinary, n, devicesPerUser, path);
       results.fixtures.push({ n, devicesPerUser, devices: fixtures.devices, generationMs: fixtures.generationMs });
       progress.note(`fixtures N=${n}x${devicesPerUser}: ${fixtures.devices} devices in ${(fixtures.generationMs / 1000).toFixed(2)} s`);
       for (const job of jobs) {

@@ -97,7 +97,76 @@ async function main() {
       console.log(`    DecryptionError code=${err.code} session=${err.sessionId?.slice(0, 16)}...`);
     }
 
-    step(8, 'Room-key export and import of 2,000 rooms between two devices (progress bars on a terminal)');
+    step(8, 'Withheld notices (MSC2399): who is refused the key, why, and what they can tell');
+    const dave = await TestDevice.create(hs, '@dave:example.org', 'DAVE', { kind: 'memory' });
+    const erin = await TestDevice.create(hs, '@erin:example.org', 'ERIN', { kind: 'memory' });
+    const mallory = await TestDevice.create(hs, '@mallory:example.org', 'MALLORY', { kind: 'memory' });
+    const WITHHELD_ROOM = '!policy:example.org';
+    const everyone = [bot.userId, alice.userId, late.userId, dave.userId, erin.userId];
+    await bot.machine.updateTrackedUsers(everyone);
+    await bot.flush();
+    // The bot verifies Alice's devices and Erin's; Carol stays unverified.
+    for (const d of [alice, laptop, erin]) await bot.machine.setLocalTrust(d.userId, d.deviceId, 'verified');
+    // Each device knows the bot's device keys, so it can check who a notice claims to come from.
+    for (const d of [late, dave, erin]) {
+      await d.machine.updateTrackedUsers([bot.userId, mallory.userId]);
+      await d.flush();
+    }
+    await bot.machine.setLocalTrust(dave.userId, dave.deviceId, 'blacklisted');
+    bot.machine.setWithheldPolicy({
+      reasons: { 'm.unverified': 'This bot shares keys with verified devices only.', 'm.blacklisted': 'Blocked by the bot operator.' },
+    });
+    hs.exhaustKeys(erin.userId, erin.deviceId);
+    console.log(`    ${erin.userId} (verified) has no one-time keys left; ${dave.userId} is blacklisted; ${late.userId} is unverified`);
+    const policyClaim = await bot.machine.getMissingSessions(everyone);
+    if (policyClaim) await bot.send(policyClaim);
+    const policyShare = await bot.machine.shareRoomKey(WITHHELD_ROOM, everyone, { sharingStrategy: 'only_trusted_devices' });
+    for (const r of policyShare.requests) await bot.send(r);
+    console.log(`    the key goes to ${policyShare.sharedWith.map((d) => d.deviceId).join(', ')}`);
+    for (const w of policyShare.withheld) console.log(`    withheld from ${w.userId}/${w.deviceId}: ${w.code}${w.sent ? ', notice sent' : ''}`);
+    const policyEvent = await bot.encrypt(WITHHELD_ROOM, { msgtype: 'm.text', body: 'for verified devices only' });
+    for (const d of [late, dave]) {
+      const { withheldNotices } = await d.sync();
+      for (const n of withheldNotices) console.log(`    ${d.deviceId} received ${n.code} from ${n.sender}: "${n.reason}" (verdict ${n.verdict})`);
+    }
+    const refused = await late.machine.decryptRoomEvent(policyEvent, WITHHELD_ROOM).catch((e: unknown) => e);
+    if (!(refused instanceof DecryptionError) || !refused.withheld) throw new Error('expected a withheld explanation');
+    console.log(`    CAROL's DecryptionError: code=${refused.code}, withheld ${JSON.stringify(refused.withheld)}`);
+
+    const again = await bot.machine.shareRoomKey('!second:example.org', everyone, { sharingStrategy: 'only_trusted_devices' });
+    for (const r of again.requests) await bot.send(r);
+    const noOlmAgain = again.withheld.filter((w) => w.code === 'm.no_olm').length;
+    console.log(`    another room: ${noOlmAgain} new m.no_olm (one per device, across rooms); state ${JSON.stringify(await bot.machine.getNoOlmState(erin.userId, erin.deviceId))}`);
+    const erinSync = await erin.sync(); // Erin reacts: a new Olm session with the bot and an m.dummy over it
+    console.log(`    ERIN received ${erinSync.withheldNotices.map((n) => n.code).join(', ')} and answered with an m.dummy over a new Olm session`);
+    await bot.sync();
+    console.log(`    the bot's m.no_olm rule for ERIN re-armed: ${JSON.stringify(await bot.machine.getNoOlmState(erin.userId, erin.deviceId))}`);
+
+    const txnId = `forged-${Date.now()}`;
+    hs.handle(mallory.userId, mallory.deviceId, {
+      type: 'to_device',
+      id: txnId,
+      txnId,
+      eventType: 'm.room_key.withheld',
+      body: JSON.stringify({
+        messages: {
+          [late.userId]: {
+            [late.deviceId]: {
+              algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', reason: 'forged by mallory',
+              room_id: WITHHELD_ROOM, session_id: policyEvent.content.session_id, sender_key: bot.machine.identityKeys.curve25519,
+            },
+          },
+        },
+      }),
+    });
+    const forged = await late.sync();
+    for (const n of forged.withheldNotices.filter((x) => x.sender === mallory.userId)) console.log(`    CAROL received ${n.code} from ${n.sender} claiming the bot's key: verdict ${n.verdict}`);
+    const still = await late.machine.decryptRoomEvent(policyEvent, WITHHELD_ROOM).catch((e: unknown) => e);
+    if (!(still instanceof DecryptionError)) throw still;
+    console.log(`    not believed: the explanation is still ${still.withheld?.code}; spoofed notices counted: ${late.machine.withheldMetrics().spoofedNotices}`);
+    for (const d of [dave, erin, mallory]) await d.machine.close();
+
+    step(9, 'Room-key export and import of 2,000 rooms between two devices (progress bars on a terminal)');
     const archiver = await OlmMachine.open({ userId: bot.userId, deviceId: 'BOTARCHIVE', store: { kind: 'memory' } });
     for (let i = 0; i < 2000; i++) await archiver.shareRoomKey(`!archive${i}:example.org`, [bot.userId]);
     const archive = await archiver.exportRoomKeys({ onProgress: terminalProgressBar('    exporting room keys') });

@@ -17,7 +17,7 @@ export type ErrorCode =
   | 'StoreError'
   /** The store passphrase is wrong, or the store is not encrypted with one. */
   | 'StorePassphrase'
-  /** Another process holds the store. */
+  /** Another machine or process holds the store. */
   | 'StoreLocked'
   /** The store belongs to another user or device id. */
   | 'StoreMismatchedAccount'
@@ -50,7 +50,39 @@ export type DecryptionErrorCode =
   /** The decrypted event names a different sender than the encrypted one. */
   | 'MismatchedSender'
   /** The sender's device is not trusted enough for the configured requirement. */
-  | 'SenderIdentityNotTrusted';
+  | 'SenderIdentityNotTrusted'
+  /** The crypto store failed while decrypting. */
+  | 'StoreError';
+
+// Exactly the members of each union (tsc rejects a missing or an extra key): the lists that
+// test/errors.test.ts compares with the Rust enums `ErrorCode` and `DecryptionCode` of
+// native/src/errors.rs, so the unions cannot drift from the codes the addon produces.
+const ERROR_CODES: { readonly [K in ErrorCode]: true } = {
+  InvalidArgument: true,
+  MachineClosed: true,
+  StoreError: true,
+  StorePassphrase: true,
+  StoreLocked: true,
+  StoreMismatchedAccount: true,
+  EncryptionError: true,
+  InternalError: true,
+  CrossSigningKeyMissing: true,
+  SecretStorageKeyMismatch: true,
+  SecretStorageCorrupt: true,
+};
+const DECRYPTION_ERROR_CODES: { readonly [K in DecryptionErrorCode]: true } = {
+  MissingRoomKey: true,
+  UnknownMessageIndex: true,
+  MalformedEvent: true,
+  DecryptionFailed: true,
+  MismatchedIdentityKeys: true,
+  MismatchedSender: true,
+  SenderIdentityNotTrusted: true,
+  StoreError: true,
+};
+
+/** Every {@link ErrorCode} and {@link DecryptionErrorCode}, for the test that ties them to Rust. @internal */
+export const codeLists = { errorCodes: Object.keys(ERROR_CODES), decryptionErrorCodes: Object.keys(DECRYPTION_ERROR_CODES) };
 
 /** Base class of every error this library throws. */
 export class MatrixCryptoError extends Error {

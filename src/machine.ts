@@ -38,6 +38,18 @@ import type {
   WithheldRecord,
 } from './withheld';
 
+let wrap: (inner: NativeMachine) => OlmMachine;
+
+/**
+ * This library's machine over a native machine that is already open: how the compat layer, which
+ * opens machines its own way, gets one without a public constructor. Not exported from the package.
+ *
+ * @internal
+ */
+export function wrapNativeMachine(inner: NativeMachine): OlmMachine {
+  return wrap(inner);
+}
+
 /** Where the machine keeps its keys. */
 export type StoreOptions =
   | {
@@ -59,7 +71,10 @@ export interface OpenOptions {
   userId: string;
   /** Our device id, as the homeserver assigned it at login. */
   deviceId: string;
-  /** The store; opening the same store again restores the account. */
+  /**
+   * The store; opening the same store again restores the account. Required: there is no
+   * default, so that an account is never kept in memory by mistake.
+   */
   store: StoreOptions;
   /** Which withheld notices to send; default: every code, with default reasons. */
   withheld?: WithheldPolicy;
@@ -138,6 +153,15 @@ function requireStringArray(field: string, value: unknown): string[] {
   return value as string[];
 }
 
+/** A plain object argument (a policy), as JSON; strings are not accepted for these. */
+function objectArg(field: string, value: unknown, shape: string): string {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be an object ${shape}, got ${got}`, field);
+  }
+  return JSON.stringify(value);
+}
+
 function jsonArg(field: string, value: unknown): string {
   if (typeof value === 'string') return value;
   if (value === null || typeof value !== 'object') {
@@ -165,6 +189,11 @@ export class OlmMachine {
   readonly #inner: NativeMachine;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
+  static {
+    wrap = (inner) => new OlmMachine(inner);
+  }
+
+  /** Hidden: machines come from {@link OlmMachine.open}. */
   private constructor(inner: NativeMachine) {
     this.#inner = inner;
   }
@@ -182,7 +211,14 @@ export class OlmMachine {
     }
     const userId = requireString('userId', options.userId);
     const deviceId = requireString('deviceId', options.deviceId);
-    const store = options.store ?? { kind: 'memory' };
+    const store = options.store;
+    if (store === undefined) {
+      throw new MatrixCryptoError(
+        'InvalidArgument',
+        'store: is required: { kind: "sqlite", path } to keep the account, or { kind: "memory" } for a throwaway device',
+        'store',
+      );
+    }
     if (store === null || typeof store !== 'object') {
       throw new MatrixCryptoError('InvalidArgument', 'store: must be { kind: "sqlite", path } or { kind: "memory" }', 'store');
     }
@@ -190,7 +226,7 @@ export class OlmMachine {
     const path = store.kind === 'sqlite' ? requireString('store.path', store.path) : undefined;
     const passphrase =
       store.kind === 'sqlite' && store.passphrase !== undefined ? requireString('store.passphrase', store.passphrase) : undefined;
-    const withheldPolicy = options.withheld === undefined ? undefined : jsonArg('withheld', options.withheld);
+    const withheldPolicy = options.withheld === undefined ? undefined : objectArg('withheld', options.withheld, '{ send, reasons }');
     if (options.reactToNoOlm !== undefined && typeof options.reactToNoOlm !== 'boolean') {
       throw new MatrixCryptoError('InvalidArgument', 'reactToNoOlm: must be a boolean', 'reactToNoOlm');
     }
@@ -304,20 +340,19 @@ export class OlmMachine {
   }
 
   /**
-   * The `m.no_olm` notices received from a user's devices; with `deviceId`, those that name the
-   * device or carry its key.
+   * The `m.no_olm` notices received from a user's devices; with `deviceId`, that device's: those
+   * that nothing known contradicts (their key is the device's key when we know it, their
+   * `from_device` is the device when they name one). Decryption errors use the same rule.
    */
   async getNoOlmNotices(userId: string, deviceId?: string): Promise<NoOlmRecord[]> {
     requireString('userId', userId);
-    const list = JSON.parse(await native(() => this.#inner.noOlmNotices(userId))) as NoOlmRecord[];
-    if (deviceId === undefined) return list;
-    const key = (await this.getDevice(userId, requireString('deviceId', deviceId)))?.curve25519Key;
-    return list.filter((n) => n.fromDevice === deviceId || (key != null && n.senderKey === key));
+    if (deviceId !== undefined) requireString('deviceId', deviceId);
+    return JSON.parse(await native(() => this.#inner.noOlmNotices(userId, deviceId))) as NoOlmRecord[];
   }
 
   /** Counters of received withheld notices, including ignored spoofed ones. */
   withheldMetrics(): WithheldMetrics {
-    return JSON.parse(nativeSync(() => this.#inner.withheldMetrics())) as WithheldMetrics;
+    return nativeSync(() => this.#inner.withheldMetrics());
   }
 
   /**
@@ -392,9 +427,14 @@ export class OlmMachine {
     return { requests: result.requests.map(toRequest) as ToDeviceRequest[], ...summary };
   }
 
-  /** The machine-wide withheld policy. */
-  get withheldPolicy(): WithheldPolicy {
+  /** The machine-wide withheld policy (see {@link setWithheldPolicy}). */
+  getWithheldPolicy(): WithheldPolicy {
     return JSON.parse(nativeSync(() => this.#inner.withheldPolicy())) as WithheldPolicy;
+  }
+
+  /** Whether the machine reacts to `m.no_olm` notices (see {@link OpenOptions.reactToNoOlm}). */
+  getReactToNoOlm(): boolean {
+    return nativeSync(() => this.#inner.reactToNoOlm());
   }
 
   /** Turn the reaction to `m.no_olm` notices on or off (see {@link OpenOptions.reactToNoOlm}). */
@@ -405,7 +445,7 @@ export class OlmMachine {
 
   /** Replace the machine-wide withheld policy (not persisted: pass it to {@link open} too). */
   setWithheldPolicy(policy: WithheldPolicy): void {
-    const json = jsonArg('policy', policy);
+    const json = objectArg('policy', policy, '{ send, reasons }');
     nativeSync(() => this.#inner.setWithheldPolicy(json));
   }
 
@@ -413,11 +453,10 @@ export class OlmMachine {
    * Whether a recipient device was sent an `m.no_olm` notice and whether the rule re-armed since
    * (an Olm session was established after it); `null` if it was never notified.
    */
-  async noOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
+  async getNoOlmState(userId: string, deviceId: string): Promise<NoOlmState | null> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    const r = await native(() => this.#inner.noOlmState(userId, deviceId));
-    return r == null ? null : (JSON.parse(r) as NoOlmState);
+    return (await native(() => this.#inner.noOlmState(userId, deviceId))) ?? null;
   }
 
   /** Discard the room's current outbound session; the next share creates a new one. */

@@ -97,6 +97,21 @@ export interface SyncResult {
   withheldNotices: WithheldNotice[];
   /** How each incoming room-key request in this batch was answered. */
   keyRequestAnswers: KeyRequestAnswer[];
+  /**
+   * Entries of `toDeviceEvents` that are not event objects (a number, a string, `null`, ...):
+   * skipped, logged and counted in `withheldMetrics().skippedToDeviceEvents`, while every other
+   * entry of the batch is processed. Objects the crate cannot read are reported in
+   * {@link toDeviceEvents} with `kind: 'invalid'` instead.
+   */
+  skippedToDeviceEvents: SkippedToDeviceEvent[];
+}
+
+/** An entry of a sync batch that was skipped because it is not an event object. */
+export interface SkippedToDeviceEvent {
+  /** Its position in `toDeviceEvents`. */
+  index: number;
+  /** Why, e.g. `toDeviceEvents[1]: must be an event object, got a number`. */
+  reason: string;
 }
 
 /**

@@ -46,7 +46,10 @@ describe('bad input is rejected with the field named, and the machine stays usab
   it('unparsable JSON and wrong shapes', async () => {
     await rejects(alice.machine.decryptRoomEvent('{not json', '!r:example.org'), 'InvalidArgument', 'event');
     await rejects(alice.machine.receiveSyncChanges('{' as never), 'InvalidArgument', 'changes');
-    await rejects(alice.machine.receiveSyncChanges({ toDeviceEvents: [42 as never] }), 'InvalidArgument', 'toDeviceEvents[0]');
+    // An entry that is not an event is skipped and reported, not a reason to reject the batch.
+    expect((await alice.machine.receiveSyncChanges({ toDeviceEvents: [42 as never] })).skippedToDeviceEvents).toEqual([
+      { index: 0, reason: 'toDeviceEvents[0]: must be an event object, got a number' },
+    ]);
     await rejects(alice.machine.importRoomKeys('[{"foo":1}]'), 'InvalidArgument', 'keys[0]');
     await rejects(alice.machine.shareRoomKey('!r:example.org', [bob.userId], { sharingStrategy: 'everyone' as never }), 'InvalidArgument', 'settings.sharingStrategy');
     await rejects(alice.machine.shareRoomKey('!r:example.org', [bob.userId], { rotationPeriodMessages: 0 }), 'InvalidArgument', 'settings.rotationPeriodMessages');

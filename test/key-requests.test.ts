@@ -39,6 +39,13 @@ function request(hs: TestHomeserver, from: { userId: string; deviceId: string },
   return requestId;
 }
 
+/** Mallory's device M, known to A1 (a device we do not know gets no answer at all). */
+async function knownMallory(hs: TestHomeserver, a1: TestDevice) {
+  await TestDevice.create(hs, MALLORY, 'M');
+  await a1.machine.updateTrackedUsers([MALLORY]);
+  await a1.flush();
+}
+
 describe('answers to room-key requests', () => {
   it('forwards the session to our own verified device, which then decrypts', async () => {
     const { a1, a2, event } = await setup();
@@ -93,8 +100,17 @@ describe('answers to room-key requests', () => {
     expect(hs.sentTo(MALLORY, 'M', 'm.room.encrypted')).toHaveLength(0);
   });
 
+  it("gets no answer for another user's device we do not know (never published)", async () => {
+    const { hs, a1, event } = await setup();
+    request(hs, { userId: MALLORY, deviceId: 'NEVER_PUBLISHED' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: event.content.session_id });
+    const { keyRequestAnswers } = await a1.sync();
+    expect(keyRequestAnswers).toEqual([expect.objectContaining({ requestingDevice: 'NEVER_PUBLISHED', answer: 'ignored', sent: false })]);
+    expect(hs.sentTo(MALLORY, 'NEVER_PUBLISHED')).toHaveLength(0);
+  });
+
   it('follows the policy: refusals suppressed under send: none', async () => {
     const { hs, a1, event } = await setup();
+    await knownMallory(hs, a1);
     a1.machine.setWithheldPolicy({ send: 'none' });
     request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: event.content.session_id });
     const { keyRequestAnswers } = await a1.sync();
@@ -113,6 +129,7 @@ describe('answers to room-key requests', () => {
 
   it('a flood of thousands of requests produces bounded output', async () => {
     const { hs, a1 } = await setup();
+    await knownMallory(hs, a1);
     for (let i = 0; i < 3_000; i++) {
       request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: `s${i % 1_500}` });
     }

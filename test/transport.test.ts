@@ -1,7 +1,7 @@
 // Unit tests of HomeserverTransport against a scripted HTTP server on 127.0.0.1 (no homeserver needed).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HomeserverError, HomeserverTransport, toSyncChanges, type RetryInfo } from '../src/transport';
 import type { OutgoingRequest } from '../src/requests';
 
@@ -89,40 +89,80 @@ describe('HomeserverTransport.send request mapping', () => {
 
 describe('HomeserverTransport retries', () => {
   it('retries 429 twice, honouring retry_after_ms, then succeeds with the same request', async () => {
-    script = [
-      json(429, { errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', retry_after_ms: 120 }),
-      json(429, { errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', retry_after_ms: 80 }),
-      { status: 200, body: '{"one_time_key_counts":{}}' },
-    ];
-    const retries: RetryInfo[] = [];
-    const t0 = Date.now();
-    const res = await transport({ onRetry: (i) => retries.push(i) }).send({
-      type: 'to_device',
-      id: 'r1',
-      eventType: 'm.dummy',
-      txnId: 'txn-1',
-      body: '{"messages":{}}',
-    });
-    expect(res).toBe('{"one_time_key_counts":{}}');
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(200);
-    expect(seen).toHaveLength(3);
-    expect(new Set(seen.map((s) => `${s.method} ${s.url} ${s.body}`)).size).toBe(1);
-    expect(retries.map((r) => [r.attempt, r.status, r.requestType])).toEqual([
-      [1, 429, 'to_device'],
-      [2, 429, 'to_device'],
-    ]);
-    expect(retries[0]!.delayMs).toBeGreaterThanOrEqual(120);
-    expect(retries[1]!.delayMs).toBeGreaterThanOrEqual(80);
-    expect(retries[0]!.error).toBeInstanceOf(HomeserverError);
-    expect((retries[0]!.error as HomeserverError).retryAfterMs).toBe(120);
+    // Fake timers: the test checks that no retry goes out before the delay the server asked for,
+    // without sleeping or measuring elapsed time.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    // No jitter: the delays are exactly what the server asked for.
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    try {
+      const replies = [
+        json(429, { errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', retry_after_ms: 120 }),
+        json(429, { errcode: 'M_LIMIT_EXCEEDED', error: 'slow down', retry_after_ms: 80 }),
+        { status: 200, body: '{"one_time_key_counts":{}}' },
+      ];
+      const calls: string[] = [];
+      const fakeFetch: typeof fetch = async (url, init) => {
+        calls.push(`${init?.method} ${String(url)} ${String(init?.body)}`);
+        const r = replies.shift()!;
+        return new Response(r.body ?? '', { status: r.status });
+      };
+      const retries: RetryInfo[] = [];
+      const p = transport({ fetch: fakeFetch, onRetry: (i) => retries.push(i) }).send({
+        type: 'to_device',
+        id: 'r1',
+        eventType: 'm.dummy',
+        txnId: 'txn-1',
+        body: '{"messages":{}}',
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(calls).toHaveLength(1);
+      // The first retry waits retry_after_ms (120), the second 80.
+      await vi.advanceTimersByTimeAsync(119);
+      expect(calls).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(calls).toHaveLength(2);
+      await vi.advanceTimersByTimeAsync(79);
+      expect(calls).toHaveLength(2);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(await p).toBe('{"one_time_key_counts":{}}');
+      expect(calls).toHaveLength(3);
+      expect(new Set(calls).size).toBe(1);
+      expect(retries.map((r) => [r.attempt, r.status, r.requestType])).toEqual([
+        [1, 429, 'to_device'],
+        [2, 429, 'to_device'],
+      ]);
+      expect(retries.map((r) => r.delayMs)).toEqual([120, 80]);
+      expect(retries[0]!.error).toBeInstanceOf(HomeserverError);
+      expect((retries[0]!.error as HomeserverError).retryAfterMs).toBe(120);
+    } finally {
+      vi.useRealTimers();
+      vi.restoreAllMocks();
+    }
   });
 
   it('honours the Retry-After header when the body has no retry_after_ms', async () => {
-    script = [json(429, { errcode: 'M_LIMIT_EXCEEDED' }, { 'Retry-After': '1' }), json(200, {})];
-    const retries: RetryInfo[] = [];
-    await transport({ onRetry: (i) => retries.push(i) }).send({ type: 'keys_query', id: 'q', body: '{}' });
-    expect(seen).toHaveLength(2);
-    expect(retries[0]!.delayMs).toBeGreaterThanOrEqual(1000);
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    try {
+      let calls = 0;
+      const fakeFetch: typeof fetch = async () => {
+        calls++;
+        return calls === 1
+          ? new Response('{"errcode":"M_LIMIT_EXCEEDED"}', { status: 429, headers: { 'Retry-After': '1' } })
+          : new Response('{}', { status: 200 });
+      };
+      const retries: RetryInfo[] = [];
+      const p = transport({ fetch: fakeFetch, onRetry: (i) => retries.push(i) }).send({ type: 'keys_query', id: 'q', body: '{}' });
+      await vi.advanceTimersByTimeAsync(999);
+      expect(calls).toBe(1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(await p).toBe('{}');
+      expect(calls).toBe(2);
+      expect(retries[0]!.delayMs).toBe(1000);
+    } finally {
+      vi.useRealTimers();
+      vi.restoreAllMocks();
+    }
   });
 
   it('retries 5xx with back-off', async () => {
@@ -196,19 +236,31 @@ describe('HomeserverTransport retries', () => {
   });
 
   it('uses the fetch option and stops waiting when the signal aborts', async () => {
-    let calls = 0;
-    const fakeFetch: typeof fetch = async () => {
-      calls++;
-      return new Response(JSON.stringify({ errcode: 'M_LIMIT_EXCEEDED', retry_after_ms: 60_000 }), { status: 429 });
-    };
-    const controller = new AbortController();
-    const t = new HomeserverTransport({ baseUrl: 'http://127.0.0.1:9', accessToken: 'tok', fetch: fakeFetch });
-    const p = t.send({ type: 'keys_query', id: 'q', body: '{}' }, { signal: controller.signal });
-    setTimeout(() => controller.abort(new Error('shutting down')), 50);
-    const t0 = Date.now();
-    await expect(p).rejects.toThrow('shutting down');
-    expect(Date.now() - t0).toBeLessThan(5000);
-    expect(calls).toBe(1);
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      let calls = 0;
+      const fakeFetch: typeof fetch = async () => {
+        calls++;
+        return new Response(JSON.stringify({ errcode: 'M_LIMIT_EXCEEDED', retry_after_ms: 60_000 }), { status: 429 });
+      };
+      const controller = new AbortController();
+      const t = new HomeserverTransport({ baseUrl: 'http://127.0.0.1:9', accessToken: 'tok', fetch: fakeFetch });
+      const p = t.send({ type: 'keys_query', id: 'q', body: '{}' }, { signal: controller.signal });
+      const outcome = p.then(
+        () => 'resolved',
+        (e: unknown) => e,
+      );
+      await vi.advanceTimersByTimeAsync(50);
+      expect(calls).toBe(1);
+      // Aborting ends the 60-second wait at once: no timer needs to fire.
+      controller.abort(new Error('shutting down'));
+      const err = await outcome;
+      expect(err).toBeInstanceOf(Error);
+      expect((err as Error).message).toBe('shutting down');
+      expect(calls).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('treats a per-attempt timeout as retryable', async () => {

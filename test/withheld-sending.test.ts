@@ -72,7 +72,7 @@ describe('withheld sending policy', () => {
     const { hs, alice } = await trio();
     await alice.machine.setLocalTrust(BOB, 'BOB', 'blacklisted');
     alice.machine.setWithheldPolicy({ send: ['m.unverified'], reasons: { 'm.unverified': 'Verify with the admin first.' } });
-    expect(alice.machine.withheldPolicy.send).toEqual(['m.unverified']);
+    expect(alice.machine.getWithheldPolicy().send).toEqual(['m.unverified']);
     const share = await alice.prepareRoom('!r:x.org', [ALICE, BOB, CAROL], { sharingStrategy: 'only_trusted_devices' });
     expect(share.withheld).toEqual(
       expect.arrayContaining([
@@ -100,7 +100,7 @@ describe('withheld sending policy', () => {
     ).rejects.toMatchObject({ code: 'InvalidArgument', field: 'settings.withheld.send' });
     await expect(
       OlmMachine.open({ userId: '@z:x.org', deviceId: 'Z', store: { kind: 'memory' }, withheld: { reasons: { nodots: 'x' } } }),
-    ).rejects.toMatchObject({ field: 'withheld.reasons' });
+    ).rejects.toMatchObject({ field: 'withheld.reasons["nodots"]' });
   });
 });
 
@@ -118,7 +118,7 @@ describe('m.no_olm', () => {
     expect(sent[0].content).not.toHaveProperty('room_id');
     expect(sent[0].content).not.toHaveProperty('session_id');
     expect(sent[0].content.sender_key).toBe(alice.machine.identityKeys.curve25519);
-    expect(await alice.machine.noOlmState(BOB, 'BOB')).toMatchObject({ suppressed: false, rearmed: false });
+    expect(await alice.machine.getNoOlmState(BOB, 'BOB')).toMatchObject({ suppressed: false, rearmed: false });
 
     const second = await alice.prepareRoom('!two:x.org', [ALICE, BOB]);
     expect(second.withheld).toEqual([]);
@@ -152,16 +152,16 @@ describe('m.no_olm', () => {
 
     // Bob creates an Olm session to Alice (pre-key message) by sending her a room key.
     await bob.sendMessage('!one:x.org', [ALICE, BOB]);
-    expect(await alice.machine.noOlmState(BOB, 'BOB')).toMatchObject({ rearmed: false });
+    expect(await alice.machine.getNoOlmState(BOB, 'BOB')).toMatchObject({ rearmed: false });
     await alice.sync();
-    expect(await alice.machine.noOlmState(BOB, 'BOB')).toMatchObject({ rearmed: true });
+    expect(await alice.machine.getNoOlmState(BOB, 'BOB')).toMatchObject({ rearmed: true });
 
     await rebirth(hs, alice, bob);
     for (const room of ['!two:x.org', '!three:x.org']) {
       for (const r of (await alice.prepareRoom(room, [ALICE, BOB])).requests) await alice.send(r);
     }
     expect(notices(hs, BOB, 'BOB', 'm.no_olm')).toHaveLength(2);
-    expect((await alice.machine.noOlmState(BOB, 'BOB'))?.rearmed).toBe(false);
+    expect((await alice.machine.getNoOlmState(BOB, 'BOB'))?.rearmed).toBe(false);
   });
 
   it('re-arms when our claim of a new one-time key creates the session (outbound)', async () => {
@@ -179,7 +179,7 @@ describe('m.no_olm', () => {
     }
     expect(claim).not.toBeNull();
     await alice.send(claim!);
-    expect((await alice.machine.noOlmState(BOB, 'BOB'))?.rearmed).toBe(true);
+    expect((await alice.machine.getNoOlmState(BOB, 'BOB'))?.rearmed).toBe(true);
 
     await rebirth(hs, alice, bob);
     for (const r of (await alice.prepareRoom('!two:x.org', [ALICE, BOB])).requests) await alice.send(r);
@@ -196,6 +196,6 @@ describe('m.no_olm', () => {
     alice.machine.setWithheldPolicy({ send: 'all' });
     for (const r of (await alice.prepareRoom('!two:x.org', [ALICE, BOB])).requests) await alice.send(r);
     expect(notices(hs, BOB, 'BOB')).toHaveLength(0);
-    expect(await alice.machine.noOlmState(BOB, 'BOB')).toMatchObject({ suppressed: true });
+    expect(await alice.machine.getNoOlmState(BOB, 'BOB')).toMatchObject({ suppressed: true });
   });
 });

@@ -4,16 +4,12 @@
 //! against the real addon, on the real tokio runtime and through the real napi-rs trampolines.
 //! Fuzzing found no panic in this binding, and the one it found inside matrix-sdk-crypto (see the
 //! README's Reliability section) depends on the harness's state, not on one call a test could
-//! make. These exports do nothing else. They are not part of the TypeScript API (`src/` never re-exports them) and
+//! make. These exports do nothing else, and exist only in debug builds (the ones the test suites
+//! load; `lib.rs`), never in the release build that ships. They are not part of the TypeScript API (`src/` never re-exports them) and
 //! their `__` names keep them out of the way of anyone reading the generated binding.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-
-// napi-rs turns a panic into a rejected promise (async methods) or a thrown error (methods marked
-// `catch_unwind`) only if it unwinds; with `panic = "abort"` any panic would kill Node.
-#[cfg(panic = "abort")]
-compile_error!("build matrix-crypto-node with panic = \"unwind\": panics must unwind to become typed JS errors");
 
 /// Panic inside an async method, on a tokio worker, as a bug in the crate or in this binding
 /// would. `owned` selects a `String` payload (`panic!("{x}")`) instead of a `&'static str` one.

@@ -16,7 +16,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
-use crate::errors::{code, invalid, typed};
+use crate::errors::{code, typed, DecryptionCode};
 
 /// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
 #[derive(Deserialize)]
@@ -95,6 +95,7 @@ struct SyncOut<'a> {
     room_key_updates: Vec<RoomKeyOut>,
     withheld_notices: Vec<Value>,
     key_request_answers: Vec<Value>,
+    skipped_to_device_events: &'a [SkippedEvent],
 }
 
 fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
@@ -116,34 +117,13 @@ fn utd_reason(reason: &ToDeviceUnableToDecryptReason) -> &'static str {
     }
 }
 
-/// Senders we successfully decrypted an Olm message from (user, device if the crate names it,
-/// Curve25519 key): proof of a working Olm session with that device.
-pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(String, Option<String>, String)> {
-    let mut out: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            ProcessedToDeviceEvent::Decrypted { encryption_info, .. } => match &encryption_info.algorithm_info {
-                AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => Some((
-                    encryption_info.sender.to_string(),
-                    encryption_info.sender_device.as_ref().map(|d| d.to_string()),
-                    curve25519_public_key_base64.clone(),
-                )),
-                AlgorithmInfo::MegolmV1AesSha2 { .. } => None,
-            },
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// Serialise the result of `receive_sync_changes`.
 pub fn sync_result(
     events: &[ProcessedToDeviceEvent],
     keys: &[RoomKeyInfo],
     withheld_notices: Vec<Value>,
     key_request_answers: Vec<Value>,
+    skipped_to_device_events: &[SkippedEvent],
 ) -> napi::Result<String> {
     let to_device_events = events
         .iter()
@@ -167,7 +147,7 @@ pub fn sync_result(
             session_id: k.session_id.clone(),
         })
         .collect();
-    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices, key_request_answers }).map_err(crate::errors::internal)
+    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices, key_request_answers, skipped_to_device_events }).map_err(crate::errors::internal)
 }
 
 fn shield(state: ShieldState) -> Value {
@@ -192,6 +172,7 @@ fn verification(state: &VerificationState) -> &'static str {
 pub fn decrypted_room_event(
     event: &RawValue,
     info: &EncryptionInfo,
+    sender_device: Option<&str>,
     sender_device_verified: Option<bool>,
     forwarding_chain: &[String],
 ) -> napi::Result<String> {
@@ -224,7 +205,7 @@ pub fn decrypted_room_event(
     serde_json::to_string(&Out {
         event,
         sender: info.sender.as_str(),
-        sender_device: info.sender_device.as_deref().map(|d| d.as_str()),
+        sender_device,
         sender_curve25519_key: curve,
         sender_claimed_ed25519_key: ed,
         forwarder: info.forwarder.as_ref().map(|f| json!({ "userId": f.user_id, "deviceId": f.device_id })),
@@ -238,23 +219,37 @@ pub fn decrypted_room_event(
     .map_err(crate::errors::internal)
 }
 
-/// The stable `DecryptionError.code` of a crate error.
-pub fn decryption_code(err: &MegolmError) -> &'static str {
-    use vodozemac::megolm::DecryptionError as VDecryption;
-    match err {
-        MegolmError::MissingRoomKey(_) => "MissingRoomKey",
-        MegolmError::Decryption(VDecryption::UnknownMessageIndex(_, _)) => "UnknownMessageIndex",
-        MegolmError::Decryption(_) => "DecryptionFailed",
-        MegolmError::MismatchedIdentityKeys(_) => "MismatchedIdentityKeys",
-        MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedSender(..)) => "MismatchedSender",
-        MegolmError::EventError(_) | MegolmError::Decode(_) | MegolmError::JsonError(_) => "MalformedEvent",
-        MegolmError::SenderIdentityNotTrusted(_) => "SenderIdentityNotTrusted",
-        MegolmError::Store(_) => "StoreError",
+/// The message of a decryption error, from our own verdict: the code, our explanation (code,
+/// reason, scope) and never the crate's text for a missing key, which quotes any withheld code
+/// the crate accepted, forged ones included.
+pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: Option<&str>, withheld: Option<&Value>) -> String {
+    let session = session_id.map(|s| format!("session {s}")).unwrap_or_else(|| "the event's session".to_owned());
+    let base = match kind {
+        DecryptionCode::MissingRoomKey => format!("the room key for {session} is missing"),
+        DecryptionCode::UnknownMessageIndex => {
+            format!("the room key for {session} is held only from a later message index than this event's")
+        }
+        _ => return err.to_string(),
+    };
+    match withheld {
+        Some(w) => {
+            let code = w["code"].as_str().unwrap_or_default();
+            let scope = match w["scope"].as_str() {
+                Some("before-first-index") => "the messages before the first index we hold",
+                Some("no_olm") => "the messages its device sent before it could reach ours (m.no_olm)",
+                _ => "the whole session",
+            };
+            match w["reason"].as_str() {
+                Some(reason) => format!("{base}: the sender withheld it ({code}: {reason}) for {scope}"),
+                None => format!("{base}: the sender withheld it ({code}) for {scope}"),
+            }
+        }
+        None => base,
     }
 }
 
 /// A typed decryption error; `withheld` is the validated explanation, if any.
-pub fn decryption_error(kind: &str, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
+pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
     let withheld_code = withheld.as_ref().and_then(|w| w.get("code").cloned());
     typed(
         code::DECRYPTION,
@@ -263,12 +258,40 @@ pub fn decryption_error(kind: &str, message: String, session_id: Option<&str>, w
     )
 }
 
-/// Reject a to-device event list that is not an array of objects, naming the index.
-pub fn check_events(events: &[Raw<AnyToDeviceEvent>]) -> napi::Result<()> {
-    for (i, e) in events.iter().enumerate() {
-        if !e.json().get().trim_start().starts_with('{') {
-            return Err(invalid(&format!("toDeviceEvents[{i}]"), "must be an event object"));
+/// A to-device entry that was not processed, reported in the sync result.
+#[derive(Serialize)]
+pub struct SkippedEvent {
+    /// Its position in `toDeviceEvents`.
+    pub index: usize,
+    /// Why, in the caller's terms.
+    pub reason: String,
+}
+
+fn json_kind(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+/// Split a to-device batch into the entries the crate can process and the ones that are not
+/// event objects. One bad entry must not cost the rest of the batch: the homeserver never
+/// delivers a batch again once the client advanced its sync token.
+pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceEvent>>, Vec<SkippedEvent>) {
+    let mut kept = Vec::with_capacity(events.len());
+    let mut skipped = Vec::new();
+    for (index, e) in events.into_iter().enumerate() {
+        let text = e.json().get();
+        if text.trim_start().starts_with('{') {
+            kept.push(e);
+        } else {
+            let reason = format!("toDeviceEvents[{index}]: must be an event object, got {}", json_kind(text));
+            tracing::warn!(target: "matrix_crypto_node::sync", index, "skipped a to-device entry: {reason}");
+            skipped.push(SkippedEvent { index, reason });
         }
     }
-    Ok(())
+    (kept, skipped)
 }

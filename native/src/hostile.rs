@@ -257,17 +257,15 @@ impl Harness {
         let Ok((processed, keys)) = self.target.receive_sync_changes(changes, &settings()).await else {
             return Outcome { rejected: true, reached_machine: true };
         };
-        let notices = match inbound::process(&self.target, &self.withheld.metrics, &processed, &keys).await {
-            Ok(n) => n,
-            Err(_) => return Outcome { rejected: true, reached_machine: true },
-        };
-        for n in &notices {
-            let _ = n.to_json();
-            if let (Notice::NoOlm(record), Verdict::Trusted) = (&n.notice, n.verdict) {
-                let _ = self.withheld.react_to_no_olm(&self.target, record).await;
+        let rejected = match self.withheld.after_sync(&self.target, &processed, &keys).await {
+            Ok(outcome) => {
+                for n in &outcome.notices {
+                    let _ = n.to_json();
+                }
+                false
             }
-        }
-        let rejected = self.withheld.answer_key_requests(&self.target, &processed).await.is_err();
+            Err(_) => true,
+        };
         // Drain what the answers queued, as an application would send it.
         let _ = self.withheld.queued();
         Outcome { rejected, reached_machine: true }
@@ -655,5 +653,31 @@ mod tests {
         }
         assert_eq!(tried, 2_000);
         assert!(rejected > 0, "the inputs must include rejected ones for the property to mean anything");
+    }
+
+    /// A measurement, not a test: `cargo test --lib --no-default-features [--release]
+    /// hostile::tests::throughput -- --ignored --nocapture` prints how many inputs per second
+    /// each entry point takes (random inputs up to 4,096 bytes, libFuzzer's default maximum).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let h = Harness::new();
+        let mut rng = Rng(0x7EA5_0F_BEEF);
+        let per_kind: u32 = std::env::var("HOSTILE_INPUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+        let names = ["sync", "raw sync", "decrypt", "response", "parsers", "policy"];
+        let mut total = (0u32, std::time::Duration::ZERO);
+        for (kind, name) in names.iter().enumerate() {
+            let start = std::time::Instant::now();
+            for _ in 0..per_kind {
+                let len = 1 + (rng.next() % 4096) as usize;
+                let mut input = rng.bytes(len);
+                input[0] = kind as u8;
+                h.run(&input);
+            }
+            let spent = start.elapsed();
+            total = (total.0 + per_kind, total.1 + spent);
+            println!("{name:>9}: {per_kind} inputs in {:.2} s = {:.0} inputs/s", spent.as_secs_f64(), f64::from(per_kind) / spent.as_secs_f64());
+        }
+        println!("      all: {} inputs in {:.2} s = {:.0} inputs/s", total.0, total.1.as_secs_f64(), f64::from(total.0) / total.1.as_secs_f64());
     }
 }

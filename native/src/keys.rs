@@ -116,13 +116,13 @@ pub async fn import_values(
     let result = machine
         .store()
         .import_room_keys(keys, from_backup_version, |i, total| {
-            let mut report = report.lock().expect("progress lock");
+            let mut report = crate::locks::lock(&report);
             report.total = total;
             report.report(i + 1);
         })
         .await
         .map_err(errors::store)?;
-    report.into_inner().expect("progress lock").finish().await?;
+    crate::locks::into_inner(report).finish().await?;
     let imported: Vec<(String, String)> = result
         .keys
         .iter()

@@ -4,15 +4,20 @@
 //! unit tests run with `cargo test --no-default-features`.
 #![deny(clippy::all)]
 
+// napi-rs turns a panic into a rejected promise (async methods) or a thrown error (methods marked
+// `catch_unwind`) only if it unwinds; with `panic = "abort"` any panic would kill Node.
+#[cfg(panic = "abort")]
+compile_error!("build matrix-crypto-node with panic = \"unwind\": panics must unwind to become typed JS errors");
+
 #[cfg(feature = "node")]
 mod backup;
-#[cfg(feature = "node")]
-mod bench;
 #[cfg(feature = "node")]
 mod compat;
 #[cfg(feature = "node")]
 mod devices;
-#[cfg(feature = "node")]
+// Test-only exports (a deliberate panic): compiled into debug builds, the ones the test suites
+// load, and never into a release build, the one that ships.
+#[cfg(all(feature = "node", debug_assertions))]
 mod diagnostics;
 #[cfg(feature = "node")]
 mod errors;
@@ -34,7 +39,11 @@ mod requests;
 mod store;
 #[cfg(feature = "node")]
 mod trust;
+#[cfg(feature = "node")]
+mod withheld_js;
 
+pub mod json_input;
 pub mod key_file;
+pub mod locks;
 pub mod runtime;
 pub mod withheld;

@@ -9,7 +9,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -28,12 +28,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    withheld,
-    errors::{self, code, internal, invalid, parse_json, typed},
+    errors::{self, code, internal, invalid, parse_json, typed, DecryptionCode},
     events, ids, keys,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
-    withheld::{inbound, ledger, outgoing::Queued, policy::SendPolicy, received::Notice, OwnSent, Withheld, WithheldError},
+    withheld::{inbound, ledger, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
 };
 
 /// Identity keys of this device.
@@ -163,12 +162,11 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
 }
 
 fn store_open_error(err: matrix_sdk_crypto::CryptoStoreError) -> Error {
-    let text = err.to_string();
-    if text.contains("cipher") || text.contains("decrypt") || text.contains("MAC") {
-        typed(
+    if errors::is_store_cipher_error(&err) {
+        errors::for_field(
             code::STORE_PASSPHRASE,
-            format!("store.passphrase: cannot read the store: wrong passphrase? ({text})"),
-            json!({ "field": "store.passphrase" }),
+            "store.passphrase",
+            format!("store.passphrase: cannot read the store: wrong passphrase? ({err})"),
         )
     } else {
         errors::store(err)
@@ -238,10 +236,7 @@ impl NativeMachine {
     /// A handle to the crate's machine, or the typed "closed" error. The handle counts as a
     /// call in flight until dropped, so that `close()` can let running calls finish.
     pub(crate) fn machine(&self) -> Result<InFlight> {
-        let machine = self
-            .inner
-            .read()
-            .map_err(|_| internal("machine lock poisoned"))?
+        let machine = crate::locks::read(&self.inner)
             .clone()
             .ok_or_else(|| typed(code::MACHINE_CLOSED, "the machine is closed; open it again to use it", json!(null)))?;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -249,7 +244,7 @@ impl NativeMachine {
     }
 
     pub(crate) fn remember(&self, requests: &[NativeRequest]) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = crate::locks::lock(&self.pending);
         for r in requests {
             pending.insert(r.id.clone(), r.kind.clone());
         }
@@ -259,43 +254,8 @@ impl NativeMachine {
     pub(crate) fn remember_fn(&self) -> impl Fn(&NativeRequest) + Send + 'static {
         let pending = Arc::clone(&self.pending);
         move |r| {
-            pending.lock().unwrap_or_else(PoisonError::into_inner).insert(r.id.clone(), r.kind.clone());
+            crate::locks::lock(&pending).insert(r.id.clone(), r.kind.clone());
         }
-    }
-
-    /// A claim response creates Olm sessions: re-arm the `m.no_olm` rule of each device that
-    /// now has one.
-    async fn rearm_after_claim(
-        &self,
-        machine: &OlmMachine,
-        claim: &ruma::api::client::keys::claim_keys::v3::Response,
-    ) -> Result<()> {
-        use matrix_sdk_crypto::store::DynCryptoStore;
-        let backend: &DynCryptoStore = &**machine.store();
-        for (user, devices) in &claim.one_time_keys {
-            for device_id in devices.keys() {
-                // Only a device notified and not yet re-armed can change: ask the ledger first (one
-                // store read per user) and skip the per-device store lookups for every other one.
-                let entry = self.withheld.no_olm_state(machine, user.as_str(), device_id.as_str()).await.map_err(withheld_error)?;
-                if !entry.is_some_and(|e| !e.rearmed) {
-                    continue;
-                }
-                let Some(device) = machine.get_device(user, device_id, None).await.map_err(errors::store)? else { continue };
-                let Some(curve) = device.curve25519_key() else { continue };
-                let has_session = backend
-                    .get_sessions(&curve.to_base64())
-                    .await
-                    .map_err(errors::store)?
-                    .is_some_and(|s| !s.is_empty());
-                if has_session {
-                    self.withheld
-                        .olm_session_established(machine, user.as_str(), device_id.as_str())
-                        .await
-                        .map_err(withheld_error)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn to_device_requests<'a>(&self, list: impl IntoIterator<Item = &'a ToDeviceRequest>) -> Result<Vec<NativeRequest>> {
@@ -324,14 +284,14 @@ impl NativeMachine {
 
     #[napi(getter)]
     pub fn is_closed(&self) -> bool {
-        self.inner.read().map(|m| m.is_none()).unwrap_or(true)
+        crate::locks::read(&self.inner).is_none()
     }
 
     /// Release the store. Calls already running finish; later calls reject with `MachineClosed`.
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        let machine = self.inner.write().ok().and_then(|mut inner| inner.take());
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let machine = crate::locks::write(&self.inner).take();
+        crate::locks::lock(&self.pending).clear();
         if let Some(m) = &machine {
             // Let the calls already running finish, then close the store's connections: once
             // this resolves the files are released (deleting the folder and creating a new
@@ -345,7 +305,7 @@ impl NativeMachine {
         }
         release(machine);
         // Keep the folder locked until SQLite's files are released (see `wait_released`).
-        let lock = self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let lock = crate::locks::lock(&self.store_lock).take();
         if let Some(lock) = &lock {
             lock.wait_released().await;
         }
@@ -357,11 +317,9 @@ impl NativeMachine {
     /// to close (the official bindings' synchronous `close()`, for the compat layer).
     #[napi(catch_unwind)]
     pub fn close_sync(&self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        self.store_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        release(crate::locks::write(&self.inner).take());
+        crate::locks::lock(&self.pending).clear();
+        crate::locks::lock(&self.store_lock).take();
     }
 
     /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
@@ -369,10 +327,13 @@ impl NativeMachine {
     pub async fn receive_sync_changes(&self, changes_json: String) -> Result<String> {
         let machine = self.machine()?;
         let changes: events::SyncChanges = parse_json("changes", &changes_json)?;
-        events::check_events(&changes.to_device_events)?;
+        let (to_device_events, skipped) = events::split_events(changes.to_device_events);
+        for _ in &skipped {
+            ledger::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
+        }
         let lists = changes.changed_devices.to_ruma();
         let sync = EncryptionSyncChanges {
-            to_device_events: changes.to_device_events,
+            to_device_events,
             changed_devices: &lists,
             one_time_keys_counts: &changes.one_time_key_counts,
             unused_fallback_keys: changes.unused_fallback_keys.as_deref(),
@@ -380,36 +341,13 @@ impl NativeMachine {
         };
         let (processed, keys) =
             machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
-        for (user, device, curve) in events::olm_senders(&processed) {
-            // The crate leaves the device out for some events (m.room_key): find it by its key.
-            let device = match device {
-                Some(d) => Some(d),
-                None => {
-                    let user_id = ids::user_id("sender", &user)?;
-                    let devices = machine.get_user_devices(&user_id, None).await.map_err(errors::store)?;
-                    let found = devices
-                        .devices()
-                        .find(|d| d.curve25519_key().is_some_and(|k| k.to_base64() == curve))
-                        .map(|d| d.device_id().to_string());
-                    found
-                }
-            };
-            if let Some(device) = device {
-                self.withheld.olm_session_established(&machine, &user, &device).await.map_err(withheld_error)?;
-            }
-        }
-        let notices = inbound::process(&machine, &self.withheld.metrics, &processed, &keys).await.map_err(withheld_error)?;
-        for n in &notices {
-            if let (Notice::NoOlm(record), withheld::received::Verdict::Trusted) = (&n.notice, n.verdict) {
-                self.withheld.react_to_no_olm(&machine, record).await.map_err(withheld_error)?;
-            }
-        }
-        let answers = self.withheld.answer_key_requests(&machine, &processed).await.map_err(withheld_error)?;
+        let outcome = self.withheld.after_sync(&machine, &processed, &keys).await.map_err(withheld_error)?;
         events::sync_result(
             &processed,
             &keys,
-            notices.iter().map(|n| n.to_json()).collect(),
-            answers.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect(),
+            outcome.notices.iter().map(|n| n.to_json()).collect(),
+            outcome.answers.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect(),
+            &skipped,
         )
     }
 
@@ -438,11 +376,15 @@ impl NativeMachine {
     }
 
     /// Feed the homeserver's response to request `id` (of type `kind`) back into the machine.
+    /// With `foreign_ids` (the compat layer, as the official bindings do), an id the machine
+    /// never handed out is accepted and its response processed (a program may build its own
+    /// keys/query or keys/claim and feed the answer in).
     #[napi]
-    pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String) -> Result<()> {
+    pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String, foreign_ids: Option<bool>) -> Result<()> {
         let machine = self.machine()?;
-        let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+        let known = crate::locks::lock(&self.pending).get(&id).cloned();
         match known {
+            None if foreign_ids == Some(true) => {}
             None => {
                 return Err(invalid("id", format!("{id:?} is not a request this machine handed out (or it was already marked as sent)")))
             }
@@ -456,15 +398,12 @@ impl NativeMachine {
             let txn: &TransactionId = id.as_str().into();
             machine.mark_request_as_sent(txn, parsed.as_incoming()).await.map_err(errors::olm)?;
         }
-        if let OwnSent::Claim { user, device, then } =
-            self.withheld.mark_own_request_sent(&machine, &id).await.map_err(withheld_error)?
-        {
-            self.withheld.after_claim(&machine, &user, &device, then).await.map_err(withheld_error)?;
-        }
-        if let OwnedResponse::KeysClaim(claim) = &parsed {
-            self.rearm_after_claim(&machine, claim).await?;
-        }
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        let claim = match &parsed {
+            OwnedResponse::KeysClaim(claim) => Some(claim),
+            _ => None,
+        };
+        self.withheld.after_request_sent(&machine, &id, claim).await.map_err(withheld_error)?;
+        crate::locks::lock(&self.pending).remove(&id);
         Ok(())
     }
 
@@ -518,6 +457,12 @@ impl NativeMachine {
         self.withheld.set_react_to_no_olm(on);
     }
 
+    /// Whether the machine reacts to `m.no_olm` notices.
+    #[napi(catch_unwind)]
+    pub fn react_to_no_olm(&self) -> bool {
+        self.withheld.react_to_no_olm_enabled()
+    }
+
     /// Replace the machine-wide withheld policy (JSON `{ send, reasons }`).
     #[napi(catch_unwind)]
     pub fn set_withheld_policy(&self, policy_json: String) -> Result<()> {
@@ -541,29 +486,36 @@ impl NativeMachine {
         serde_json::to_string(&records).map_err(internal)
     }
 
-    /// The `m.no_olm` notices received from a user's devices, as a JSON array.
+    /// The `m.no_olm` notices received from a user's devices (with `deviceId`, that device's,
+    /// by `withheld::explain::is_from_device`), as a JSON array.
     #[napi]
-    pub async fn no_olm_notices(&self, user_id: String) -> Result<String> {
+    pub async fn no_olm_notices(&self, user_id: String, device_id: Option<String>) -> Result<String> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
-        let list = ledger::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
+        let mut list = ledger::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
+        if let Some(device_id) = device_id {
+            let device = ids::device_id("deviceId", &device_id)?;
+            let known = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
+            let key = known.and_then(|d| d.curve25519_key()).map(|k| k.to_base64());
+            list.retain(|n| crate::withheld::explain::is_from_device(n, Some(device.as_str()), key.as_deref()));
+        }
         serde_json::to_string(&list).map_err(internal)
     }
 
-    /// Counters of received withheld notices, as JSON.
+    /// Counters of received withheld notices.
     #[napi(catch_unwind)]
-    pub fn withheld_metrics(&self) -> Result<String> {
-        serde_json::to_string(&self.withheld.metrics.snapshot()).map_err(internal)
+    pub fn withheld_metrics(&self) -> crate::withheld_js::WithheldMetrics {
+        self.withheld.metrics.snapshot().into()
     }
 
-    /// The `m.no_olm` state of a recipient device as JSON, or null if it was never notified.
+    /// The `m.no_olm` state of a recipient device, or null if it was never notified.
     #[napi]
-    pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<String>> {
+    pub async fn no_olm_state(&self, user_id: String, device_id: String) -> Result<Option<crate::withheld_js::NoOlmState>> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
         let device = ids::device_id("deviceId", &device_id)?;
         let entry = self.withheld.no_olm_state(&machine, user.as_str(), device.as_str()).await.map_err(withheld_error)?;
-        Ok(entry.map(|e| json!({ "notifiedAt": e.notified_at, "suppressed": e.suppressed, "rearmed": e.rearmed }).to_string()))
+        Ok(entry.as_ref().map(Into::into))
     }
 
     /// Forget the room's outbound session so the next share creates a new one.
@@ -594,7 +546,7 @@ impl NativeMachine {
         let task = tokio::spawn(async move { crate_machine.encrypt_room_event_raw(&room, &kind, &content).await });
         let outcome = match task.await {
             Ok(outcome) => outcome,
-            Err(join) => return Err(encrypt_panic(&room_id, join)),
+            Err(join) => return Err(encrypt_panic(&machine, &room_id, join).await),
         };
         let result = outcome.map_err(|e| match e {
             matrix_sdk_crypto::MegolmError::Store(s) => errors::store(s),
@@ -621,31 +573,56 @@ impl NativeMachine {
             Err(err) => {
                 let event: serde_json::Value = serde_json::from_str(&event_json).unwrap_or_default();
                 let session_id = event.pointer("/content/session_id").and_then(|v| v.as_str()).map(str::to_owned);
-                let mut kind = events::decryption_code(&err);
+                let mut kind = DecryptionCode::of(&err);
                 let mut withheld = None;
-                if matches!(kind, "MissingRoomKey" | "UnknownMessageIndex") {
+                if matches!(kind, DecryptionCode::MissingRoomKey | DecryptionCode::UnknownMessageIndex) {
                     let (below_first_index, explanation) =
                         inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
-                    kind = if below_first_index { "UnknownMessageIndex" } else { "MissingRoomKey" };
+                    kind = if below_first_index { DecryptionCode::UnknownMessageIndex } else { DecryptionCode::MissingRoomKey };
                     withheld = explanation.map(|e| serde_json::to_value(e).unwrap_or_default());
                 }
-                let message = match &withheld {
-                    Some(w) => format!("{err} (withheld: {})", w["code"].as_str().unwrap_or_default()),
-                    None => err.to_string(),
-                };
+                let message = events::decryption_message(kind, &err, session_id.as_deref(), withheld.as_ref());
+                // The crate logged its own view of this failure, which may quote a forged code
+                // (it believes any notice naming the session's sender key); ours states our verdict.
+                tracing::warn!(
+                    target: "matrix_crypto_node::decryption",
+                    room_id = %room_id,
+                    session_id = session_id.as_deref().unwrap_or_default(),
+                    code = ?kind,
+                    withheld = withheld.as_ref().and_then(|w| w["code"].as_str()).unwrap_or("none"),
+                    "{message}"
+                );
                 return Err(events::decryption_error(kind, message, session_id.as_deref(), withheld));
             }
         };
         let info = &decrypted.encryption_info;
-        let sender_device_verified = match &info.sender_device {
-            Some(d) => machine.get_device(&info.sender, d, None).await.map_err(errors::store)?.map(|d| d.is_verified()),
-            None => None,
+        let sender_device = match &info.sender_device {
+            Some(d) => machine.get_device(&info.sender, d, None).await.map_err(errors::store)?,
+            // A forwarded key does not name the device; the sender's known device whose keys
+            // are the session's (both the Curve25519 and the claimed Ed25519 key) is it.
+            None => match &info.algorithm_info {
+                matrix_sdk_common::deserialized_responses::AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, sender_claimed_keys, .. } => {
+                    let ed = sender_claimed_keys.get(&ruma::DeviceKeyAlgorithm::Ed25519).cloned();
+                    let devices = machine.get_user_devices(&info.sender, None).await.map_err(errors::store)?;
+                    let found = devices.devices().find(|d| {
+                        d.curve25519_key().is_some_and(|k| k.to_base64() == *curve25519_key)
+                            && d.ed25519_key().is_some_and(|k| Some(k.to_base64()) == ed)
+                    });
+                    found
+                }
+                _ => None,
+            },
+        };
+        let sender_device_verified = sender_device.as_ref().map(|d| d.is_verified());
+        let sender_device_id = match &info.sender_device {
+            Some(d) => Some(d.to_string()),
+            None => sender_device.as_ref().map(|d| d.device_id().to_string()),
         };
         let chain = match info.session_id() {
             Some(sid) => ledger::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
             None => Vec::new(),
         };
-        events::decrypted_room_event(decrypted.event.json(), info, sender_device_verified, &chain)
+        events::decrypted_room_event(decrypted.event.json(), info, sender_device_id.as_deref(), sender_device_verified, &chain)
     }
 
     /// Export room keys as a JSON array (the Matrix key-export format, unencrypted).
@@ -733,31 +710,22 @@ fn release(machine: Option<OlmMachine>) {
 
 impl Drop for NativeMachine {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.inner.write() {
-            release(inner.take());
-        }
+        release(crate::locks::write(&self.inner).take());
     }
 }
 
-/// The typed error for a panic of the crate's `encrypt_room_event_raw`: its asserts name a room
-/// without an outbound session, or one whose session is due for rotation.
-fn encrypt_panic(room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
-    let text = if join.is_panic() {
-        let payload = join.into_panic();
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default()
-    } else {
-        join.to_string()
+/// The typed error for a panic of the crate's `encrypt_room_event_raw`. Its asserts fire for a
+/// room without an outbound session or with one due for rotation; which of the two is read from
+/// the store, not from the panic's text.
+async fn encrypt_panic(machine: &OlmMachine, room_id: &ruma::RoomId, join: tokio::task::JoinError) -> napi::Error {
+    let text = errors::panic_text(join);
+    let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**machine.store();
+    let message = match backend.get_outbound_group_session(room_id).await {
+        Ok(None) => format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting"),
+        Ok(Some(session)) if session.expired() => format!(
+            "roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key"
+        ),
+        _ => format!("roomId: cannot encrypt for {room_id}: {text}"),
     };
-    let message = if text.contains("expired") {
-        format!("roomId: the room key of {room_id} reached its rotation period (messages or time); call shareRoomKey before encrypting, it rotates the key")
-    } else if text.contains("wasn't created") {
-        format!("roomId: no room key exists for {room_id}; call shareRoomKey before encrypting")
-    } else {
-        format!("roomId: cannot encrypt for {room_id}: {text}")
-    };
-    typed(code::ENCRYPTION, message, json!({ "field": "roomId" }))
+    errors::for_field(code::ENCRYPTION, "roomId", message)
 }

@@ -15,7 +15,8 @@ import {
 import { MatrixCryptoError, nativeSync } from '../errors';
 import { DeviceKeyAlgorithmName } from './enums';
 
-function requireString(field: string, value: unknown): string {
+/** A string argument, or `InvalidArgument` naming `field`. @internal */
+export function requireString(field: string, value: unknown): string {
   if (typeof value !== 'string') {
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be a string, got ${typeof value}`, field);
   }

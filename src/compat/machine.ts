@@ -5,7 +5,7 @@
  */
 import { compatVersions, openMachine, type NativeMachine } from '../../native/index';
 import { MatrixCryptoError, native, nativeSync } from '../errors';
-import { OlmMachine as MainOlmMachine } from '../machine';
+import { OlmMachine as MainOlmMachine, wrapNativeMachine } from '../machine';
 import type { DecryptedRoomEvent as MainDecryptedRoomEvent, ShieldState as MainShieldState, SharingStrategy } from '../types';
 import { BackupKeys, RoomKeyCounts, SignatureVerification, type BackupDecryptionKey } from './backup';
 import {
@@ -18,10 +18,11 @@ import {
   StoreType,
   type SignatureState,
 } from './enums';
-import { DeviceId, RoomId, UserId, idString } from './identifiers';
+import { DeviceId, RoomId, UserId, idString, requireString } from './identifiers';
 import { IdentityKeys, Signatures } from './keys';
 import {
   CrossSigningBootstrapRequests,
+  INTERNAL,
   KeysBackupRequest,
   KeysClaimRequest,
   KeysQueryRequest,
@@ -55,21 +56,81 @@ export function getVersions(): Versions {
   return new Versions(v.vodozemac, v.matrixSdkCrypto);
 }
 
-/** Room-key sharing settings; the defaults are the crate's. */
+/** An enum member, checked when it is assigned (as the official classes do). */
+function member<T extends number>(field: string, table: object, value: unknown): T {
+  const names = Object.entries(table).filter(([, v]) => typeof v === 'number');
+  if (typeof value !== 'number' || !names.some(([, v]) => v === value)) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: ${String(value)} is not one of ${names.map(([k, v]) => `${k} (${v})`).join(', ')}`, field);
+  }
+  return value as T;
+}
+
+/** A positive bigint, checked when it is assigned. */
+function positiveBigint(field: string, value: unknown): bigint {
+  if (typeof value !== 'bigint' || value <= 0n) {
+    throw new MatrixCryptoError('InvalidArgument', `${field}: must be a positive bigint, got ${typeof value === 'bigint' ? value : typeof value}`, field);
+  }
+  return value;
+}
+
+/**
+ * Room-key sharing settings; the defaults are the crate's. Like the official class, each
+ * property is checked when it is assigned: `settings.historyVisibility = 42` throws there.
+ */
 export class EncryptionSettings {
-  /** The algorithm. Default: `MegolmV1AesSha2`. */
-  algorithm: EncryptionAlgorithm = EncryptionAlgorithm.MegolmV1AesSha2;
-  /** How long a session is used before it rotates, in microseconds. Default: one week. */
-  rotationPeriod: bigint = 604_800_000_000n;
-  /** How many messages a session encrypts before it rotates. Default: 100. */
-  rotationPeriodMessages: bigint = 100n;
-  /** The room's history visibility. Default: `Shared`. */
-  historyVisibility: HistoryVisibility = HistoryVisibility.Shared;
-  /** Which devices get the key. Default: `AllDevices`. */
-  sharingStrategy: CollectStrategy = CollectStrategy.AllDevices;
+  #algorithm: EncryptionAlgorithm = EncryptionAlgorithm.MegolmV1AesSha2;
+  #rotationPeriod = 604_800_000_000n;
+  #rotationPeriodMessages = 100n;
+  #historyVisibility: HistoryVisibility = HistoryVisibility.Shared;
+  #sharingStrategy: CollectStrategy = CollectStrategy.AllDevices;
 
   /** Settings with the default values. */
   constructor() {}
+
+  /** The algorithm. Default: `MegolmV1AesSha2`. */
+  get algorithm(): EncryptionAlgorithm {
+    return this.#algorithm;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `algorithm` unless `value` is an EncryptionAlgorithm member. */
+  set algorithm(value: EncryptionAlgorithm) {
+    this.#algorithm = member('algorithm', EncryptionAlgorithm, value);
+  }
+
+  /** How long a session is used before it rotates, in microseconds. Default: one week. */
+  get rotationPeriod(): bigint {
+    return this.#rotationPeriod;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriod` unless `value` is a positive bigint. */
+  set rotationPeriod(value: bigint) {
+    this.#rotationPeriod = positiveBigint('rotationPeriod', value);
+  }
+
+  /** How many messages a session encrypts before it rotates. Default: 100. */
+  get rotationPeriodMessages(): bigint {
+    return this.#rotationPeriodMessages;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `rotationPeriodMessages` unless `value` is a positive bigint. */
+  set rotationPeriodMessages(value: bigint) {
+    this.#rotationPeriodMessages = positiveBigint('rotationPeriodMessages', value);
+  }
+
+  /** The room's history visibility. Default: `Shared`. */
+  get historyVisibility(): HistoryVisibility {
+    return this.#historyVisibility;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `historyVisibility` unless `value` is a HistoryVisibility member. */
+  set historyVisibility(value: HistoryVisibility) {
+    this.#historyVisibility = member('historyVisibility', HistoryVisibility, value);
+  }
+
+  /** Which devices get the key. Default: `AllDevices`. */
+  get sharingStrategy(): CollectStrategy {
+    return this.#sharingStrategy;
+  }
+  /** @throws {@link MatrixCryptoError} `InvalidArgument` naming `sharingStrategy` unless `value` is a CollectStrategy member. */
+  set sharingStrategy(value: CollectStrategy) {
+    this.#sharingStrategy = member('sharingStrategy', CollectStrategy, value);
+  }
 }
 
 /** Device-list changes from a sync response. */
@@ -248,10 +309,7 @@ function userStrings(field: string, users: unknown): string[] {
   return users.map((u, i) => idString(`${field}[${i}]`, u));
 }
 
-/** Our OlmMachine over an open native machine; its constructor is private to keep users on `open()`. */
-const wrapNative = (inner: NativeMachine) => new (MainOlmMachine as unknown as new (n: NativeMachine) => MainOlmMachine)(inner);
-
-let constructing: { main: MainOlmMachine; native: NativeMachine } | null = null;
+let create: (inner: NativeMachine) => OlmMachine;
 
 /**
  * One device's end-to-end encryption, with the API of `@matrix-org/matrix-sdk-crypto-nodejs`
@@ -277,15 +335,18 @@ export class OlmMachine {
   /** Signature uploads from `importSecretsFromSecretStorage`: the crate needs no response for them. */
   readonly #untracked = new Set<string>();
 
+  static {
+    create = (inner) => new OlmMachine(inner);
+  }
+
   /**
-   * Not usable: opening a machine is asynchronous.
-   *
-   * @throws Always; use {@link OlmMachine.initialize}.
+   * Hidden: opening a machine is asynchronous, so machines come from {@link OlmMachine.initialize}.
+   * Like the official bindings, `new OlmMachine()` from JavaScript throws.
    */
-  constructor() {
-    if (!constructing) throw new Error('To build an `OlmMachine`, please use the `initialize` method');
-    this.#main = constructing.main;
-    this.#native = constructing.native;
+  private constructor(inner?: NativeMachine) {
+    if (inner === undefined) throw new Error('To build an `OlmMachine`, please use the `initialize` method');
+    this.#main = wrapNativeMachine(inner);
+    this.#native = inner;
     this.#userId = new UserId(this.#main.userId);
     this.#deviceId = new DeviceId(this.#main.deviceId);
     this.#identityKeys = new IdentityKeys(this.#main.identityKeys);
@@ -320,12 +381,7 @@ export class OlmMachine {
         storePassphrase: storePath == null ? undefined : (storePassphrase ?? undefined),
       }),
     );
-    constructing = { main: wrapNative(inner), native: inner };
-    try {
-      return new OlmMachine();
-    } finally {
-      constructing = null;
-    }
+    return create(inner);
   }
 
   /** This library's machine under this one, for its typed API (withheld policy, trust, ...). */
@@ -390,15 +446,25 @@ export class OlmMachine {
   }
 
   /**
-   * Pass the homeserver's response (JSON) to a sent request. Resolves to `true`.
+   * Pass the homeserver's response (JSON) to a sent request. Resolves to `true`. As in the
+   * official bindings, an id this machine never handed out is accepted and the response
+   * processed (e.g. the answer to a keys/query or keys/claim the program built itself); the
+   * main API's {@link MainOlmMachine.markRequestAsSent} rejects such ids.
    *
-   * @throws {@link MatrixCryptoError} `InvalidArgument` for an id this machine did not hand out,
-   *   a type that does not match it, or a response that does not parse.
+   * @throws {@link MatrixCryptoError} `InvalidArgument` for a type that does not match a
+   *   request handed out, or a response that does not parse.
    */
   async markRequestAsSent(requestId: string, requestType: RequestType, response: string): Promise<boolean> {
     const type = REQUEST_TYPE_NAMES[enumValue<RequestType>('requestType', REQUEST_TYPE_NAMES, requestType)];
     if (type === 'signature_upload' && this.#untracked.delete(requestId)) return true;
-    await this.#main.markRequestAsSent(requestId, type, response);
+    if (typeof requestId !== 'string') {
+      throw new MatrixCryptoError('InvalidArgument', `requestId: must be a string, got ${typeof requestId}`, 'requestId');
+    }
+    if (typeof response !== 'string') {
+      throw new MatrixCryptoError('InvalidArgument', `response: must be a JSON string, got ${typeof response}`, 'response');
+    }
+    // As the official bindings do, a request id the machine never handed out is accepted.
+    await native(() => this.#native.markRequestAsSent(requestId, type, response, true));
     return true;
   }
 
@@ -408,7 +474,7 @@ export class OlmMachine {
    */
   async getMissingSessions(users?: UserId[] | null): Promise<KeysClaimRequest | null> {
     const r = await this.#main.getMissingSessions(userStrings('users', users ?? []));
-    return r ? new KeysClaimRequest(r.id, r.body) : null;
+    return r ? new KeysClaimRequest(INTERNAL, r.id, r.body) : null;
   }
 
   /** Track the device lists of these users (members of the encrypted rooms we send to). */
@@ -434,7 +500,7 @@ export class OlmMachine {
       historyVisibility: HISTORY[enumValue<HistoryVisibility>('encryptionSettings.historyVisibility', HISTORY, s.historyVisibility)],
       sharingStrategy: STRATEGY[enumValue<CollectStrategy>('encryptionSettings.sharingStrategy', STRATEGY, s.sharingStrategy)],
     });
-    return result.requests.map((r) => new ToDeviceRequest(r.id, r.eventType, r.txnId, r.body));
+    return result.requests.map((r) => new ToDeviceRequest(INTERNAL, r.id, r.eventType, r.txnId, r.body));
   }
 
   /**
@@ -444,13 +510,17 @@ export class OlmMachine {
   queryKeysForUsers(users: UserId[]): KeysQueryRequest {
     const list = userStrings('users', users);
     const r = nativeSync(() => this.#native.compatQueryKeysForUsers(list));
-    return new KeysQueryRequest(r.id, r.body);
+    return new KeysQueryRequest(INTERNAL, r.id, r.body);
   }
 
   /** Encrypt event content (JSON) for the room; returns the `m.room.encrypted` content as JSON. */
   async encryptRoomEvent(roomId: RoomId, eventType: string, content: string): Promise<string> {
-    const encrypted = await this.#main.encryptRoomEvent(idString('roomId', roomId), eventType, content as unknown as Record<string, unknown>);
-    return JSON.stringify(encrypted);
+    // The content is JSON already, and so is the answer: straight to the native machine, with
+    // the main API's argument checks and error mapping.
+    const room = idString('roomId', roomId);
+    requireString('eventType', eventType);
+    requireString('content', content);
+    return native(() => this.#native.encryptRoomEvent(room, eventType, content));
   }
 
   /**
@@ -474,9 +544,9 @@ export class OlmMachine {
   async bootstrapCrossSigning(reset: boolean): Promise<CrossSigningBootstrapRequests> {
     const r = await this.#main.bootstrapCrossSigning(reset);
     return new CrossSigningBootstrapRequests(
-      r.uploadKeys ? new KeysUploadRequest(r.uploadKeys.id, r.uploadKeys.body) : undefined,
+      r.uploadKeys ? new KeysUploadRequest(INTERNAL, r.uploadKeys.id, r.uploadKeys.body) : undefined,
       r.uploadSigningKeys.body,
-      new SignatureUploadRequest(r.uploadSignatures.id, signedKeysBody(r.uploadSignatures.body)),
+      new SignatureUploadRequest(INTERNAL, r.uploadSignatures.id, signedKeysBody(r.uploadSignatures.body)),
     );
   }
 
@@ -523,7 +593,7 @@ export class OlmMachine {
   /** The next batch of room keys to back up, or `null` when all are backed up. */
   async backupRoomKeys(): Promise<KeysBackupRequest | null> {
     const r = await native(() => this.#native.compatBackupRoomKeys());
-    return r ? new KeysBackupRequest(r.id, r.body) : null;
+    return r ? new KeysBackupRequest(INTERNAL, r.id, r.body) : null;
   }
 
   /** The exported room key (JSON array) of one session. */
@@ -557,7 +627,7 @@ export class OlmMachine {
       this.#native.compatImportSecretsFromSecretStorage(secretStorageKey.native, items.masterKey, items.selfSigningKey, items.userSigningKey),
     );
     this.#untracked.add(r.id);
-    return new SignatureUploadRequest(r.id, signedKeysBody(r.body));
+    return new SignatureUploadRequest(INTERNAL, r.id, signedKeysBody(r.body));
   }
 
   /** A device we know of, or `null`. `timeout` (seconds) waits for a key query in flight. */

@@ -7,6 +7,18 @@
 import type { OutgoingRequest } from '../requests';
 import { RequestType } from './enums';
 
+/**
+ * Only this layer creates request objects: the official classes have no public constructor
+ * (`new KeysUploadRequest(INTERNAL, )` throws there), so neither do ours.
+ *
+ * @internal
+ */
+export const INTERNAL: unique symbol = Symbol('matrix-crypto-node compat request');
+
+function guard(token: unknown): void {
+  if (token !== INTERNAL) throw new Error('Class contains no `constructor`, can not new it!');
+}
+
 /** `POST /_matrix/client/v3/keys/upload`: device keys, one-time keys and fallback keys. */
 export class KeysUploadRequest {
   /** The request id, for `markRequestAsSent`. */
@@ -15,7 +27,8 @@ export class KeysUploadRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, body: string) {
+    guard(token);
     this.id = id;
     this.body = body;
   }
@@ -34,7 +47,8 @@ export class KeysQueryRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, body: string) {
+    guard(token);
     this.id = id;
     this.body = body;
   }
@@ -53,7 +67,8 @@ export class KeysClaimRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, body: string) {
+    guard(token);
     this.id = id;
     this.body = body;
   }
@@ -76,7 +91,8 @@ export class ToDeviceRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, eventType: string, txnId: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, eventType: string, txnId: string, body: string) {
+    guard(token);
     this.id = id;
     this.eventType = eventType;
     this.txnId = txnId;
@@ -100,7 +116,8 @@ export class SignatureUploadRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, body: string) {
+    guard(token);
     this.id = id;
     this.body = body;
   }
@@ -125,7 +142,8 @@ export class RoomMessageRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, roomId: string, txnId: string, eventType: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, roomId: string, txnId: string, eventType: string, body: string) {
+    guard(token);
     this.id = id;
     this.roomId = roomId;
     this.txnId = txnId;
@@ -147,7 +165,8 @@ export class KeysBackupRequest {
   readonly body: string;
 
   /** @internal */
-  constructor(id: string, body: string) {
+  constructor(token: typeof INTERNAL, id: string, body: string) {
+    guard(token);
     this.id = id;
     this.body = body;
   }
@@ -197,19 +216,19 @@ export function signedKeysBody(body: string): string {
 export function toCompatRequest(r: OutgoingRequest): AnyOutgoingRequest {
   switch (r.type) {
     case 'keys_upload':
-      return new KeysUploadRequest(r.id, r.body);
+      return new KeysUploadRequest(INTERNAL, r.id, r.body);
     case 'keys_query':
-      return new KeysQueryRequest(r.id, r.body);
+      return new KeysQueryRequest(INTERNAL, r.id, r.body);
     case 'keys_claim':
-      return new KeysClaimRequest(r.id, r.body);
+      return new KeysClaimRequest(INTERNAL, r.id, r.body);
     case 'to_device':
-      return new ToDeviceRequest(r.id, r.eventType, r.txnId, r.body);
+      return new ToDeviceRequest(INTERNAL, r.id, r.eventType, r.txnId, r.body);
     case 'signature_upload':
-      return new SignatureUploadRequest(r.id, signedKeysBody(r.body));
+      return new SignatureUploadRequest(INTERNAL, r.id, signedKeysBody(r.body));
     case 'room_message':
-      return new RoomMessageRequest(r.id, r.roomId, r.txnId, r.eventType, r.body);
+      return new RoomMessageRequest(INTERNAL, r.id, r.roomId, r.txnId, r.eventType, r.body);
     case 'keys_backup':
-      return new KeysBackupRequest(r.id, r.body);
+      return new KeysBackupRequest(INTERNAL, r.id, r.body);
   }
 }
 

@@ -120,7 +120,7 @@ describe('scenario 4: m.no_olm for a device whose one-time keys ran out', () => 
     expect(notice.content).toMatchObject({ code: 'm.no_olm', algorithm: 'm.megolm.v1.aes-sha2', sender_key: b.machine.identityKeys.curve25519 });
     expect(notice.content).not.toHaveProperty('room_id');
     expect(notice.content).not.toHaveProperty('session_id');
-    const state = await b.machine.noOlmState(carol.user.userId, carol.user.deviceId);
+    const state = await b.machine.getNoOlmState(carol.user.userId, carol.user.deviceId);
     expect(state).toMatchObject({ suppressed: false, rearmed: false });
 
     // Next message in the same session, and one in a new session: no second notice.
@@ -139,7 +139,7 @@ describe('scenario 4: m.no_olm for a device whose one-time keys ran out', () => 
       async () => ((await b.prepareRoomForSending(roomId)).sharedWith.some((d) => d.deviceId === carol.user.deviceId) ? true : undefined),
       60_000,
     );
-    expect(await b.machine.noOlmState(carol.user.userId, carol.user.deviceId)).toMatchObject({ rearmed: true });
+    expect(await b.machine.getNoOlmState(carol.user.userId, carol.user.deviceId)).toMatchObject({ rearmed: true });
     const m4 = await b.sendEncrypted(roomId, 'm.room.message', text('four'));
     await carolSees(m4.eventId);
     // The room key reached carol in an Olm pre-key message made from her new one-time key.

@@ -13,6 +13,6 @@ describe('crash safety on the SQLite store', () => {
     // The check had something to check: keys were reported, and verified after restarts.
     expect(f.keysReported).toBeGreaterThan(0);
     expect(f.decryptionsChecked).toBeGreaterThanOrEqual(f.keysReported);
-    expect(f.aliceDecryptedByBob).toBe(f.aliceSent);
+    expect(f.aliceDecryptedByBob, `bob could not decrypt: ${JSON.stringify(f.bobFailures)}\n${f.bobFailureDetails.join('\n')}`).toBe(f.aliceSent);
   }, 120_000);
 });

@@ -44,6 +44,8 @@ export interface CrashFigures {
   aliceSent: number;
   aliceDecryptedByBob: number;
   bobFailures: Record<string, number>;
+  /** Each message bob could not decrypt: which life sent it, its session and the error. */
+  bobFailureDetails: string[];
   failures: string[];
 }
 
@@ -55,7 +57,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
   const bob = await TestDevice.create(hs, BOB, 'BOB');
   const figures: CrashFigures = {
     kills: 0, verifiedRestarts: 0, keysReported: 0, decryptionsChecked: 0, keysLost: 0, openFailures: 0,
-    oneTimeKeyConflicts: 0, oneTimeKeyRetries: 0, identityChanges: 0, bobSent: 0, aliceSent: 0, aliceDecryptedByBob: 0, bobFailures: {}, failures: [],
+    oneTimeKeyConflicts: 0, oneTimeKeyRetries: 0, identityChanges: 0, bobSent: 0, aliceSent: 0, aliceDecryptedByBob: 0, bobFailures: {}, bobFailureDetails: [], failures: [],
   };
   const uploaded = new Map<string, string>();
   const reported = new Set<string>();
@@ -64,6 +66,8 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
   let batch: { id: number; changes: ReturnType<TestHomeserver['syncFor']> } | undefined;
   let batchId = 0;
   let identity: string | undefined;
+  const lives = new Map<MatrixEvent, number>();
+  let lifeNumber = 0;
 
   function handleRequest(request: Extract<ToParent, { type: 'request' }>['request']): string {
     if (request.type === 'keys_upload') {
@@ -123,6 +127,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
         break;
       case 'sent':
         aliceEvents.push(m.event);
+        lives.set(m.event, lifeNumber);
         break;
     }
   }
@@ -152,6 +157,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
    */
   async function life(kill: { from: 'spawn' | 'loop'; after: number } | null): Promise<void> {
     const state = { ready: false, verified: false, looping: false };
+    lifeNumber++;
     const child = fork(join(__dirname, 'crash-child.ts'), [join(dir, 'alice')], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
@@ -203,7 +209,10 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
   for (const e of aliceEvents) {
     const err = await bob.machine.decryptRoomEvent(e, String(e.room_id)).then(() => null, (x: Error & { code?: string }) => x);
     if (err === null) figures.aliceDecryptedByBob++;
-    else figures.bobFailures[err.code ?? 'unknown'] = (figures.bobFailures[err.code ?? 'unknown'] ?? 0) + 1;
+    else {
+      figures.bobFailures[err.code ?? 'unknown'] = (figures.bobFailures[err.code ?? 'unknown'] ?? 0) + 1;
+      figures.bobFailureDetails.push(`${e.event_id} (life ${lives.get(e) ?? '?'}) session ${String(e.content.session_id)}: ${err.code}: ${err.message}`);
+    }
   }
   figures.aliceSent = aliceEvents.length;
   figures.keysReported = reported.size;

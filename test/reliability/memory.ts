@@ -88,18 +88,33 @@ export interface CycleFigures {
   rssMiB: number[];
   /** Growth from the end of the first cycle to the end of the last, percent. */
   driftPercent: number;
+  /**
+   * SQLite machines whose identity key on reopening, in every later cycle, was the one their
+   * store had in the first cycle (the store kept the account through every close).
+   */
+  sqliteAccountsKept: number;
+  /** SQLite machines opened per cycle. */
+  sqlitePerCycle: number;
 }
 
 /** Open, use and close machines in cycles; RSS must level off. */
 export async function runOpenCloseCycles(cycles: number, perCycle: number): Promise<CycleFigures> {
   const dir = mkdtempSync(join(tmpdir(), 'mcn-cycles-'));
   const rssMiB: number[] = [];
+  const firstKeys = new Map<number, string>();
+  const changed = new Set<number>();
   for (let c = 0; c < cycles; c++) {
     const machines: OlmMachine[] = [];
     for (let i = 0; i < perCycle; i++) {
-      const store = i % 2 === 0 ? { kind: 'sqlite' as const, path: join(dir, `m${i}`) } : { kind: 'memory' as const };
+      const sqlite = i % 2 === 0;
+      const store = sqlite ? { kind: 'sqlite' as const, path: join(dir, `m${i}`) } : { kind: 'memory' as const };
       const m = await OlmMachine.open({ userId: `@u${i}:example.org`, deviceId: 'D', store });
       await m.outgoingRequests();
+      if (sqlite) {
+        const key = m.identityKeys.curve25519;
+        if (c === 0) firstKeys.set(i, key);
+        else if (firstKeys.get(i) !== key) changed.add(i);
+      }
       machines.push(m);
     }
     for (const m of machines) await m.close();
@@ -107,7 +122,14 @@ export async function runOpenCloseCycles(cycles: number, perCycle: number): Prom
     rssMiB.push(mib(await rss()));
   }
   rmSync(dir, { recursive: true, force: true });
-  return { cycles, machinesPerCycle: perCycle, rssMiB, driftPercent: Math.round(((rssMiB.at(-1)! - rssMiB[0]) / rssMiB[0]) * 1000) / 10 };
+  return {
+    cycles,
+    machinesPerCycle: perCycle,
+    rssMiB,
+    driftPercent: Math.round(((rssMiB.at(-1)! - rssMiB[0]) / rssMiB[0]) * 1000) / 10,
+    sqliteAccountsKept: firstKeys.size - changed.size,
+    sqlitePerCycle: firstKeys.size,
+  };
 }
 
 export interface SoakFigures {
@@ -178,6 +200,32 @@ interface FixtureUser {
   oneTimeKeys: string;
 }
 
+/**
+ * `devices` recipient devices, `perUser` per user: real machines (memory stores) whose first
+ * keys/upload gives their signed device keys and one signed one-time key each, as keys/query and
+ * keys/claim response fragments. The machines are closed again: only their keys are needed.
+ */
+async function recipients(devices: number, perUser: number, server: string): Promise<FixtureUser[]> {
+  const users: FixtureUser[] = [];
+  for (let u = 0; u * perUser < devices; u++) {
+    const userId = `@soak${u}:${server}`;
+    const keys: string[] = [];
+    const otks: string[] = [];
+    for (let d = 0; d < Math.min(perUser, devices - u * perUser); d++) {
+      const deviceId = `SOAKDEV${d}`;
+      const m = await OlmMachine.open({ userId, deviceId, store: { kind: 'memory' } });
+      const upload = (await m.outgoingRequests()).find((r) => r.type === 'keys_upload')!;
+      const body = JSON.parse(upload.body) as { device_keys: object; one_time_keys: Record<string, object> };
+      const [keyId, key] = Object.entries(body.one_time_keys).find(([id]) => id.startsWith('signed_curve25519:'))!;
+      keys.push(`${JSON.stringify(deviceId)}:${JSON.stringify(body.device_keys)}`);
+      otks.push(`${JSON.stringify(deviceId)}:{${JSON.stringify(keyId)}:${JSON.stringify(key)}}`);
+      await m.close();
+    }
+    users.push({ userId, deviceKeys: `{${keys.join(',')}}`, oneTimeKeys: `{${otks.join(',')}}` });
+  }
+  return users;
+}
+
 export interface ShareSoakFigures {
   devices: number;
   shares: number;
@@ -191,10 +239,7 @@ export interface ShareSoakFigures {
 
 /** Share a room key with `devices` devices, `repeats` times (a new session each time). */
 export async function runShareSoak(devices: number, repeats: number, warmupShares = 3): Promise<ShareSoakFigures> {
-  const native = require('../../native/index.js') as {
-    generateBenchFixtures(devices: number, perUser: number, server: string): Promise<{ users: FixtureUser[] }>;
-  };
-  const { users } = await native.generateBenchFixtures(devices, 10, 'soak.example');
+  const users = await recipients(devices, 10, 'soak.example');
   const m = await OlmMachine.open({ userId: '@bot:example.org', deviceId: 'BOT', store: { kind: 'memory' } });
   const ids = users.map((u) => u.userId);
   const body = (field: string, key: 'deviceKeys' | 'oneTimeKeys') => `{"${field}":{${users.map((u) => `${JSON.stringify(u.userId)}:${u[key]}`).join(',')}},"failures":{}}`;

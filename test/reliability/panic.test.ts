@@ -1,4 +1,4 @@
-import { describe, it, expect } from 'vitest';
+import { beforeAll, describe, it, expect } from 'vitest';
 import { MatrixCryptoError } from '../../src/index';
 import { native, nativeSync } from '../../src/errors';
 import { TestDevice, TestHomeserver } from '../../src/testing';
@@ -11,6 +11,12 @@ const diagnostics = require('../../native/index.js') as {
 };
 
 describe('a Rust panic surfaces as a typed error and never aborts Node', () => {
+  beforeAll(() => {
+    if (typeof diagnostics.__panicForTest !== 'function') {
+      throw new Error('the panic tests need a debug build of the addon (npm run build): release builds carry no diagnostics exports');
+    }
+  });
+
   it('in an async method (tokio worker), with a static or a formatted message', async () => {
     for (const owned of [false, true]) {
       const err = await native(() => diagnostics.__panicForTest(owned)).catch((e) => e);

@@ -1,11 +1,13 @@
-//! The two Rust sides of `npm run bench`:
+//! The Rust sides of `npm run bench`:
 //!
+//! - `fixtures`: the recipient devices every implementation is measured against (`fixtures.rs`);
 //! - `crate`: the mass-recipient scenario on matrix-sdk-crypto's `OlmMachine` directly, with the
 //!   fixtures the Node driver wrote, to show what the binding costs;
 //! - `floor`: the cryptographic primitives alone, per device, on one core and on all cores.
 //!
 //! Both print a JSON array of runs (the `runs` schema of `bench/results/latest.json`) on stdout.
 
+mod fixtures;
 mod floor;
 mod scenario;
 
@@ -98,6 +100,15 @@ fn number(args: &[String], name: &str) -> usize {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = match args.get(1).map(String::as_str) {
+        Some("fixtures") => {
+            let out = PathBuf::from(required(&args, "--out"));
+            let server = required(&args, "--server");
+            if let Err(e) = fixtures::write(number(&args, "--devices"), number(&args, "--devices-per-user"), &server, &out) {
+                eprintln!("fixtures: {e}");
+                std::process::exit(1)
+            }
+            return;
+        }
         Some("floor") => floor::run(number(&args, "--devices"), number(&args, "--reps"), number(&args, "--devices-per-user")),
         Some("crate") => {
             let fixtures = PathBuf::from(required(&args, "--fixtures"));
@@ -124,7 +135,7 @@ fn main() {
             })
         }
         _ => {
-            eprintln!("usage: matrix-crypto-node-bench floor --devices N --devices-per-user K --reps R\n       matrix-crypto-node-bench crate --fixtures FILE --store memory|sqlite --n N --devices-per-user K --reps R --workdir DIR");
+            eprintln!("usage: matrix-crypto-node-bench fixtures --devices N --devices-per-user K --server NAME --out FILE\n       matrix-crypto-node-bench floor --devices N --devices-per-user K --reps R\n       matrix-crypto-node-bench crate --fixtures FILE --store memory|sqlite --n N --devices-per-user K --reps R --workdir DIR");
             std::process::exit(2)
         }
     };

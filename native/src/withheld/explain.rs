@@ -49,6 +49,18 @@ pub struct FailedEvent<'a> {
     pub below_first_index: bool,
 }
 
+/// Whether an `m.no_olm` record is from the device `device_id` with Curve25519 key
+/// `device_key` (either may be unknown): nothing known contradicts it, i.e. the record's key is
+/// the device's key when that is known, and its `from_device` is the device when both are known.
+/// The one rule for "this device's `m.no_olm`", used by explanations and `getNoOlmNotices`.
+pub fn is_from_device(record: &NoOlmRecord, device_id: Option<&str>, device_key: Option<&str>) -> bool {
+    device_key.is_none_or(|k| k == record.sender_key)
+        && match (device_id, record.from_device.as_deref()) {
+            (Some(d), Some(f)) => d == f,
+            _ => true,
+        }
+}
+
 /// Pick the explanation. `room` must already be validated for this event's sender.
 pub fn explain(event: &FailedEvent<'_>, room: Option<&RoomRecord>, no_olm: &[NoOlmRecord]) -> Option<Explanation> {
     if let Some(r) = room {
@@ -58,11 +70,7 @@ pub fn explain(event: &FailedEvent<'_>, room: Option<&RoomRecord>, no_olm: &[NoO
     no_olm
         .iter()
         .filter(|n| n.sender == event.sender)
-        .filter(|n| event.sender_key.is_none_or(|k| k == n.sender_key))
-        .filter(|n| match (event.device_id, n.from_device.as_deref()) {
-            (Some(d), Some(f)) => d == f,
-            _ => true,
-        })
+        .filter(|n| is_from_device(n, event.device_id, event.sender_key))
         .filter(|n| event.origin_server_ts.is_none_or(|ts| ts <= n.received_at.saturating_add(CLOCK_SKEW_MS)))
         .max_by_key(|n| n.received_at)
         .map(|n| Explanation { code: super::codes::NO_OLM.to_owned(), reason: n.reason.clone(), scope: Scope::NoOlm })
@@ -124,6 +132,19 @@ mod tests {
         assert_eq!(explain(&other_device_id, None, &notices), None);
         let other_user = FailedEvent { sender: "@b:x", origin_server_ts: Some(9_000), ..Default::default() };
         assert_eq!(explain(&other_user, None, &notices), None);
+    }
+
+    #[test]
+    fn a_device_s_no_olm_is_what_nothing_known_contradicts() {
+        let named = no_olm("KA", Some("A"), 1);
+        let anonymous = no_olm("KA", None, 1);
+        assert!(is_from_device(&named, Some("A"), Some("KA")));
+        assert!(is_from_device(&named, Some("A"), None), "device key unknown");
+        assert!(!is_from_device(&named, Some("B"), None), "names another device");
+        assert!(!is_from_device(&named, Some("A"), Some("KB")), "another key");
+        assert!(is_from_device(&anonymous, Some("A"), Some("KA")), "no from_device, the device's key");
+        assert!(is_from_device(&anonymous, Some("A"), None), "nothing known contradicts it");
+        assert!(!is_from_device(&anonymous, Some("A"), Some("KB")));
     }
 
     #[test]

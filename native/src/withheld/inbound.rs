@@ -14,13 +14,14 @@ use super::{
     codes,
     explain::{self, Explanation, FailedEvent},
     ledger::{self, Metrics},
-    now_ms,
     received::{self, Facts, Notice, RoomRecord, Source, Verdict},
     WithheldError,
 };
 
 /// A notice as reported to the application.
 pub struct Reported {
+    /// Its position in the processed batch.
+    pub position: usize,
     pub notice: Notice,
     pub verdict: Verdict,
     pub encrypted: bool,
@@ -100,10 +101,10 @@ pub async fn process(
     metrics: &Metrics,
     events: &[ProcessedToDeviceEvent],
     room_keys: &[RoomKeyInfo],
+    now: u64,
 ) -> Result<Vec<Reported>, WithheldError> {
     let mut out = Vec::new();
-    let now = now_ms();
-    for e in events {
+    for (position, e) in events.iter().enumerate() {
         let (raw, encrypted, olm_sender_key) = match e {
             ProcessedToDeviceEvent::Decrypted { raw, encryption_info } => {
                 let key = match &encryption_info.algorithm_info {
@@ -127,11 +128,11 @@ pub async fn process(
             match (&notice, verdict) {
                 (_, Verdict::Spoofed) => Metrics::count(&metrics.spoofed),
                 (Notice::Room(r), Verdict::Trusted | Verdict::Unconfirmed) => {
-                    Metrics::count(&metrics.accepted);
+                    Metrics::count(if verdict == Verdict::Trusted { &metrics.accepted } else { &metrics.unconfirmed });
                     ledger::put_room_record(machine, r, verdict == Verdict::Trusted).await?;
                 }
                 (Notice::NoOlm(n), Verdict::Trusted | Verdict::Unconfirmed) => {
-                    Metrics::count(&metrics.accepted);
+                    Metrics::count(if verdict == Verdict::Trusted { &metrics.accepted } else { &metrics.unconfirmed });
                     ledger::put_no_olm_record(machine, n).await?;
                 }
                 (Notice::Room(r), Verdict::KeyRequestAnswer) => {
@@ -140,7 +141,7 @@ pub async fn process(
                 }
                 (Notice::NoOlm(_), Verdict::KeyRequestAnswer) => Metrics::count(&metrics.accepted),
             }
-            out.push(Reported { notice, verdict, encrypted });
+            out.push(Reported { position, notice, verdict, encrypted });
         } else if kind == "m.forwarded_room_key" && encrypted && sender == machine.user_id().as_str() {
             record_forwarded_withheld(machine, &sender, &content, room_keys, now).await?;
             if let Some(forwarder) = olm_sender_key {

@@ -3,10 +3,12 @@
 //! The crate's own forwarding is switched off: it refuses silently, cannot attach `withheld`,
 //! and has no rate limit. We forward a session only to our own verified devices, from the first
 //! index we hold, and refuse everyone else with a withheld notice:
-//! - another user: `m.unauthorised` (whether we hold the session is not revealed);
+//! - a device we do not know (its keys were never queried or never published), of any user: no
+//!   answer. We cannot tell who asks, a notice to it would cost a message and tell a stranger
+//!   that this device exists, and a device that has not published keys has no room key to lose;
+//! - another user's known device: `m.unauthorised` (whether we hold the session is not revealed);
 //! - our own device that is not verified: `m.unverified`;
-//! - our own verified device, session not held: `m.unavailable`;
-//! - a device we do not know (its keys were never queried): no answer; we cannot tell who asks.
+//! - our own verified device, session not held: `m.unavailable`.
 //!
 //! Whether refusals are sent at all follows the withheld policy. Answers are bounded: at most
 //! one per (requesting device, session) per [`ANSWER_WINDOW_MS`], and at most
@@ -90,12 +92,10 @@ pub enum Answer {
 
 /// Decide the answer (see the module documentation).
 pub fn decide(f: RequestFacts) -> Answer {
-    if f.from_this_device {
+    if f.from_this_device || !f.device_known {
         Answer::Ignore
     } else if !f.from_own_user {
         Answer::Refuse(codes::UNAUTHORISED)
-    } else if !f.device_known {
-        Answer::Ignore
     } else if !f.device_verified {
         Answer::Refuse(codes::UNVERIFIED)
     } else if !f.session_held {
@@ -160,15 +160,16 @@ mod tests {
     #[test]
     fn refusals_follow_the_msc_codes() {
         assert_eq!(decide(facts(false, true, true, true)), Answer::Refuse(codes::UNAUTHORISED));
-        assert_eq!(decide(facts(false, false, false, false)), Answer::Refuse(codes::UNAUTHORISED));
         assert_eq!(decide(facts(true, true, false, true)), Answer::Refuse(codes::UNVERIFIED));
         assert_eq!(decide(facts(true, true, false, false)), Answer::Refuse(codes::UNVERIFIED), "do not reveal to unverified");
         assert_eq!(decide(facts(true, true, true, false)), Answer::Refuse(codes::UNAVAILABLE));
     }
 
     #[test]
-    fn unknown_own_devices_and_ourselves_get_no_answer() {
+    fn unknown_devices_of_any_user_and_ourselves_get_no_answer() {
         assert_eq!(decide(facts(true, false, false, true)), Answer::Ignore);
+        assert_eq!(decide(facts(false, false, false, false)), Answer::Ignore, "another user's never-published device");
+        assert_eq!(decide(facts(false, false, false, true)), Answer::Ignore);
         assert_eq!(decide(RequestFacts { from_this_device: true, ..facts(true, true, true, true) }), Answer::Ignore);
     }
 

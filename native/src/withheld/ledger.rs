@@ -22,17 +22,22 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub accepted: AtomicU64,
     pub spoofed: AtomicU64,
+    pub unconfirmed: AtomicU64,
     pub malformed: AtomicU64,
+    /// To-device entries of sync batches that were not event objects (skipped, the rest processed).
+    pub skipped_to_device_events: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
-#[derive(Serialize)]
+#[derive(Serialize, Debug, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSnapshot {
     pub accepted_notices: u64,
     pub spoofed_notices: u64,
+    pub unconfirmed_notices: u64,
     pub malformed_notices: u64,
     pub rate_limited_key_requests: u64,
+    pub skipped_to_device_events: u64,
 }
 
 impl Metrics {
@@ -40,8 +45,10 @@ impl Metrics {
         MetricsSnapshot {
             accepted_notices: self.accepted.load(Ordering::Relaxed),
             spoofed_notices: self.spoofed.load(Ordering::Relaxed),
+            unconfirmed_notices: self.unconfirmed.load(Ordering::Relaxed),
             malformed_notices: self.malformed.load(Ordering::Relaxed),
             rate_limited_key_requests: self.rate_limited.load(Ordering::Relaxed),
+            skipped_to_device_events: self.skipped_to_device_events.load(Ordering::Relaxed),
         }
     }
 

@@ -15,12 +15,15 @@ pub mod outgoing;
 pub mod policy;
 pub mod reactions;
 pub mod share;
+pub mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Mutex, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -69,6 +72,9 @@ impl std::fmt::Display for WithheldError {
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// Where the withheld layer reads the time (ms since the epoch): the system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 const NO_OLM_LEDGER_KEY: &str = "matrix-crypto-node.withheld.v1.no_olm_sent";
 /// The users that have a ledger value under [`NO_OLM_LEDGER_KEY`], so that looking up a user
@@ -119,11 +125,18 @@ pub struct Withheld {
     limiter: Mutex<key_requests::Limiter>,
     react_to_no_olm: AtomicBool,
     unwedge_lock: tokio::sync::Mutex<()>,
+    clock: Clock,
 }
 
 impl Withheld {
     pub fn new(policy: SendPolicy, react_to_no_olm: bool) -> Self {
+        Self::with_clock(policy, react_to_no_olm, Arc::new(now_ms))
+    }
+
+    /// Like [`Withheld::new`], reading the time from `clock` (tests move it forward).
+    pub fn with_clock(policy: SendPolicy, react_to_no_olm: bool, clock: Clock) -> Self {
         Self {
+            clock,
             queue: Mutex::new(Vec::new()),
             limiter: Mutex::new(key_requests::Limiter::default()),
             react_to_no_olm: AtomicBool::new(react_to_no_olm),
@@ -134,6 +147,11 @@ impl Withheld {
             no_olm: tokio::sync::Mutex::new(NoOlmLedger::default()),
             own: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The time now, ms since the epoch.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     /// Whether trusted `m.no_olm` notices trigger a new Olm session and an `m.dummy`.
@@ -295,7 +313,7 @@ impl Withheld {
                 if sent {
                     notify.push((u, d));
                 } else {
-                    ledger.record(u.as_str(), d.as_str(), now_ms(), true);
+                    ledger.record(u.as_str(), d.as_str(), self.now(), true);
                     suppressed_users.push(u);
                 }
             }
@@ -337,7 +355,7 @@ impl Withheld {
             }
             Some(OwnRequest::NoOlm(devices)) => {
                 let mut ledger = self.no_olm.lock().await;
-                let now = now_ms();
+                let now = self.now();
                 let mut users: Vec<&str> = Vec::new();
                 for (u, d) in &devices {
                     Self::load_user(machine, &mut ledger, u).await?;
@@ -364,7 +382,7 @@ impl Withheld {
     pub async fn olm_session_established(&self, machine: &OlmMachine, user: &str, device: &str) -> Result<(), WithheldError> {
         let mut ledger = self.no_olm.lock().await;
         Self::load_user(machine, &mut ledger, user).await?;
-        if ledger.session_established(user, device, now_ms()) {
+        if ledger.session_established(user, device, self.now()) {
             Self::save_user(machine, &mut ledger, user).await?;
         }
         Ok(())

@@ -7,13 +7,37 @@ use serde::{Deserialize, Serialize};
 use super::codes;
 
 /// Which codes are sent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum SendCodes {
     /// `"all"` or `"none"`.
     Word(String),
     /// An explicit list of codes to send; every other code is suppressed.
     Only(BTreeSet<String>),
+}
+
+/// By hand, so a bad value is described in the caller's terms (not "did not match any variant").
+impl<'de> Deserialize<'de> for SendCodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SendCodes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"all\", \"none\" or an array of withheld codes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SendCodes, E> {
+                Ok(SendCodes::Word(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SendCodes, A::Error> {
+                let mut out = BTreeSet::new();
+                while let Some(code) = seq.next_element::<String>()? {
+                    out.insert(code);
+                }
+                Ok(SendCodes::Only(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The withheld sending policy, as the application configures it.
@@ -66,8 +90,8 @@ impl SendPolicy {
         }
         if let Some(bad) = self.reasons.keys().find(|c| !codes::is_valid_code(c)) {
             return Err(PolicyError {
-                field: format!("{prefix}.reasons"),
-                message: format!("{bad:?} is not a withheld code"),
+                field: format!("{prefix}.reasons[{bad:?}]"),
+                message: "is not a withheld code (spec codes, or namespaced like com.example.code)".to_owned(),
             });
         }
         Ok(())
@@ -126,7 +150,17 @@ mod tests {
         let e = parse(r#"{"send":["m.bogus"]}"#).validate("withheld").unwrap_err();
         assert_eq!(e.field, "withheld.send");
         let e = parse(r#"{"reasons":{"nodots":"x"}}"#).validate("withheld").unwrap_err();
-        assert_eq!(e.field, "withheld.reasons");
+        assert_eq!(e.field, r#"withheld.reasons["nodots"]"#);
         assert!(parse(r#"{"send":["m.blacklisted","com.example.x"]}"#).validate("withheld").is_ok());
+    }
+
+    #[test]
+    fn parse_errors_name_the_value_in_javascript_terms() {
+        let e = crate::json_input::parse::<SendPolicy>("policy", r#"{"reasons":{"m.unverified":5}}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), (r#"policy.reasons["m.unverified"]"#, "must be a string, got the number 5"));
+        let e = crate::json_input::parse::<SendPolicy>("policy", r#"{"send":7}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("policy.send", r#"must be "all", "none" or an array of withheld codes, got the number 7"#));
+        let e = crate::json_input::parse::<SendPolicy>("policy", r#"{"send":["m.unverified",3]}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("policy.send[1]", "must be a string, got the number 3"));
     }
 }

@@ -2,7 +2,7 @@
 //! repairing the Olm channel after an `m.no_olm` notice.
 
 use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
-use matrix_sdk_crypto::{olm::Session, store::DynCryptoStore, OlmMachine};
+use matrix_sdk_crypto::{store::DynCryptoStore, OlmMachine};
 use ruma::{DeviceId, OwnedDeviceId, RoomId, UserId};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -11,7 +11,6 @@ use super::{
     codes,
     key_requests::{self, Answer, KeyRequest, RequestFacts},
     ledger,
-    now_ms,
     outgoing::{self, Deferred, Queued},
     received::NoOlmRecord,
     Withheld, WithheldError,
@@ -141,7 +140,7 @@ impl Withheld {
         if answer == Answer::Ignore {
             return Ok(report("ignored", false));
         }
-        if !self.limiter.lock().expect("limiter").admit(&r.sender, &r.requesting_device, &body.session_id, now_ms()) {
+        if !self.limiter.lock().expect("limiter").admit(&r.sender, &r.requesting_device, &body.session_id, self.now()) {
             ledger::Metrics::count(&self.metrics.rate_limited);
             return Ok(report("rate_limited", false));
         }
@@ -178,8 +177,13 @@ impl Withheld {
         }
     }
 
-    /// React to trusted `m.no_olm` notices: claim a one-time key of the sender device, create
+    /// React to a trusted `m.no_olm` notice: claim a one-time key of the sender device, create
     /// an Olm session and send it an encrypted `m.dummy`, at most once per device per hour.
+    ///
+    /// The hourly limit is about our own reactions, not about whether some Olm session with the
+    /// device exists: a session the sender has not been shown to use (no message from it
+    /// arrived since the notice; [`Withheld::after_sync`] checks the batch) repairs nothing,
+    /// e.g. one we created for a share that then withheld the key from that device.
     pub async fn react_to_no_olm(&self, machine: &OlmMachine, notice: &NoOlmRecord) -> Result<bool, WithheldError> {
         if !self.react_to_no_olm_enabled() {
             return Ok(false);
@@ -193,24 +197,12 @@ impl Withheld {
             return Ok(false);
         };
         let device_id = device.device_id().to_owned();
-        let now = now_ms();
+        let now = self.now();
         let _guard = self.unwedge_lock.lock().await;
         let key = format!("{UNWEDGE_KEY}:{user}");
         let mut last: std::collections::BTreeMap<String, u64> =
             machine.store().get_value(&key).await.map_err(WithheldError::store)?.unwrap_or_default();
         if last.get(device_id.as_str()).is_some_and(|t| now.saturating_sub(*t) < UNWEDGE_INTERVAL_MS) {
-            return Ok(false);
-        }
-        let newest_session = backend(machine)
-            .get_sessions(&notice.sender_key)
-            .await
-            .map_err(WithheldError::store)?
-            .unwrap_or_default()
-            .iter()
-            .map(|s: &Session| s.creation_time.get().into())
-            .max()
-            .map(|secs: u64| secs * 1000);
-        if newest_session.is_some_and(|t| now.saturating_sub(t) < UNWEDGE_INTERVAL_MS) {
             return Ok(false);
         }
         last.insert(device_id.to_string(), now);

@@ -74,21 +74,47 @@ impl Notice {
     }
 }
 
+/// The longest `reason` kept per notice, in bytes: a longer one is cut at a character boundary
+/// and ends with `…`. Anyone can send a notice, so what one notice can make us store is bounded.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// The longest code, key, room id, session id or device id a notice may carry, in bytes (the
+/// spec's limit for ids); a notice with a longer one is malformed.
+pub const MAX_FIELD_BYTES: usize = 255;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`].
+pub fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let ellipsis = '…';
+    let mut end = MAX_REASON_BYTES - ellipsis.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &reason[..end])
+}
+
 /// Parse the content of an `m.room_key.withheld` event sent by `sender`. `None` for a notice
-/// that lacks what the spec requires (it is counted as malformed, never trusted).
+/// that lacks what the spec requires, or whose ids exceed [`MAX_FIELD_BYTES`] (it is counted
+/// as malformed, never trusted). The reason is kept up to [`MAX_REASON_BYTES`].
 pub fn parse(sender: &str, content: &Map<String, Value>, now_ms: u64) -> Option<Notice> {
-    let code = codes::str_field(content, "code")?.to_owned();
-    let sender_key = codes::str_field(content, "sender_key")?.to_owned();
-    let reason = codes::str_field(content, "reason").map(str::to_owned);
-    let from_device = codes::str_field(content, "from_device").map(str::to_owned);
-    if code.is_empty() || sender_key.is_empty() {
+    let field = |name: &str| codes::str_field(content, name).filter(|v| v.len() <= MAX_FIELD_BYTES);
+    let code = codes::str_field(content, "code")?;
+    let sender_key = codes::str_field(content, "sender_key")?;
+    let from_device = match codes::str_field(content, "from_device") {
+        Some(d) if d.len() > MAX_FIELD_BYTES => return None,
+        other => other.map(str::to_owned),
+    };
+    if code.is_empty() || sender_key.is_empty() || code.len() > MAX_FIELD_BYTES || sender_key.len() > MAX_FIELD_BYTES {
         return None;
     }
+    let (code, sender_key) = (code.to_owned(), sender_key.to_owned());
+    let reason = codes::str_field(content, "reason").map(bounded_reason);
     if code == codes::NO_OLM {
         return Some(Notice::NoOlm(NoOlmRecord { sender: sender.to_owned(), sender_key, from_device, reason, received_at: now_ms }));
     }
-    let room_id = codes::str_field(content, "room_id")?.to_owned();
-    let session_id = codes::str_field(content, "session_id")?.to_owned();
+    let room_id = field("room_id")?.to_owned();
+    let session_id = field("session_id")?.to_owned();
     Some(Notice::Room(RoomRecord {
         code,
         reason,
@@ -119,7 +145,11 @@ pub struct Facts {
 pub enum Verdict {
     /// Sender and key match what we know of the session's creator or the sender's devices.
     Trusted,
-    /// Nothing known contradicts it, nothing confirms it yet (the sender's devices are unknown).
+    /// Nothing to compare it with: we do not hold the session and the sender's devices are not
+    /// known to this machine (it never queried them; it tracks only the users the application
+    /// passes to `updateTrackedUsers`). Stored, counted apart from accepted notices, and used to
+    /// explain a failure only for an event of the same sender, re-validated then against what
+    /// we know at that time.
     Unconfirmed,
     /// From another of our own devices: an answer to our key request. Authentic, but it
     /// explains only our own user's messages, never another sender's.
@@ -141,7 +171,12 @@ pub fn validate(notice: &Notice, facts: &Facts) -> Verdict {
         return Verdict::Spoofed;
     }
     if let (Notice::Room(_), Some((creator_key, creator_user))) = (notice, &facts.session_creator) {
-        let creator_user_ok = creator_user.as_deref().is_none_or(|u| u == notice.sender());
+        // When the crate does not know the creator's user, the key must be one of the notice
+        // sender's own known devices: anyone can quote the creator's key.
+        let creator_user_ok = match creator_user.as_deref() {
+            Some(u) => u == notice.sender(),
+            None => key_is_senders,
+        };
         if creator_key == key && creator_user_ok {
             return Verdict::Trusted;
         }
@@ -197,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn parse_bounds_what_one_notice_can_store() {
+        let long = "é".repeat(600_000);
+        let n = parse("@a:x", &content(json!({"code":"m.no_olm","sender_key":"KA","reason":long})), 1).unwrap();
+        let Notice::NoOlm(r) = n else { panic!() };
+        let reason = r.reason.unwrap();
+        assert!(reason.len() <= MAX_REASON_BYTES && reason.ends_with('…'), "{}", reason.len());
+        assert!(long.starts_with(reason.trim_end_matches('…')));
+        let big = "x".repeat(MAX_FIELD_BYTES + 1);
+        for name in ["code", "sender_key", "room_id", "session_id", "from_device"] {
+            let mut c = json!({"code":"m.unverified","sender_key":"KA","room_id":"!r:x","session_id":"S","from_device":"D"});
+            c[name] = json!(big);
+            assert!(parse("@a:x", &content(c), 1).is_none(), "{name} too long");
+        }
+    }
+
+    #[test]
     fn parse_rejects_notices_missing_required_fields() {
         assert!(parse("@a:x", &content(json!({"code":"m.unverified","sender_key":"K"})), 1).is_none(), "room code without room");
         assert!(parse("@a:x", &content(json!({"code":"m.no_olm"})), 1).is_none(), "no sender_key");
@@ -214,7 +265,7 @@ mod tests {
     #[test]
     fn the_creators_notice_is_trusted() {
         assert_eq!(validate(&room("@a:x", "KA"), &facts(Some(("KA", Some("@a:x"))), &[("A", "KA")])), Verdict::Trusted);
-        assert_eq!(validate(&room("@a:x", "KA"), &facts(Some(("KA", None)), &[])), Verdict::Trusted);
+        assert_eq!(validate(&room("@a:x", "KA"), &facts(Some(("KA", None)), &[("A", "KA")])), Verdict::Trusted);
         assert_eq!(validate(&room("@a:x", "KA"), &facts(None, &[("A", "KA")])), Verdict::Trusted);
     }
 
@@ -226,6 +277,13 @@ mod tests {
         assert_eq!(validate(&room("@mallory:x", "KA"), &facts(Some(("KA", Some("@a:x"))), &[])), Verdict::Spoofed);
         // Mallory's own key on someone else's session.
         assert_eq!(validate(&room("@mallory:x", "KM"), &facts(Some(("KA", None)), &[("M", "KM")])), Verdict::Spoofed);
+    }
+
+    #[test]
+    fn the_creators_key_quoted_when_the_creators_user_is_unknown_needs_the_senders_devices() {
+        // The crate holds the session but not its creator's user (the key arrived before the device).
+        assert_eq!(validate(&room("@mallory:x", "KA"), &facts(Some(("KA", None)), &[("M", "KM")])), Verdict::Spoofed);
+        assert_eq!(validate(&room("@mallory:x", "KA"), &facts(Some(("KA", None)), &[])), Verdict::Spoofed);
     }
 
     #[test]

@@ -3,9 +3,9 @@
  * No timing is asserted (benchmarks are not tests).
  */
 import { describe, expect, it } from 'vitest';
-import { runBench } from '../bench/driver';
-import { markdown, svg, targets } from '../bench/report';
-import type { ImplName, PhaseName, Results } from '../bench/results';
+import { runBench } from './driver';
+import { markdown, svg, targets } from './report';
+import type { ImplName, PhaseName, Results } from './results';
 
 const PHASES: PhaseName[] = ['keys_query', 'olm_sessions', 'share_new', 'share_existing', 'encrypt_decrypt', 'share_withheld'];
 const SHARES: PhaseName[] = ['share_new', 'share_existing', 'share_withheld'];
@@ -25,7 +25,7 @@ describe('npm run bench, smoke size', () => {
       singleCore: false,
       release: false,
       progress: false,
-      command: 'test/bench-smoke.test.ts',
+      command: 'bench/smoke.test.ts',
     });
     const expected: [ImplName, string][] = [
       ['matrix-crypto-node', 'memory'],
