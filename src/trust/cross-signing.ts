@@ -50,8 +50,8 @@ export interface CrossSigningOptions {
   /**
    * - `if-missing` (default): create and publish an identity when the account has none; when
    *   this device holds the keys, only make sure our device is signed. When the account has an
-   *   identity whose keys this device lacks, recover them with `recoveryKey` or fail with
-   *   `CrossSigningKeyMissing`.
+   *   identity whose keys this device lacks, fail with `CrossSigningKeyMissing` (`EncryptedClient.open`
+   *   recovers the keys first when given `crossSigning.recoveryKey`).
    * - `reset`: always create and publish a new identity (other users' verification of us is
    *   lost; the homeserver demands `auth`).
    */
