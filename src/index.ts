@@ -18,3 +18,4 @@ export { setLogger, formatLogRecord } from './logging';
 export type { LogLevel, LogRecord, LogSpan, LogSink, LoggerLike, LoggingOptions } from './logging';
 export * from './client';
 export * from './trust';
+export * from './appservice';

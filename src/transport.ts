@@ -42,7 +42,10 @@ export type TransportCallType =
   | 'set_account_data'
   | 'get_backup_version'
   | 'create_backup_version'
-  | 'get_backup_keys';
+  | 'get_backup_keys'
+  | 'put_device'
+  | 'delete_device'
+  | 'register';
 
 /** Passed to {@link HomeserverTransportOptions.onRetry} before each retry. */
 export interface RetryInfo {
@@ -80,6 +83,17 @@ export interface HomeserverTransportOptions {
   fetch?: typeof fetch;
   /** Called before each retry, e.g. for logging. Exceptions it throws are ignored. */
   onRetry?: (info: RetryInfo) => void;
+  /**
+   * Application services only (`accessToken` is the appservice's `as_token`): act as this user,
+   * and as this device of theirs, on every call. Adds the `user_id` query parameter and the
+   * stable MSC4326 `device_id` query parameter (MSC3202 device masquerading) to every URL.
+   */
+  masquerade?: {
+    /** The user to act as; must be in the appservice's user namespace. */
+    userId: string;
+    /** The device of that user to act as; it must exist on the homeserver. */
+    deviceId?: string;
+  };
 }
 
 /** Per-call options. */
@@ -307,7 +321,7 @@ export function toSyncChanges(sync: SyncResponse): SyncChanges {
 
 interface Call {
   requestType: TransportCallType;
-  method: 'GET' | 'POST' | 'PUT';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   path: string;
   query?: Record<string, string | undefined>;
   body?: string;
@@ -393,6 +407,7 @@ export class HomeserverTransport {
   private readonly requestTimeoutMs: number;
   private readonly fetchImpl: typeof fetch;
   private readonly onRetry: ((info: RetryInfo) => void) | undefined;
+  private readonly masquerade: HomeserverTransportOptions['masquerade'];
 
   /** Creates a transport; no request is made until a method is called. */
   constructor(options: HomeserverTransportOptions) {
@@ -410,6 +425,7 @@ export class HomeserverTransport {
     this.requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.onRetry = options.onRetry;
+    this.masquerade = options.masquerade;
   }
 
   /**
@@ -621,6 +637,57 @@ export class HomeserverTransport {
     return this.request({ requestType: 'get_backup_keys', method: 'GET', path: `${CLIENT_V3}/room_keys/keys`, query: { version }, signal: options.signal });
   }
 
+  /**
+   * `PUT /_matrix/client/v3/devices/{deviceId}`: updates a device's display name; for an
+   * application service with MSC4190 (set {@link HomeserverTransportOptions.masquerade} to the
+   * user, without `deviceId`), creates the device if it does not exist (HTTP 201) without a login.
+   */
+  async putDevice(deviceId: string, body: { display_name?: string } = {}, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'put_device',
+      method: 'PUT',
+      path: `${CLIENT_V3}/devices/${seg(deviceId)}`,
+      body: JSON.stringify(body),
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `DELETE /_matrix/client/v3/devices/{deviceId}`: deletes a device and its keys. Ordinary
+   * users must add user-interactive auth, which this call does not do; application services
+   * (MSC4190) need none.
+   */
+  async deleteDevice(deviceId: string, options: TransportCallOptions = {}): Promise<void> {
+    await this.request({
+      requestType: 'delete_device',
+      method: 'DELETE',
+      path: `${CLIENT_V3}/devices/${seg(deviceId)}`,
+      body: '{}',
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * `POST /_matrix/client/v3/register` with `type: m.login.application_service` and
+   * `inhibit_login`: registers a user in the appservice's namespace (the transport's access token
+   * must be the `as_token`). Resolves `false` when the user already exists (`M_USER_IN_USE`).
+   */
+  async registerAppserviceUser(localpart: string, options: TransportCallOptions = {}): Promise<boolean> {
+    try {
+      await this.request({
+        requestType: 'register',
+        method: 'POST',
+        path: `${CLIENT_V3}/register`,
+        body: JSON.stringify({ type: 'm.login.application_service', username: localpart, inhibit_login: true }),
+        signal: options.signal,
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.errcode === 'M_USER_IN_USE') return false;
+      throw err;
+    }
+  }
+
   private callFor(request: OutgoingRequest, signal: AbortSignal | undefined): Call {
     const base = { requestType: request.type, body: request.body, signal } as const;
     switch (request.type) {
@@ -655,9 +722,12 @@ export class HomeserverTransport {
 
   private url(call: Call): string {
     let url = this.baseUrl + call.path;
-    if (call.query) {
+    const query = this.masquerade
+      ? { ...call.query, user_id: this.masquerade.userId, device_id: this.masquerade.deviceId }
+      : call.query;
+    if (query) {
       const params = new URLSearchParams();
-      for (const [k, v] of Object.entries(call.query)) if (v !== undefined) params.append(k, v);
+      for (const [k, v] of Object.entries(query)) if (v !== undefined) params.append(k, v);
       const qs = params.toString();
       if (qs) url += `?${qs}`;
     }

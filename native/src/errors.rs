@@ -44,11 +44,12 @@ pub enum ErrorCode {
     InternalError,
     /// A room event could not be decrypted; the `DecryptionCode` says why.
     DecryptionError,
-    /// A cross-signing operation needs a private key this device does not hold.
+    /// A cross-signing operation needs a private key this device does not hold: bootstrap
+    /// cross-signing, or recover the keys from secret storage.
     CrossSigningKeyMissing,
-    /// The recovery key or passphrase does not unlock the secret storage key.
+    /// The recovery key or passphrase does not unlock the secret storage key; nothing was changed.
     SecretStorageKeyMismatch,
-    /// Secret storage in account data is malformed or does not authenticate.
+    /// Secret storage in account data is malformed or does not authenticate; `field` names the event.
     SecretStorageCorrupt,
 }
 

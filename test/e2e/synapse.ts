@@ -33,7 +33,40 @@ export interface StartSynapseOptions {
   keepData?: boolean;
   /** Root log level. Default: `$SYNAPSE_LOG_LEVEL` or `INFO`. */
   logLevel?: 'DEBUG' | 'INFO' | 'WARNING' | 'ERROR';
+  /**
+   * Appservice registrations (the registration file's content, e.g. `{ id, url, as_token,
+   * hs_token, sender_localpart, namespaces, ... }`), written to files in the data directory and
+   * listed in `app_service_config_files`. See {@link appserviceRegistration}.
+   */
+  appservices?: Array<Record<string, unknown>>;
 }
+
+/**
+ * A registration for an encrypting appservice on this Synapse: MSC2409/MSC4203 to-device events
+ * and ephemeral events in transactions (`receive_ephemeral`), MSC3202 transaction extensions
+ * (`org.matrix.msc3202`) and MSC4190 device management (`io.element.msc4190`). Pair it with
+ * {@link APPSERVICE_EXPERIMENTAL_FEATURES} in `extraConfig`.
+ */
+export function appserviceRegistration(opts: { id: string; url: string; senderLocalpart: string; userRegex: string }): Record<string, unknown> {
+  return {
+    id: opts.id,
+    url: opts.url,
+    as_token: randomBytes(16).toString('hex'),
+    hs_token: randomBytes(16).toString('hex'),
+    sender_localpart: opts.senderLocalpart,
+    namespaces: { users: [{ exclusive: true, regex: opts.userRegex }], aliases: [], rooms: [] },
+    rate_limited: false,
+    receive_ephemeral: true,
+    'org.matrix.msc3202': true,
+    'io.element.msc4190': true,
+  };
+}
+
+/** The Synapse experimental features that put to-device events (MSC2409/MSC4203) and MSC3202 data into appservice transactions. */
+export const APPSERVICE_EXPERIMENTAL_FEATURES = {
+  msc2409_to_device_messages_enabled: true,
+  msc3202_transaction_extensions: true,
+};
 
 /** A user account on the test homeserver, with a logged-in device. */
 export interface TestUser {
@@ -265,7 +298,17 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Home
   // Another process can take the port between freePort() and Synapse's bind: retry then.
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
-    const config = { ...homeserverConfig(dataDir, port, sharedSecret), ...opts.extraConfig };
+    const appserviceFiles: string[] = [];
+    for (const [i, registration] of (opts.appservices ?? []).entries()) {
+      const file = join(dataDir, `appservice-${i}.yaml`);
+      await writeFile(file, JSON.stringify(registration, null, 2));
+      appserviceFiles.push(file);
+    }
+    const config = {
+      ...homeserverConfig(dataDir, port, sharedSecret),
+      ...(appserviceFiles.length ? { app_service_config_files: appserviceFiles } : {}),
+      ...opts.extraConfig,
+    };
     const configPath = join(dataDir, 'homeserver.yaml');
     // JSON is valid YAML, so no YAML library is needed.
     await writeFile(configPath, JSON.stringify(config, null, 2));

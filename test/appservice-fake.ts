@@ -1,0 +1,137 @@
+// A fake homeserver for the appservice unit tests: the in-process TestHomeserver (keys, claims,
+// to-device inboxes) behind a `fetch` that speaks the client-server API as an appservice sees it
+// (as_token, `user_id` / `device_id` masquerading, MSC4190 device creation), and builds the
+// transactions Synapse would push (MSC4203 to-device events with `to_user_id` / `to_device_id`,
+// MSC3202 key counts).
+import { TestHomeserver } from '../src/testing';
+import type { OutgoingRequest } from '../src/requests';
+import type { TransactionBody } from '../src/appservice';
+
+export const AS_TOKEN = 'as-secret';
+export const HS_TOKEN = 'hs-secret';
+export const registration = {
+  as_token: AS_TOKEN,
+  hs_token: HS_TOKEN,
+  sender_localpart: 'bridgebot',
+  namespaces: { users: [{ regex: '@puppet_.*:example\\.org', exclusive: true }] },
+};
+
+export interface FakeCall {
+  method: string;
+  path: string;
+  userId: string | null;
+  deviceId: string | null;
+}
+
+export class FakeAppserviceHomeserver {
+  readonly hs = new TestHomeserver();
+  /** Devices created with MSC4190, by user. */
+  readonly devices = new Map<string, Set<string>>();
+  /** Joined members by room. */
+  readonly rooms = new Map<string, string[]>();
+  /** Room events sent, in order. */
+  readonly sentEvents: Array<{ roomId: string; userId: string; type: string; content: Record<string, unknown> }> = [];
+  readonly calls: FakeCall[] = [];
+  /** Answer device creation with 404 M_UNRECOGNIZED (a homeserver without MSC4190). */
+  noMsc4190 = false;
+  /** Fail the next request matching this predicate with HTTP 400 (once each time it is set). */
+  failNext: ((call: FakeCall) => boolean) | undefined;
+  /** Delay of every answer, in ms (to let concurrent requests overlap). */
+  delayMs = 0;
+  inFlight = 0;
+  maxInFlight = 0;
+
+  readonly fetch: typeof fetch = async (input, init) => {
+    const url = new URL(String(input));
+    const method = init?.method ?? 'GET';
+    const body = typeof init?.body === 'string' ? init.body : '{}';
+    const call: FakeCall = { method, path: url.pathname, userId: url.searchParams.get('user_id'), deviceId: url.searchParams.get('device_id') };
+    this.calls.push(call);
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
+      const auth = (init?.headers as Record<string, string> | undefined)?.Authorization;
+      if (auth !== `Bearer ${AS_TOKEN}`) return json(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'bad token' });
+      if (this.failNext?.(call)) {
+        this.failNext = undefined;
+        return json(400, { errcode: 'M_UNKNOWN', error: 'scripted failure' });
+      }
+      return this.answer(call, body);
+    } finally {
+      this.inFlight--;
+    }
+  };
+
+  private answer(call: FakeCall, body: string): Response {
+    const user = call.userId ?? '@bridgebot:example.org';
+    const p = call.path.replace('/_matrix/client/v3', '');
+    const device = /^\/devices\/([^/]+)$/.exec(p);
+    if (device) {
+      const id = decodeURIComponent(device[1]!);
+      if (call.method === 'PUT') {
+        if (this.noMsc4190) return json(404, { errcode: 'M_UNRECOGNIZED', error: 'Unrecognized request' });
+        if (call.deviceId) return json(400, { errcode: 'M_UNKNOWN', error: 'device_id must not be given when creating' });
+        if (!this.devices.has(user)) this.devices.set(user, new Set());
+        const created = !this.devices.get(user)!.has(id);
+        this.devices.get(user)!.add(id);
+        return json(created ? 201 : 200, {});
+      }
+      if (call.method === 'DELETE') {
+        this.devices.get(user)?.delete(id);
+        this.hs.deviceKeys.get(user)?.delete(id);
+        return json(200, {});
+      }
+    }
+    const members = /^\/rooms\/([^/]+)\/joined_members$/.exec(p);
+    if (members) {
+      const list = this.rooms.get(decodeURIComponent(members[1]!)) ?? [];
+      return json(200, { joined: Object.fromEntries(list.map((u) => [u, {}])) });
+    }
+    const send = /^\/rooms\/([^/]+)\/send\/([^/]+)\/([^/]+)$/.exec(p);
+    if (send) {
+      this.sentEvents.push({ roomId: decodeURIComponent(send[1]!), userId: user, type: decodeURIComponent(send[2]!), content: JSON.parse(body) });
+      return json(200, { event_id: `$ev${this.sentEvents.length}` });
+    }
+    // The crypto endpoints need a real device.
+    if (!call.deviceId || !this.devices.get(user)?.has(call.deviceId)) {
+      return json(400, { errcode: 'M_UNKNOWN_DEVICE', error: `no device ${call.deviceId} for ${user}` });
+    }
+    let request: OutgoingRequest;
+    const toDevice = /^\/sendToDevice\/([^/]+)\/([^/]+)$/.exec(p);
+    if (p === '/keys/upload') request = { type: 'keys_upload', id: 'x', body };
+    else if (p === '/keys/query') request = { type: 'keys_query', id: 'x', body };
+    else if (p === '/keys/claim') request = { type: 'keys_claim', id: 'x', body };
+    else if (toDevice) request = { type: 'to_device', id: 'x', body, eventType: decodeURIComponent(toDevice[1]!), txnId: toDevice[2]! };
+    else return json(404, { errcode: 'M_UNRECOGNIZED', error: `not faked: ${call.method} ${call.path}` });
+    return new Response(this.hs.handle(user, call.deviceId, request), { status: 200, headers: { 'Content-Type': 'application/json' } });
+  }
+
+  /**
+   * The transaction Synapse would push now: the to-device inboxes of `devices` (drained) under
+   * `field`, their one-time-key counts, and `events`.
+   */
+  transaction(
+    devices: Array<{ userId: string; deviceId: string }>,
+    events: Record<string, unknown>[] = [],
+    field: 'de.sorunome.msc2409.to_device' | 'to_device' = 'de.sorunome.msc2409.to_device',
+  ): TransactionBody {
+    const toDevice: Record<string, unknown>[] = [];
+    const counts: Record<string, Record<string, Record<string, number>>> = {};
+    for (const { userId, deviceId } of devices) {
+      const k = `${userId}|${deviceId}`;
+      for (const e of this.hs.inbox.get(k) ?? []) toDevice.push({ ...e, to_user_id: userId, to_device_id: deviceId });
+      this.hs.inbox.set(k, []);
+      counts[userId] = { ...counts[userId], [deviceId]: { signed_curve25519: this.hs.oneTimeKeyCount(userId, deviceId) } };
+    }
+    return {
+      events: events as TransactionBody['events'],
+      [field]: toDevice,
+      'org.matrix.msc3202.device_one_time_keys_count': counts,
+    } as TransactionBody;
+  }
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+}
