@@ -493,17 +493,6 @@ export class EncryptedClient {
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
       for (const event of room.timeline?.events ?? []) timeline.push(await this.decryptEvent(roomId, event));
     }
-    let inRoom = false;
-    for (const item of timeline) {
-      const event = item.kind === 'decrypted' ? item.decrypted.event : item.kind === 'plaintext' ? item.event : undefined;
-      const flow = event ? verificationFlowOf(event) : undefined;
-      if (!event || !flow) continue;
-      await this.machine.receiveRoomVerificationEvent(event, item.roomId);
-      // Our own events name the other side in the request; the crate files the flow under it.
-      if (flow.sender !== this.userId) this.verifications.track(flow.sender, flow.flowId);
-      inRoom = true;
-    }
-    if (inRoom) await this.processOutgoingRequests();
     await this.driveVerifications();
     if (this.signOwnDevices) await this.signNewOwnDevices();
     return { sync, changes, timeline };

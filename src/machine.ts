@@ -713,34 +713,6 @@ export class OlmMachine {
   }
 
   /**
-   * The content of an in-room verification request to `userId` (an `m.room.message`), to send
-   * into a direct-message room with them; register it with {@link roomVerificationRequestSent}.
-   */
-  async roomVerificationRequestContent(userId: string): Promise<Record<string, unknown>> {
-    requireString('userId', userId);
-    return JSON.parse(await native(() => this.#inner.roomVerificationRequestContent(userId))) as Record<string, unknown>;
-  }
-
-  /** Register the in-room verification request sent as `eventId` in `roomId`. */
-  async roomVerificationRequestSent(userId: string, roomId: string, eventId: string): Promise<VerificationInfo> {
-    requireString('userId', userId);
-    requireString('roomId', roomId);
-    requireString('eventId', eventId);
-    return native(() => this.#inner.roomVerificationRequestSent(userId, roomId, eventId));
-  }
-
-  /**
-   * Feed a room event that may belong to an in-room verification: the request message
-   * (`msgtype: m.key.verification.request`) or an `m.key.verification.*` event, decrypted if it
-   * was encrypted. Others are ignored.
-   */
-  async receiveRoomVerificationEvent(event: MatrixEvent, roomId: string): Promise<void> {
-    requireString('roomId', roomId);
-    const json = jsonArg('event', event);
-    await native(() => this.#inner.receiveRoomVerificationEvent(json, roomId));
-  }
-
-  /**
    * Accept a verification request (phase `requested`), offering SAS.
    *
    * @throws {@link MatrixCryptoError} `InvalidArgument` naming `flowId` for an unknown flow or one in another phase.

@@ -50,8 +50,8 @@ export interface CrossSigningOptions {
   /**
    * - `if-missing` (default): create and publish an identity when the account has none; when
    *   this device holds the keys, only make sure our device is signed. When the account has an
-   *   identity whose keys this device lacks, recover them with `recoveryKey` or fail with
-   *   `CrossSigningKeyMissing`.
+   *   identity whose keys this device lacks, fail with `CrossSigningKeyMissing` (`EncryptedClient.open`
+   *   recovers the keys first when given `crossSigning.recoveryKey`).
    * - `reset`: always create and publish a new identity (other users' verification of us is
    *   lost; the homeserver demands `auth`).
    */
@@ -144,7 +144,7 @@ export async function uploadSigningKeys(
  * Sends the machine's queued requests first, so our own keys are queried.
  *
  * @throws {@link MatrixCryptoError} `CrossSigningKeyMissing` when the account has an identity
- *   this device holds no keys for (recover them from secret storage, or `reset`);
+ *   this device holds no keys for, or other keys than (recover them from secret storage, or `reset`);
  *   `InvalidArgument` naming `auth` when the homeserver demands auth that was not given.
  * @throws {@link HomeserverError} when the homeserver refuses an upload (e.g. a wrong password: 401 `M_FORBIDDEN`).
  */
@@ -159,6 +159,9 @@ export async function setUpCrossSigning(
     throw new MatrixCryptoError('InvalidArgument', `${field}.bootstrap: must be 'if-missing' or 'reset'`, `${field}.bootstrap`);
   }
   await drain(machine, transport);
+  // The store's view of our identity can be old (it was replaced from another device while we
+  // were away): read it fresh.
+  await sendAndMark(machine, transport, machine.queryOwnKeys());
   let status = await machine.crossSigningStatus();
   const held = status.hasMaster && status.hasSelfSigning && status.hasUserSigning;
   const published = await machine.getUserIdentity(machine.userId);
@@ -186,5 +189,14 @@ export async function setUpCrossSigning(
   if (await machine.isOwnDeviceCrossSigned()) return { created, signedDevice: false, status };
   await sendAndMark(machine, transport, await machine.signOwnDevice(machine.deviceId));
   await sendAndMark(machine, transport, machine.queryOwnKeys());
+  if (!(await machine.isOwnDeviceCrossSigned())) {
+    // The homeserver dropped the signature: our keys are not the published identity's (it was
+    // replaced from another device).
+    throw new MatrixCryptoError(
+      'CrossSigningKeyMissing',
+      `${field}: the cross-signing keys this device holds are not the published identity of ${machine.userId} (replaced from another device?): recover the current keys from secret storage (recoveryKey) or pass bootstrap: 'reset'`,
+      field,
+    );
+  }
   return { created, signedDevice: true, status };
 }

@@ -26,8 +26,9 @@ export interface RecoverySetupOptions {
   passphrase?: string;
   /**
    * Store the backup key too (default `true`): the one saved in the store when it belongs to
-   * the account's current backup version; otherwise, when the account has no backup, a new
-   * backup version is created and enabled.
+   * the account's current backup version (that backup is enabled); when the account has no
+   * backup, a new backup version is created and enabled. A backup version whose key this
+   * device does not hold is left alone, and no backup key is stored.
    */
   backup?: boolean;
 }
@@ -95,6 +96,9 @@ export async function setUpRecovery(machine: OlmMachine, transport: HomeserverTr
     if (current && saved && saved.version === current.version) {
       backupVersion = current.version;
       backupKey = saved.decryptionKey;
+      if ((await machine.backupVersion()) !== current.version) {
+        await machine.enableBackup({ publicKey: current.auth_data.public_key, version: current.version });
+      }
     } else if (!(await transport.getBackupVersion())) {
       const key = await machine.createBackupKey();
       backupVersion = await transport.createBackupVersion(key.versionBody);

@@ -1,6 +1,7 @@
 /**
- * Interactive verification: SAS (emoji and decimals) over to-device or in-room requests, every
- * state change reported, and a policy for bots that run unattended.
+ * Interactive verification: SAS (emoji and decimals) over to-device requests, every state
+ * change reported, and a policy for bots that run unattended. (In-room verification is not
+ * offered.)
  *
  * The {@link OlmMachine} holds each flow's state; {@link VerificationTracker} (behind
  * {@link EncryptedClient.on}) watches the flows that syncs touch, reports each change of
@@ -9,7 +10,7 @@
  * @module
  */
 import type { MatrixEvent } from '../types';
-import type { RoomMessageRequest, SignatureUploadRequest, ToDeviceRequest } from '../requests';
+import type { SignatureUploadRequest, ToDeviceRequest } from '../requests';
 import type { VerificationInfo } from '../../native/index';
 
 export type { VerificationInfo, VerificationPhase, SasEmoji, VerificationCancelInfo } from '../../native/index';
@@ -24,8 +25,8 @@ export type VerificationCancelCode = 'm.user' | 'm.mismatched_sas' | (string & {
 
 /** What a verification action returns. */
 export interface VerificationStep {
-  /** Send these now, in order: to-device or room messages, and a signature upload once verified. */
-  requests: Array<ToDeviceRequest | RoomMessageRequest | SignatureUploadRequest>;
+  /** Send these now, in order: to-device messages, and a signature upload once verified. */
+  requests: Array<ToDeviceRequest | SignatureUploadRequest>;
   /** The flow after the action. */
   verification: VerificationInfo;
 }
@@ -52,23 +53,16 @@ export interface VerificationPolicy {
 export interface VerificationSource {
   /** The sender and flow id of a verification event. */
   sender: string;
-  /** The flow id (`transaction_id`, or the related request event's id in a room). */
+  /** The flow id (`transaction_id`). */
   flowId: string;
 }
 
-/** The flow a to-device or room event belongs to, if it is a verification event. */
+/** The flow a to-device event belongs to, if it is a verification event. */
 export function verificationFlowOf(event: MatrixEvent): VerificationSource | undefined {
   const sender = event.sender;
-  if (typeof sender !== 'string') return undefined;
+  if (typeof sender !== 'string' || typeof event.type !== 'string' || !event.type.startsWith('m.key.verification.')) return undefined;
   const content = (event.content ?? {}) as Record<string, unknown>;
-  if (event.type === 'm.room.message' && content.msgtype === 'm.key.verification.request' && typeof event.event_id === 'string') {
-    return { sender, flowId: event.event_id };
-  }
-  if (typeof event.type !== 'string' || !event.type.startsWith('m.key.verification.')) return undefined;
-  if (typeof content.transaction_id === 'string') return { sender, flowId: content.transaction_id };
-  const relates = content['m.relates_to'] as { event_id?: unknown } | undefined;
-  if (relates && typeof relates.event_id === 'string') return { sender, flowId: relates.event_id };
-  return undefined;
+  return typeof content.transaction_id === 'string' ? { sender, flowId: content.transaction_id } : undefined;
 }
 
 /** Whether the phase ends the flow. */

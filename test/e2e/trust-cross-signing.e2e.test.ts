@@ -155,4 +155,28 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
     await waitForSignedByOwner(other, bot.userId, other.user.deviceId, true);
     expect(await bot.machine.unsignedOwnDevices()).toEqual([]);
   });
+
+  it('a device whose keys were replaced from another device is told so instead of signing with stale keys', async () => {
+    const botUser = await hs().registerUser('cs-bot4');
+    const store = { kind: 'sqlite' as const, path: await tempDir() };
+    const open = () => EncryptedClient.open({ baseUrl: hs().baseUrl, accessToken: botUser.accessToken, store, crossSigning: {} });
+    let first = await open();
+    expect(first.crossSigning?.created).toBe(true);
+    await first.close();
+    // Another device of the account replaces the identity (with the password).
+    const other = await openBot(hs(), await hs().login(botUser.userId, botUser.password));
+    cleanup.push(() => other.close());
+    await other.setUpCrossSigning({ bootstrap: 'reset', auth: { type: 'password', password: botUser.password } });
+    await expect(open()).rejects.toMatchObject({ name: 'MatrixCryptoError', code: 'CrossSigningKeyMissing', field: 'crossSigning' });
+    // Resetting again from the first device makes it signed by a new identity.
+    first = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: botUser.accessToken,
+      store,
+      crossSigning: { bootstrap: 'reset', auth: { type: 'password', password: botUser.password } },
+    });
+    cleanup.push(() => first.close());
+    expect(first.crossSigning).toMatchObject({ created: true, signedDevice: true });
+    expect(await first.machine.isOwnDeviceCrossSigned()).toBe(true);
+  });
 });

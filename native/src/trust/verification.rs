@@ -1,10 +1,11 @@
-//! Interactive verification (to-device and in-room requests, SAS with emoji and decimals).
+//! Interactive verification over to-device messages: requests and SAS (emoji and decimals).
 //!
-//! The crate's verification machine receives the `m.key.verification.*` events (to-device
-//! ones through `receive_sync_changes`, in-room ones through `receive_verification_event`) and
-//! queues most of its answers in `outgoing_requests`; the calls here read a flow's state as one
-//! typed snapshot and return the requests a user action produces. A flow is named by the other
-//! user and its flow id (the transaction id, or the request's event id in a room).
+//! The crate's verification machine receives the `m.key.verification.*` to-device events
+//! through `receive_sync_changes` and queues most of its answers in `outgoing_requests`; the
+//! calls here read a flow's state as one typed snapshot and return the requests a user action
+//! produces. A flow is named by the other user and its flow id (the transaction id).
+//! In-room verification is not offered: its events would need encrypting in encrypted rooms,
+//! which the crate leaves to the caller.
 
 use matrix_sdk_crypto::{
     types::requests::{OutgoingRequest, OutgoingVerificationRequest},
@@ -15,7 +16,7 @@ use napi_derive::napi;
 use ruma::events::key::verification::cancel::CancelCode;
 
 use crate::{
-    errors::{self, internal, invalid, parse_json},
+    errors::{self, invalid},
     ids,
     machine::NativeMachine,
     requests::{self, NativeRequest},
@@ -68,14 +69,12 @@ pub struct VerificationCancelInfo {
 /// A verification flow, as of now.
 #[napi(object)]
 pub struct VerificationInfo {
-    /// The flow id: the transaction id (to-device) or the request event's id (in a room).
+    /// The flow id: the request's transaction id.
     pub flow_id: String,
     /// The other user (our own user when verifying another of our devices).
     pub other_user_id: String,
     /// The other device, once known.
     pub other_device_id: Option<String>,
-    /// The room of an in-room verification.
-    pub room_id: Option<String>,
     /// Whether we sent the request.
     pub we_started: bool,
     /// Whether the other side is another device of our own user.
@@ -124,7 +123,6 @@ fn request_info(request: &VerificationRequest) -> VerificationInfo {
         flow_id: request.flow_id().as_str().to_owned(),
         other_user_id: request.other_user().to_string(),
         other_device_id: request.other_device_id().map(|d| d.to_string()),
-        room_id: request.room_id().map(|r| r.to_string()),
         we_started: request.we_started(),
         is_self_verification: request.is_self_verification(),
         phase: VerificationPhase::Created,
@@ -166,7 +164,6 @@ fn sas_info(sas: &Sas) -> VerificationInfo {
         flow_id: sas.flow_id().as_str().to_owned(),
         other_user_id: sas.other_user_id().to_string(),
         other_device_id: Some(sas.other_device_id().to_string()),
-        room_id: sas.room_id().map(|r| r.to_string()),
         we_started: sas.we_started(),
         is_self_verification: sas.is_self_verification(),
         phase: VerificationPhase::Started,
@@ -215,7 +212,7 @@ fn flow_info(flow: &Flow) -> VerificationInfo {
 /// What a verification action returns: the requests to send now and the flow afterwards.
 #[napi(object, object_from_js = false)]
 pub struct VerificationAction {
-    /// Send these (to-device, room message or signature upload), in order.
+    /// Send these (to-device messages, and a signature upload once verified), in order.
     pub requests: Vec<NativeRequest>,
     /// The flow after the action.
     pub verification: VerificationInfo,
@@ -260,45 +257,6 @@ impl NativeMachine {
         let (request, outgoing) = device.request_verification();
         let flow = Flow { request: Some(request), sas: None };
         Ok(self.action(vec![to_native(outgoing)?], &flow))
-    }
-
-    /// The content of an in-room verification request for `userId` (an `m.room.message` with
-    /// `msgtype: m.key.verification.request`, JSON), to send into a DM with them; then call
-    /// `roomVerificationRequestSent` with the event id.
-    #[napi]
-    pub async fn room_verification_request_content(&self, user_id: String) -> Result<String> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let identity = other_identity(&machine, &user).await?;
-        let content = identity.verification_request_content(None);
-        serde_json::to_string(&content).map_err(internal)
-    }
-
-    /// Register the in-room request sent as event `eventId` in `roomId`.
-    #[napi]
-    pub async fn room_verification_request_sent(&self, user_id: String, room_id: String, event_id: String) -> Result<VerificationInfo> {
-        let machine = self.machine()?;
-        let user = ids::user_id("userId", &user_id)?;
-        let room = ids::room_id("roomId", &room_id)?;
-        let event = ruma::EventId::parse(&event_id).map_err(|e| invalid("eventId", e))?;
-        let identity = other_identity(&machine, &user).await?;
-        let request = identity.request_verification(&room, &event, None);
-        Ok(request_info(&request))
-    }
-
-    /// Feed a room event (JSON, as in a sync timeline, decrypted if it was encrypted) that may be
-    /// part of an in-room verification (`m.key.verification.*`, or the request message).
-    #[napi]
-    pub async fn receive_room_verification_event(&self, event_json: String, room_id: String) -> Result<()> {
-        let machine = self.machine()?;
-        let room = ids::room_id("roomId", &room_id)?;
-        let mut value: serde_json::Value = parse_json("event", &event_json)?;
-        if let Some(o) = value.as_object_mut() {
-            o.entry("room_id").or_insert_with(|| room.to_string().into());
-        }
-        let event: ruma::events::AnyMessageLikeEvent =
-            serde_json::from_value(value).map_err(|e| invalid("event", format!("not a room message event ({e})")))?;
-        machine.receive_verification_event(&event).await.map_err(errors::store)
     }
 
     /// Accept a request (phase `requested`), advertising SAS.
@@ -390,11 +348,4 @@ fn phase_name(flow: &Flow) -> String {
         VerificationPhase::Done => "done",
         VerificationPhase::Cancelled => "cancelled",
     })
-}
-
-async fn other_identity(machine: &OlmMachine, user: &ruma::UserId) -> Result<matrix_sdk_crypto::OtherUserIdentity> {
-    match machine.get_identity(user, None).await.map_err(errors::store)? {
-        Some(matrix_sdk_crypto::UserIdentity::Other(o)) => Ok(o),
-        _ => Err(invalid("userId", format!("{user} has no known cross-signing identity (or is our own user); track them and query their keys first"))),
-    }
 }
