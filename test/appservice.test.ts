@@ -5,7 +5,7 @@ import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AppserviceCrypto, AppserviceError, MatrixCryptoError, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
+import { AppserviceCrypto, AppserviceError, defaultDeviceStore, MatrixCryptoError, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
 import { TestDevice } from '../src/testing';
 import { FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
 
@@ -204,6 +204,41 @@ describe('transactions', () => {
       expect(await crypto.decryptRoomEvent(u, ROOM, event)).toMatchObject({ kind: 'decrypted', decrypted: { event: { content: { body: 'survives' } } } });
     }
     expect(fake.hs.oneTimeKeyCount(B, b.deviceId)).toBeGreaterThan(3);
+  });
+
+  it('a device whose part failed gets its to-device events again when the retry comes without them (as Synapse retries)', async () => {
+    const s = await setup({ maxOpenMachines: 1 });
+    const a = await s.crypto.deviceFor(A);
+    const b = await s.crypto.deviceFor(B);
+    const alice = await TestDevice.create(s.fake.hs, ALICE, 'ALICE');
+    s.fake.rooms.set(ROOM, [ALICE, A, B]);
+    await s.crypto.close();
+    // B's store cannot be opened during the first attempt: its part fails before its machine
+    // has seen its to-device events.
+    const notADir = join(s.root, 'not-a-folder');
+    await appendFile(notADir, '');
+    let broken = true;
+    const deviceStore = (u: string, d: string) =>
+      broken && u === B ? { kind: 'sqlite' as const, path: join(notADir, 'store') } : defaultDeviceStore(s.root, u, d);
+    const first = await s.open({ deviceStore });
+    const event = await alice.sendMessage(ROOM, [ALICE, A, B], { msgtype: 'm.text', body: 'kept for the retry' });
+    const body = (s.fake.transaction([a, b], [member(A), member(B), event]));
+    const err = await first.processTransaction('h1', body).catch((e: unknown) => e);
+    expect(err).toMatchObject({ name: 'AppserviceError', code: 'TransactionFailed' });
+    await first.close();
+
+    // After a restart, the homeserver retries with the room events only (Synapse's catch-up
+    // transactions carry no to-device events, key counts or device lists).
+    broken = false;
+    const second = await s.open({ deviceStore });
+    const retry = await second.processTransaction('h1', { events: body.events });
+    expect(retry.devices.map((d) => d.userId)).toEqual([B]);
+    expect(retry.devices[0]!.result.roomKeyUpdates).toHaveLength(1);
+    for (const u of [A, B]) {
+      expect(await second.decryptRoomEvent(u, ROOM, event)).toMatchObject({ kind: 'decrypted', decrypted: { event: { content: { body: 'kept for the retry' } } } });
+    }
+    // Done: a later retry of the same id is a duplicate, and nothing is fed twice.
+    expect((await second.processTransaction('h1', { events: body.events })).duplicate).toBe(true);
   });
 
   it('rejects malformed bodies naming the field', async () => {

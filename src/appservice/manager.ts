@@ -494,7 +494,9 @@ export class AppserviceCrypto {
    * one at a time. When a part fails (a store error, the homeserver refusing an upload), the
    * other parts still run, and the call rejects with {@link AppserviceError} `TransactionFailed`:
    * answer the homeserver with an error status, and its retry redoes only the failed parts. No
-   * received room key is lost.
+   * received room key is lost: the to-device events of a failed part are kept in the store root
+   * and fed on the retry of that transaction id when the retry comes without them (Synapse's
+   * retries carry the room events only).
    *
    * Encrypted events are decrypted by a bridged user of the room whose device got the room key
    * in this process, else by up to {@link AppserviceLimits.decryptionCandidates} bridged members
@@ -526,9 +528,24 @@ export class AppserviceCrypto {
         await this.state.recordPart(txnId, 'device_lists');
       }
     }
+    // Shares of devices whose part failed in an earlier attempt: a retry may come without them
+    // (Synapse resends only the room events), and their room keys must not be lost.
+    const held = this.state.heldShares(txnId);
+    const shares = new Map(routed.devices);
+    for (const [key, h] of held) {
+      const again = shares.get(key);
+      if (again && again.toDeviceEvents.length > 0) continue;
+      shares.set(key, {
+        userId: h.userId,
+        deviceId: h.deviceId,
+        toDeviceEvents: h.toDeviceEvents,
+        ...((again?.oneTimeKeyCounts ?? h.oneTimeKeyCounts) ? { oneTimeKeyCounts: again?.oneTimeKeyCounts ?? h.oneTimeKeyCounts } : {}),
+        ...((again?.unusedFallbackKeys ?? h.unusedFallbackKeys) ? { unusedFallbackKeys: again?.unusedFallbackKeys ?? h.unusedFallbackKeys } : {}),
+      });
+    }
     let unrouted = 0;
     const work: Array<{ rec: DeviceRecord; share: DeviceShare | undefined }> = [];
-    for (const share of routed.devices.values()) {
+    for (const share of shares.values()) {
       const rec = this.state.devices.get(share.userId);
       if (!rec || rec.deviceId !== share.deviceId) {
         unrouted += share.toDeviceEvents.length;
@@ -540,7 +557,7 @@ export class AppserviceCrypto {
     // Open machines outside the transaction still have to see the device-list changes.
     for (const userId of this.open.keys()) {
       const rec = this.state.devices.get(userId);
-      if (rec && rec.listSeq < this.state.listSeq && !routed.devices.has(deviceKey(userId, rec.deviceId))) {
+      if (rec && rec.listSeq < this.state.listSeq && !shares.has(deviceKey(userId, rec.deviceId))) {
         work.push({ rec, share: undefined });
       }
     }
@@ -558,6 +575,10 @@ export class AppserviceCrypto {
           }
         } catch (err) {
           failures.push(err);
+          const key = deviceKey(rec.userId, rec.deviceId);
+          if (share && share.toDeviceEvents.length > 0 && !held.has(key)) {
+            await this.state.recordHeld(txnId, key, share).catch((e: unknown) => failures.push(e));
+          }
         }
       }
     };

@@ -1,7 +1,8 @@
 /**
  * The appservice's own persisted state, in `<storeRoot>/appservice-state.jsonl`: which device
  * each bridged user has, which transactions were processed (and, for one that failed half-way,
- * which of its devices were done), and the device-list changes closed machines still have to see.
+ * which of its devices were done, and the to-device events of those that failed), and the
+ * device-list changes closed machines still have to see.
  *
  * An append-only journal of JSON lines, each written with one `appendFile` and fsynced before
  * the call resolves; the file is compacted (rewritten atomically through a rename) on open.
@@ -12,6 +13,26 @@
  */
 import { open, readFile, rename, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { MatrixEvent } from '../types';
+
+/**
+ * The share of one device in a transaction whose processing failed before it was done: kept,
+ * because a homeserver may retry the transaction without it (Synapse resends only the room
+ * events of a transaction it retries: no to-device events, key counts or device lists).
+ * @internal
+ */
+export interface HeldShare {
+  /** The device's user. */
+  userId: string;
+  /** The device. */
+  deviceId: string;
+  /** The device's to-device events. */
+  toDeviceEvents: MatrixEvent[];
+  /** Its one-time key counts, if the transaction had them. */
+  oneTimeKeyCounts?: Record<string, number>;
+  /** Its unused fallback key types, if the transaction had them. */
+  unusedFallbackKeys?: string[];
+}
 
 /** A bridged user's device as the appservice recorded it. @internal */
 export interface DeviceRecord {
@@ -31,6 +52,7 @@ type Entry =
   | { t: 'seen'; userId: string; listSeq: number }
   | { t: 'txn'; id: string }
   | { t: 'part'; id: string; key: string }
+  | { t: 'held'; id: string; key: string; share: HeldShare }
   | { t: 'lists'; seq: number; changed: string[]; left: string[] }
   | { t: 'member'; roomId: string; userId: string; joined: boolean };
 
@@ -44,6 +66,8 @@ export class AppserviceState {
   private readonly txns = new Set<string>();
   /** Devices done within transactions that failed half-way: `txnId -> keys`. */
   private readonly parts = new Map<string, Set<string>>();
+  /** Shares of devices not yet done within transactions that failed: `txnId -> key -> share`. */
+  private readonly held = new Map<string, Map<string, HeldShare>>();
   /** Last device-list change per remote user: the sequence number and whether they left. */
   readonly listChanges = new Map<string, { seq: number; left: boolean }>();
   listSeq = 0;
@@ -100,11 +124,20 @@ export class AppserviceState {
       case 'txn':
         this.txns.add(e.id);
         this.parts.delete(e.id);
+        this.held.delete(e.id);
         if (this.txns.size > TXN_MEMORY) this.txns.delete(this.txns.values().next().value as string);
         break;
       case 'part': {
         if (!this.parts.has(e.id)) this.parts.set(e.id, new Set());
         this.parts.get(e.id)!.add(e.key);
+        this.held.get(e.id)?.delete(e.key);
+        if (this.held.get(e.id)?.size === 0) this.held.delete(e.id);
+        break;
+      }
+      case 'held': {
+        if (this.txns.has(e.id) || this.parts.get(e.id)?.has(e.key)) break;
+        if (!this.held.has(e.id)) this.held.set(e.id, new Map());
+        this.held.get(e.id)!.set(e.key, e.share);
         break;
       }
       case 'member': {
@@ -143,6 +176,7 @@ export class AppserviceState {
     for (const [roomId, users] of this.members) for (const userId of users) lines.push({ t: 'member', roomId, userId, joined: true });
     for (const id of this.txns) lines.push({ t: 'txn', id });
     for (const [id, keys] of this.parts) for (const key of keys) lines.push({ t: 'part', id, key });
+    for (const [id, shares] of this.held) for (const [key, share] of shares) lines.push({ t: 'held', id, key, share });
     const tmp = `${this.file}.tmp`;
     const fh = await open(tmp, 'w');
     try {
@@ -229,6 +263,16 @@ export class AppserviceState {
   /** Records that one part of a transaction was processed. */
   recordPart(id: string, key: string): Promise<void> {
     return this.append([{ t: 'part', id, key }]);
+  }
+
+  /** The shares held for the devices of a transaction that failed before they were done. */
+  heldShares(id: string): ReadonlyMap<string, HeldShare> {
+    return this.held.get(id) ?? new Map();
+  }
+
+  /** Keeps the share of a device whose part of a transaction failed, until the part is done. */
+  recordHeld(id: string, key: string, share: HeldShare): Promise<void> {
+    return this.append([{ t: 'held', id, key, share }]);
   }
 
   /** Records that a transaction was fully processed. */

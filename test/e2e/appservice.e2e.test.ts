@@ -41,8 +41,13 @@ class Bridge {
   readonly late: AppserviceTimelineEvent[] = [];
   /** Transaction ids as the homeserver pushed them (retries included), and the answer. */
   readonly pushes: Array<{ txnId: string; ok: boolean }> = [];
-  /** Make the bridge's event handler fail once, so the transaction is answered 500. */
-  failNextTransaction = false;
+  /**
+   * Make the bridge's event handler fail once, for the next transaction carrying a room event
+   * from this sender, so that transaction is answered 500. Keyed by sender: a transaction of an
+   * earlier step that Synapse pushes late must not take the failure (Synapse would then queue
+   * the next ones as catch-up transactions, which it sends without their to-device events).
+   */
+  failNextTransactionFrom: string | null = null;
 
   constructor(
     readonly hs: Homeserver,
@@ -62,8 +67,8 @@ class Bridge {
     this.server = await serveAppservice(this.crypto, {
       port: this.port,
       onEvents: (result) => {
-        if (this.failNextTransaction && result.events.length > 0) {
-          this.failNextTransaction = false;
+        if (this.failNextTransactionFrom !== null && result.events.some((e) => e.event.sender === this.failNextTransactionFrom)) {
+          this.failNextTransactionFrom = null;
           this.pushes.push({ txnId: result.txnId, ok: false });
           throw new Error('the bridge failed to handle the events (scripted)');
         }
@@ -247,7 +252,7 @@ describe('an encrypting appservice with three puppets and a js-sdk user', () => 
 
     // A transaction answered 500 once is retried by Synapse: nothing lost, nothing doubled.
     await alice.crypto.forceDiscardSession(roomId);
-    bridge.failNextTransaction = true;
+    bridge.failNextTransactionFrom = alice.user.userId;
     const retried = await alice.sendText(roomId, 'through a retried transaction');
     const deliveries = await bridge.delivered(retried, 60_000);
     expect(bridge.pushes.some((p) => !p.ok)).toBe(true);
