@@ -37,7 +37,6 @@ use super::{outgoing::Queued, policy::SendPolicy, sync::SyncOutcome, ShareOutcom
 
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";
-pub const MALLORY: &str = "@mallory:example.org";
 
 fn response<R: IncomingResponse>(body: &Value) -> R {
     let bytes = serde_json::to_vec(body).expect("json");
