@@ -27,6 +27,7 @@
  * @module
  */
 
+import { SerialQueues } from './queues';
 import { DecryptionError } from './errors';
 import { OlmMachine, type ShareResult, type StoreOptions } from './machine';
 import type { OutgoingRequest } from './requests';
@@ -211,7 +212,7 @@ export class EncryptedClient {
   private readonly shareSettings: ShareSettings;
   private since: string | undefined;
   /** The tail of each queue of tasks that must not overlap, by queue name. */
-  private readonly queues = new Map<string, Promise<void>>();
+  private readonly queues = new SerialQueues();
 
   /** Wraps an open machine and a transport of the same device; makes no request. */
   constructor(options: EncryptedClientOptions) {
@@ -413,7 +414,7 @@ export class EncryptedClient {
    * @returns how many batches were uploaded.
    */
   backUpRoomKeys(): Promise<number> {
-    return this.serialized('backup', async () => {
+    return this.queues.run('backup', async () => {
       let batches = 0;
       for (let request = await this.machine.backupRoomKeys(); request; request = await this.machine.backupRoomKeys()) {
         await this.sendRequest(request);
@@ -451,7 +452,7 @@ export class EncryptedClient {
    *   queued in the machine and is sent again by the next call.
    */
   processOutgoingRequests(): Promise<number> {
-    return this.serialized('outgoing', async () => {
+    return this.queues.run('outgoing', async () => {
       let sent = 0;
       // Bounded: an answer queues at most a handful of follow-ups (e.g. more one-time keys).
       for (let round = 0; round < 10; round++) {
@@ -510,7 +511,7 @@ export class EncryptedClient {
    * @returns who got the key and who got a withheld notice.
    */
   prepareRoomForSending(roomId: string, settings: ShareSettings = {}): Promise<ShareResult> {
-    return this.serialized(`room ${roomId}`, () => this.prepare(roomId, settings));
+    return this.queues.run(`room ${roomId}`, () => this.prepare(roomId, settings));
   }
 
   private async prepare(roomId: string, settings: ShareSettings): Promise<ShareResult> {
@@ -526,7 +527,7 @@ export class EncryptedClient {
 
   /** Claims one-time keys for the devices of `users` without an Olm session (and those the machine asks for). */
   private claimMissingSessions(users: string[]): Promise<boolean> {
-    return this.serialized('claim', async () => {
+    return this.queues.run('claim', async () => {
       const claim = await this.machine.getMissingSessions(users);
       if (claim) await this.sendRequest(claim);
       return claim !== null;
@@ -548,7 +549,7 @@ export class EncryptedClient {
   ): Promise<SendEncryptedResult> {
     // Share and encrypt back to back, so a concurrent share in the room cannot rotate the
     // session in between.
-    const { share, encrypted } = await this.serialized(`room ${roomId}`, async () => {
+    const { share, encrypted } = await this.queues.run(`room ${roomId}`, async () => {
       const share = await this.prepare(roomId, options.shareSettings ?? {});
       return { share, encrypted: await this.machine.encryptRoomEvent(roomId, type, content) };
     });
@@ -581,19 +582,5 @@ export class EncryptedClient {
   /** Sends one request and marks it sent. */
   private async sendRequest(request: OutgoingRequest): Promise<void> {
     await this.machine.markRequestAsSent(request, await this.transport.send(request));
-  }
-
-  /** Runs `task` once every task queued before it under the same name has settled. */
-  private serialized<T>(queue: string, task: () => Promise<T>): Promise<T> {
-    const run = (this.queues.get(queue) ?? Promise.resolve()).then(task);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.queues.set(queue, tail);
-    void tail.then(() => {
-      if (this.queues.get(queue) === tail) this.queues.delete(queue);
-    });
-    return run;
   }
 }

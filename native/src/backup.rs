@@ -55,15 +55,8 @@ async fn next_request(machine: &OlmMachine) -> Result<Option<NativeRequest>> {
         return Ok(None);
     };
     withheld_backup::annotate_request(machine, &mut request).await.map_err(backup_error)?;
-    Ok(Some(NativeRequest {
-        id: id.to_string(),
-        kind: "keys_backup".to_owned(),
-        body: serde_json::to_string(&Body { rooms: &request.rooms }).map_err(internal)?,
-        event_type: None,
-        txn_id: None,
-        room_id: None,
-        version: Some(request.version),
-    }))
+    let body = serde_json::to_string(&Body { rooms: &request.rooms }).map_err(internal)?;
+    Ok(Some(NativeRequest { version: Some(request.version), ..NativeRequest::plain(id.to_string(), "keys_backup", body) }))
 }
 
 /// A new backup key.

@@ -13,7 +13,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use ruma::{
     events::{secret::request::SecretName, secret_storage::key::SecretStorageKeyEventContent, EventContentFromType},
-    DeviceKeyAlgorithm, OwnedDeviceKeyId, TransactionId,
+    DeviceKeyAlgorithm, OwnedDeviceKeyId,
 };
 use serde_json::{json, value::RawValue};
 
@@ -334,15 +334,7 @@ impl NativeMachine {
         }
         let body = serde_json::to_string(&Body { timeout: request.timeout.map(|t| t.as_millis()), device_keys: &request.device_keys })
             .map_err(internal)?;
-        let out = NativeRequest {
-            id: id.to_string(),
-            kind: "keys_query".to_owned(),
-            body,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        };
+        let out = NativeRequest::plain(id.to_string(), "keys_query", body);
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }
@@ -486,16 +478,7 @@ impl NativeMachine {
                 .map_err(errors::store)?
                 .ok_or_else(|| internal("our own device is missing from the store"))?;
             let request = own.verify().await.map_err(|e| internal(format!("cannot sign our device: {e}")))?;
-            let out = NativeRequest {
-                id: TransactionId::new().to_string(),
-                kind: "signature_upload".to_owned(),
-                body: serde_json::to_string(&request.signed_keys).map_err(internal)?,
-                event_type: None,
-                txn_id: None,
-                room_id: None,
-                version: None,
-            };
-            Ok(out)
+            crate::trust::signature_upload(&request.signed_keys)
         })
     }
 }

@@ -296,15 +296,7 @@ impl NativeMachine {
         for q in self.withheld.queued() {
             out.push(match q {
                 Queued::ToDevice(r) => requests::to_device(&r)?,
-                Queued::Claim { id, body, .. } => NativeRequest {
-                    id,
-                    kind: "keys_claim".to_owned(),
-                    body,
-                    event_type: None,
-                    txn_id: None,
-                    room_id: None,
-                    version: None,
-                },
+                Queued::Claim { id, body, .. } => NativeRequest::plain(id, "keys_claim", body),
             });
         }
         self.remember(&out);

@@ -44,7 +44,9 @@ pub struct NativeRequest {
 }
 
 impl NativeRequest {
-    fn plain(id: String, kind: &str, body: String) -> Self {
+    /// A request of `kind` with only an id and a body (every type but to-device, room messages
+    /// and backups, which carry more).
+    pub(crate) fn plain(id: String, kind: &str, body: String) -> Self {
         Self { id, kind: kind.to_owned(), body, event_type: None, txn_id: None, room_id: None, version: None }
     }
 }

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { SerialQueues } from '../queues';
 import type { OlmMachine, ShareResult } from '../machine';
 import type { OutgoingRequest } from '../requests';
 import type { HomeserverTransport } from '../transport';
@@ -18,7 +19,7 @@ async function settleAll(promises: Promise<void>[]): Promise<void> {
 
 /** @internal */
 export class BridgedDevice {
-  private readonly queues = new Map<string, Promise<void>>();
+  private readonly queues = new SerialQueues();
 
   constructor(
     readonly machine: OlmMachine,
@@ -38,7 +39,7 @@ export class BridgedDevice {
    * more. One drain at a time: the machine hands out a fresh key upload or query on every call.
    */
   drain(): Promise<number> {
-    return this.serialized('outgoing', async () => {
+    return this.queues.run('outgoing', async () => {
       let sent = 0;
       for (let round = 0; round < 10; round++) {
         const requests = await this.machine.outgoingRequests();
@@ -52,7 +53,7 @@ export class BridgedDevice {
 
   /** Claims one-time keys for devices of `users` without an Olm session (and those the machine asks for). */
   claimMissing(users: string[]): Promise<boolean> {
-    return this.serialized('claim', async () => {
+    return this.queues.run('claim', async () => {
       const claim = await this.machine.getMissingSessions(users);
       if (claim) await this.send(claim);
       return claim !== null;
@@ -77,7 +78,7 @@ export class BridgedDevice {
     content: Record<string, unknown>,
     settings: ShareSettings,
   ): Promise<{ content: Record<string, unknown>; share: ShareResult }> {
-    return this.serialized(`room ${roomId}`, async () => {
+    return this.queues.run(`room ${roomId}`, async () => {
       const members = Object.keys((await this.transport.getJoinedMembers(roomId)).joined);
       await this.machine.updateTrackedUsers(members);
       await this.drain();
@@ -90,23 +91,11 @@ export class BridgedDevice {
 
   /** Waits until every queued operation has settled. */
   async idle(): Promise<void> {
-    while (this.queues.size > 0) await Promise.allSettled([...this.queues.values()]);
+    await this.queues.idle();
   }
 
   private async send(request: OutgoingRequest): Promise<void> {
     await this.machine.markRequestAsSent(request, await this.transport.send(request));
   }
 
-  private serialized<T>(queue: string, task: () => Promise<T>): Promise<T> {
-    const run = (this.queues.get(queue) ?? Promise.resolve()).then(task);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.queues.set(queue, tail);
-    void tail.then(() => {
-      if (this.queues.get(queue) === tail) this.queues.delete(queue);
-    });
-    return run;
-  }
 }

@@ -89,15 +89,11 @@ impl NativeMachine {
         let machine = self.machine()?;
         let r = machine.bootstrap_cross_signing(reset).await.map_err(errors::store)?;
         let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
-        let upload_signing_keys = NativeRequest {
-            id: TransactionId::new().to_string(),
-            kind: "signing_keys_upload".to_owned(),
-            body: requests::signing_keys_upload(&r.upload_signing_keys_req)?,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        };
+        let upload_signing_keys = NativeRequest::plain(
+            TransactionId::new().to_string(),
+            "signing_keys_upload",
+            requests::signing_keys_upload(&r.upload_signing_keys_req)?,
+        );
         let upload_signatures = signature_upload(&r.upload_signatures_req.signed_keys)?;
         let mut handed = vec![shallow(&upload_signing_keys), shallow(&upload_signatures)];
         if let Some(u) = &upload_keys {
@@ -143,15 +139,8 @@ impl NativeMachine {
         }
         let machine = self.machine()?;
         let (id, request) = machine.query_keys_for_users([machine.user_id()]);
-        let out = NativeRequest {
-            id: id.to_string(),
-            kind: "keys_query".to_owned(),
-            body: serde_json::to_string(&Body { device_keys: &request.device_keys }).map_err(internal)?,
-            event_type: None,
-            txn_id: None,
-            room_id: None,
-            version: None,
-        };
+        let body = serde_json::to_string(&Body { device_keys: &request.device_keys }).map_err(internal)?;
+        let out = NativeRequest::plain(id.to_string(), "keys_query", body);
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }

@@ -17,13 +17,5 @@ use crate::{errors::internal, requests::NativeRequest};
 
 /// The request object for a signature upload body.
 pub(crate) fn signature_upload(signed_keys: &impl serde::Serialize) -> napi::Result<NativeRequest> {
-    Ok(NativeRequest {
-        id: TransactionId::new().to_string(),
-        kind: "signature_upload".to_owned(),
-        body: serde_json::to_string(signed_keys).map_err(internal)?,
-        event_type: None,
-        txn_id: None,
-        room_id: None,
-        version: None,
-    })
+    Ok(NativeRequest::plain(TransactionId::new().to_string(), "signature_upload", serde_json::to_string(signed_keys).map_err(internal)?))
 }
