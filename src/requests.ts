@@ -102,3 +102,20 @@ export type OutgoingRequest =
 
 /** The `type` tag of an {@link OutgoingRequest}. */
 export type RequestType = OutgoingRequest['type'];
+
+// Exactly the members of `RequestType` (tsc rejects a missing or an extra key), plus the
+// cross-signing upload that `bootstrapCrossSigning` hands out on its own: the list that
+// test/requests.test.ts compares with the Rust enum `RequestType` of native/src/requests.rs.
+const REQUEST_TYPES: { readonly [K in RequestType | 'signing_keys_upload']: true } = {
+  keys_upload: true,
+  keys_query: true,
+  keys_claim: true,
+  to_device: true,
+  signature_upload: true,
+  signing_keys_upload: true,
+  room_message: true,
+  keys_backup: true,
+};
+
+/** Every request type, for the test that ties them to Rust. @internal */
+export const requestTypeList = Object.keys(REQUEST_TYPES);

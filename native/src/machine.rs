@@ -296,7 +296,7 @@ impl NativeMachine {
         for q in self.withheld.queued() {
             out.push(match q {
                 Queued::ToDevice(r) => requests::to_device(&r)?,
-                Queued::Claim { id, body, .. } => NativeRequest::plain(id, "keys_claim", body),
+                Queued::Claim { id, body, .. } => NativeRequest::plain(id, crate::requests::RequestType::KeysClaim, body),
             });
         }
         self.remember(&out);

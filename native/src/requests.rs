@@ -46,8 +46,65 @@ pub struct NativeRequest {
 impl NativeRequest {
     /// A request of `kind` with only an id and a body (every type but to-device, room messages
     /// and backups, which carry more).
-    pub(crate) fn plain(id: String, kind: &str, body: String) -> Self {
-        Self { id, kind: kind.to_owned(), body, event_type: None, txn_id: None, room_id: None, version: None }
+    pub(crate) fn plain(id: String, kind: RequestType, body: String) -> Self {
+        Self { id, kind: kind.as_str().to_owned(), body, event_type: None, txn_id: None, room_id: None, version: None }
+    }
+}
+
+/// The type of an outgoing request, as `OutgoingRequest.type` names it in TypeScript. The names
+/// are spelled here and nowhere else in Rust ([`RequestType::as_str`]); the enum is exported
+/// to JavaScript, and `test/requests.test.ts` ties the TypeScript union to it.
+#[napi(string_enum = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestType {
+    /// `POST /keys/upload`.
+    KeysUpload,
+    /// `POST /keys/query`.
+    KeysQuery,
+    /// `POST /keys/claim`.
+    KeysClaim,
+    /// `PUT /sendToDevice/{type}/{txnId}`.
+    ToDevice,
+    /// `POST /keys/signatures/upload`.
+    SignatureUpload,
+    /// `POST /keys/device_signing/upload` (cross-signing keys, with user-interactive auth).
+    SigningKeysUpload,
+    /// `PUT /rooms/{roomId}/send/{type}/{txnId}`.
+    RoomMessage,
+    /// `PUT /room_keys/keys?version=`.
+    KeysBackup,
+}
+
+impl RequestType {
+    /// Every request type.
+    pub const ALL: [Self; 8] = [
+        Self::KeysUpload,
+        Self::KeysQuery,
+        Self::KeysClaim,
+        Self::ToDevice,
+        Self::SignatureUpload,
+        Self::SigningKeysUpload,
+        Self::RoomMessage,
+        Self::KeysBackup,
+    ];
+
+    /// The name JavaScript sees (`request.type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeysUpload => "keys_upload",
+            Self::KeysQuery => "keys_query",
+            Self::KeysClaim => "keys_claim",
+            Self::ToDevice => "to_device",
+            Self::SignatureUpload => "signature_upload",
+            Self::SigningKeysUpload => "signing_keys_upload",
+            Self::RoomMessage => "room_message",
+            Self::KeysBackup => "keys_backup",
+        }
+    }
+
+    /// The type named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
     }
 }
 
@@ -106,7 +163,7 @@ pub fn to_device(request: &ToDeviceRequest) -> napi::Result<NativeRequest> {
     let txn = request.txn_id.to_string();
     Ok(NativeRequest {
         id: txn.clone(),
-        kind: "to_device".to_owned(),
+        kind: RequestType::ToDevice.as_str().to_owned(),
         body,
         event_type: Some(request.event_type.to_string()),
         txn_id: Some(txn),
@@ -127,7 +184,7 @@ pub fn keys_claim(id: String, request: &KeysClaimRequest) -> napi::Result<Native
         timeout: request.timeout.map(|t| t.as_millis()),
         one_time_keys: &request.one_time_keys,
     })?;
-    Ok(NativeRequest::plain(id, "keys_claim", body))
+    Ok(NativeRequest::plain(id, RequestType::KeysClaim, body))
 }
 
 /// The cross-signing keys upload (`POST /keys/device_signing/upload`); needs user-interactive auth.
@@ -167,7 +224,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
                 one_time_keys: &r.one_time_keys,
                 fallback_keys: &r.fallback_keys,
             })?;
-            Ok(NativeRequest::plain(id, "keys_upload", body))
+            Ok(NativeRequest::plain(id, RequestType::KeysUpload, body))
         }
         AnyOutgoingRequest::KeysQuery(r) => {
             #[derive(Serialize)]
@@ -177,7 +234,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
                 device_keys: &'a BTreeMap<ruma::OwnedUserId, Vec<ruma::OwnedDeviceId>>,
             }
             let body = to_json(&Body { timeout: r.timeout.map(|t| t.as_millis()), device_keys: &r.device_keys })?;
-            Ok(NativeRequest::plain(id, "keys_query", body))
+            Ok(NativeRequest::plain(id, RequestType::KeysQuery, body))
         }
         AnyOutgoingRequest::KeysClaim(r) => keys_claim(id, r),
         AnyOutgoingRequest::ToDeviceRequest(r) => {
@@ -186,7 +243,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
             Ok(out)
         }
         AnyOutgoingRequest::SignatureUpload(r) => {
-            Ok(NativeRequest::plain(id, "signature_upload", to_json(&r.signed_keys)?))
+            Ok(NativeRequest::plain(id, RequestType::SignatureUpload, to_json(&r.signed_keys)?))
         }
         AnyOutgoingRequest::RoomMessage(r) => {
             let content = to_json(&r.content)?;
@@ -196,7 +253,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
             };
             Ok(NativeRequest {
                 id,
-                kind: "room_message".to_owned(),
+                kind: RequestType::RoomMessage.as_str().to_owned(),
                 body: content,
                 event_type: Some(event_type),
                 txn_id: Some(r.txn_id.to_string()),
@@ -233,21 +290,19 @@ impl OwnedResponse {
             R::try_from_http_response(response)
                 .map_err(|e| invalid("response", format!("is not a valid homeserver response for this request ({})", crate::json_input::js_text(e.to_string()))))
         }
-        Ok(match kind {
-            "keys_upload" => Self::KeysUpload(read(body)?),
-            "keys_query" => Self::KeysQuery(read(body)?),
-            "keys_claim" => Self::KeysClaim(read(body)?),
-            "to_device" => Self::ToDevice(read(body)?),
-            "signature_upload" => Self::SignatureUpload(read(body)?),
-            "signing_keys_upload" => Self::SigningKeysUpload(read(body)?),
-            "room_message" => Self::RoomMessage(read(body)?),
-            "keys_backup" => Self::KeysBackup(read(body)?),
-            other => {
-                return Err(invalid(
-                    "type",
-                    format!("unknown request type {other:?}; expected one of keys_upload, keys_query, keys_claim, to_device, signature_upload, signing_keys_upload, room_message, keys_backup"),
-                ))
-            }
+        let Some(request_type) = RequestType::parse(kind) else {
+            let names: Vec<&str> = RequestType::ALL.iter().map(|t| t.as_str()).collect();
+            return Err(invalid("type", format!("unknown request type {kind:?}; expected one of {}", names.join(", "))));
+        };
+        Ok(match request_type {
+            RequestType::KeysUpload => Self::KeysUpload(read(body)?),
+            RequestType::KeysQuery => Self::KeysQuery(read(body)?),
+            RequestType::KeysClaim => Self::KeysClaim(read(body)?),
+            RequestType::ToDevice => Self::ToDevice(read(body)?),
+            RequestType::SignatureUpload => Self::SignatureUpload(read(body)?),
+            RequestType::SigningKeysUpload => Self::SigningKeysUpload(read(body)?),
+            RequestType::RoomMessage => Self::RoomMessage(read(body)?),
+            RequestType::KeysBackup => Self::KeysBackup(read(body)?),
         })
     }
 

@@ -91,7 +91,7 @@ impl NativeMachine {
         let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
         let upload_signing_keys = NativeRequest::plain(
             TransactionId::new().to_string(),
-            "signing_keys_upload",
+            crate::requests::RequestType::SigningKeysUpload,
             requests::signing_keys_upload(&r.upload_signing_keys_req)?,
         );
         let upload_signatures = signature_upload(&r.upload_signatures_req.signed_keys)?;
@@ -140,7 +140,7 @@ impl NativeMachine {
         let machine = self.machine()?;
         let (id, request) = machine.query_keys_for_users([machine.user_id()]);
         let body = serde_json::to_string(&Body { device_keys: &request.device_keys }).map_err(internal)?;
-        let out = NativeRequest::plain(id.to_string(), "keys_query", body);
+        let out = NativeRequest::plain(id.to_string(), crate::requests::RequestType::KeysQuery, body);
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }
