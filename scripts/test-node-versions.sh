@@ -4,6 +4,7 @@
 # .node-versions/ (outside node_modules, so they never shadow `node` in npm scripts).
 # The addon is N-API and built once (`npm run build`); every Node loads the same binary.
 # Usage: scripts/test-node-versions.sh [vitest args...]
+# (test/reliability/crash.test.ts is left out here; npm test runs it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,10 @@ for node in "${nodes[@]}"; do
   echo "== unit suite under node $version ($node)"
   start=$(date +%s)
   result=passed
-  "$node" node_modules/vitest/vitest.mjs run "$@" || { result=FAILED; status=1; }
+  # The SIGKILL crash suite exercises the Rust store, not Node: `npm test` runs it once. It still
+  # fails now and then (UnknownMessageIndex for a message the killed device reported as sent,
+  # open in issue 14, point 11), and four runs of it per CI would only multiply that.
+  "$node" node_modules/vitest/vitest.mjs run --exclude test/reliability/crash.test.ts "$@" || { result=FAILED; status=1; }
   summary+=("node $version: $result in $(( $(date +%s) - start ))s")
 done
 printf '== %s\n' "${summary[@]}"
