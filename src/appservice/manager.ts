@@ -303,7 +303,7 @@ export class AppserviceCrypto {
         );
       }
     });
-    this.appTransport = new HomeserverTransport({ ...this.transportOptions, baseUrl: this.homeserverUrl, accessToken: this.registration.as_token });
+    this.appTransport = this.masquerading();
   }
 
   /**
@@ -410,12 +410,7 @@ export class AppserviceCrypto {
       rec = this.state.devices.get(userId)!;
     }
     const deviceId = rec.deviceId;
-    const asUser = new HomeserverTransport({
-      ...this.transportOptions,
-      baseUrl: this.homeserverUrl,
-      accessToken: this.registration.as_token,
-      masquerade: { userId },
-    });
+    const asUser = this.masquerading({ userId });
     try {
       await asUser.putDevice(deviceId, { display_name: this.displayName(userId) });
     } catch (err) {
@@ -447,12 +442,7 @@ export class AppserviceCrypto {
     await this.creating.get(userId)?.catch(() => undefined);
     const rec = this.state.devices.get(userId);
     if (!rec) return false;
-    const asUser = new HomeserverTransport({
-      ...this.transportOptions,
-      baseUrl: this.homeserverUrl,
-      accessToken: this.registration.as_token,
-      masquerade: { userId },
-    });
+    const asUser = this.masquerading({ userId });
     try {
       await asUser.deleteDevice(rec.deviceId);
     } catch (err) {
@@ -790,15 +780,23 @@ export class AppserviceCrypto {
     return { eventId: event_id, share: encrypted.share };
   }
 
-  /** A transport that acts as a bridged user's device (for joins, sends, ...). */
-  async transportFor(userId: string): Promise<HomeserverTransport> {
-    const { deviceId } = await this.deviceFor(userId);
+  /**
+   * A transport with the appservice's token: as the appservice itself, or, with `masquerade`,
+   * as a bridged user (and device) through the `user_id` / `device_id` query parameters.
+   */
+  private masquerading(masquerade?: { userId: string; deviceId?: string }): HomeserverTransport {
     return new HomeserverTransport({
       ...this.transportOptions,
       baseUrl: this.homeserverUrl,
       accessToken: this.registration.as_token,
-      masquerade: { userId, deviceId },
+      ...(masquerade ? { masquerade } : {}),
     });
+  }
+
+  /** A transport that acts as a bridged user's device (for joins, sends, ...). */
+  async transportFor(userId: string): Promise<HomeserverTransport> {
+    const { deviceId } = await this.deviceFor(userId);
+    return this.masquerading({ userId, deviceId });
   }
 
   /**
@@ -861,12 +859,7 @@ export class AppserviceCrypto {
       store: this.storeFor(userId, rec.deviceId),
       ...(policy ? { withheld: policy } : {}),
     });
-    const transport = new HomeserverTransport({
-      ...this.transportOptions,
-      baseUrl: this.homeserverUrl,
-      accessToken: this.registration.as_token,
-      masquerade: { userId, deviceId: rec.deviceId },
-    });
+    const transport = this.masquerading({ userId, deviceId: rec.deviceId });
     const device = new BridgedDevice(machine, transport);
     // Device-list changes that came while the machine was closed: its tracked users whose
     // devices changed are queried again on the next drain.
