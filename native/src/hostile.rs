@@ -258,12 +258,7 @@ impl Harness {
             return Outcome { rejected: true, reached_machine: true };
         };
         let rejected = match self.withheld.after_sync(&self.target, &processed, &keys).await {
-            Ok(outcome) => {
-                for n in &outcome.notices {
-                    let _ = n.to_json();
-                }
-                false
-            }
+            Ok(_) => false,
             Err(_) => true,
         };
         // Drain what the answers queued, as an application would send it.
