@@ -21,7 +21,8 @@ use napi_derive::napi;
 use crate::{
     errors::{code, typed, DecryptionCode},
     withheld::explain::{Explanation, Scope},
-    withheld_js::{KeyRequestAnswer, ReceivedNotice},
+    withheld::reactions::KeyRequestAnswer,
+    withheld_js::ReceivedNotice,
 };
 
 /// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).

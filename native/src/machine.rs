@@ -282,7 +282,7 @@ impl NativeMachine {
             &processed,
             &keys,
             outcome.notices.iter().map(Into::into).collect(),
-            outcome.answers.iter().map(Into::into).collect(),
+            outcome.answers,
             skipped,
         )
     }

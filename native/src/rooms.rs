@@ -20,7 +20,6 @@ use crate::{
     machine::{parse_policy, withheld_error, NativeMachine},
     requests::NativeRequest,
     withheld::{inbound, ledger},
-    withheld_js::{DeviceRef, WithheldRecipient},
 };
 
 /// What `shareRoomKey` returns: the requests to send and who got the key or which notice.
@@ -29,9 +28,9 @@ pub struct ShareResult {
     /// The to-device requests (room keys and withheld notices); send every one before the event.
     pub requests: Vec<NativeRequest>,
     /// The devices that get the room key from this share.
-    pub shared_with: Vec<DeviceRef>,
+    pub shared_with: Vec<crate::withheld::share::DeviceRef>,
     /// The devices that do not get it, and the notice each gets.
-    pub withheld: Vec<WithheldRecipient>,
+    pub withheld: Vec<crate::withheld::share::WithheldRecipient>,
 }
 
 #[napi]
@@ -54,8 +53,8 @@ impl NativeMachine {
         let requests = self.to_device_requests(outcome.requests.iter())?;
         Ok(ShareResult {
             requests,
-            shared_with: outcome.shared_with.iter().map(Into::into).collect(),
-            withheld: outcome.withheld.iter().map(Into::into).collect(),
+            shared_with: outcome.shared_with,
+            withheld: outcome.withheld,
         })
     }
 

@@ -1,10 +1,11 @@
-//! The withheld layer's results as napi-rs objects: their TypeScript declarations are
-//! generated from these structs (and re-exported by `src/withheld.ts`), so the two cannot drift.
-//! The layer itself (`withheld/`) has no N-API code; its vocabularies (`Source`, `Verdict`,
-//! `Scope`) carry napi's `string_enum` attribute when the `node` feature is on, so the
-//! TypeScript names of their values are generated from the one Rust enum too (as string unions:
-//! JavaScript compares them with plain strings). The `OlmMachine` class's withheld settings and
-//! queries are here too, in their own `#[napi] impl NativeMachine`.
+//! The withheld results that need a shape of their own at the N-API boundary, and the
+//! `OlmMachine` class's withheld settings and queries (their own `#[napi] impl NativeMachine`).
+//!
+//! Everything else the withheld layer returns crosses as the layer's own structs and enums:
+//! they carry napi's `object` / `string_enum` attributes when the `node` feature is on (records,
+//! share summary, key-request answers, `WithheldSource`/`WithheldVerdict`/`WithheldScope`), so
+//! their TypeScript declarations are generated from the one Rust definition and re-exported by
+//! `src/withheld.ts`. The layer has no other N-API code, and its unit tests build without it.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -18,113 +19,9 @@ use crate::{
         ledger,
         ledger::MetricsSnapshot,
         no_olm::DeviceEntry,
-        reactions,
-        received::{self, Notice, Source, Verdict},
-        share,
+        received::{Notice, NoOlmRecord, Verdict, WithheldRecord},
     },
 };
-
-/// A device, by owner and id.
-#[napi(object)]
-pub struct DeviceRef {
-    /// The owner.
-    pub user_id: String,
-    /// The device id.
-    pub device_id: String,
-}
-
-impl From<&share::DeviceRef> for DeviceRef {
-    fn from(d: &share::DeviceRef) -> Self {
-        Self { user_id: d.user_id.clone(), device_id: d.device_id.clone() }
-    }
-}
-
-/// A device that did not get the room key in a share, and the notice it gets.
-#[napi(object)]
-pub struct WithheldRecipient {
-    /// The owner.
-    pub user_id: String,
-    /// The device id.
-    pub device_id: String,
-    /// The code of the notice (a `WithheldCode`).
-    pub code: String,
-    /// False when the policy suppressed the notice: the device was refused silently.
-    pub sent: bool,
-}
-
-impl From<&share::WithheldRecipient> for WithheldRecipient {
-    fn from(r: &share::WithheldRecipient) -> Self {
-        Self { user_id: r.user_id.clone(), device_id: r.device_id.clone(), code: r.code.clone(), sent: r.sent }
-    }
-}
-
-/// A withheld record of a session (see `OlmMachine.getWithheldRecords`).
-#[napi(object, use_nullable = true)]
-pub struct WithheldRecord {
-    /// The withheld code (a `WithheldCode`: a spec code or a namespaced custom one).
-    pub code: String,
-    /// The reason text, if any (cut to 1,024 bytes when received).
-    pub reason: Option<String>,
-    /// The room.
-    pub room_id: String,
-    /// The session.
-    pub session_id: String,
-    /// Who sent it.
-    pub sender: String,
-    /// The key it claims (the session creator's).
-    pub sender_key: String,
-    /// The sending device, if named (MSC3735 `from_device`).
-    pub from_device: Option<String>,
-    /// When it arrived, ms since the epoch.
-    pub received_at: f64,
-    /// A notice from the creator, a forwarded key's `withheld` property, an imported export, or
-    /// a room key restored from server-side key backup.
-    #[napi(ts_type = "WithheldSource")]
-    pub source: Source,
-}
-
-impl From<&received::WithheldRecord> for WithheldRecord {
-    fn from(r: &received::WithheldRecord) -> Self {
-        Self {
-            code: r.code.clone(),
-            reason: r.reason.clone(),
-            room_id: r.room_id.clone(),
-            session_id: r.session_id.clone(),
-            sender: r.sender.clone(),
-            sender_key: r.sender_key.clone(),
-            from_device: r.from_device.clone(),
-            received_at: r.received_at as f64,
-            source: r.source,
-        }
-    }
-}
-
-/// An `m.no_olm` notice we received from one device (see `OlmMachine.getNoOlmNotices`).
-#[napi(object, use_nullable = true)]
-pub struct NoOlmRecord {
-    /// The sending user.
-    pub sender: String,
-    /// The sending device's Curve25519 key.
-    pub sender_key: String,
-    /// The sending device, if named (MSC3735 `from_device`).
-    pub from_device: Option<String>,
-    /// The reason, if any.
-    pub reason: Option<String>,
-    /// When it arrived, ms since the epoch.
-    pub received_at: f64,
-}
-
-impl From<&received::NoOlmRecord> for NoOlmRecord {
-    fn from(n: &received::NoOlmRecord) -> Self {
-        Self {
-            sender: n.sender.clone(),
-            sender_key: n.sender_key.clone(),
-            from_device: n.from_device.clone(),
-            reason: n.reason.clone(),
-            received_at: n.received_at as f64,
-        }
-    }
-}
 
 /// The kind of a received notice: about one room session, or about the Olm channel.
 #[napi(string_enum = "snake_case")]
@@ -194,39 +91,6 @@ impl From<&Reported> for ReceivedNotice {
                 verdict,
                 encrypted,
             },
-        }
-    }
-}
-
-/// What the machine did with one incoming room-key request (see `SyncResult.keyRequestAnswers`).
-#[napi(object)]
-pub struct KeyRequestAnswer {
-    /// The requesting user.
-    pub sender: String,
-    /// The requesting device.
-    pub requesting_device: String,
-    /// The room of the requested session.
-    pub room_id: String,
-    /// The requested session.
-    pub session_id: String,
-    /// `forwarded` (our own verified device gets the session from our first known index),
-    /// the withheld code of the refusal (`m.unauthorised` for other users, `m.unverified` for
-    /// our unverified devices, `m.unavailable` when we do not hold the session), `ignored` (an
-    /// unknown device, or ourselves), or `rate_limited` (over the bounds; nothing is sent).
-    pub answer: String,
-    /// False when nothing was queued: ignored, rate limited, or a refusal the policy suppresses.
-    pub sent: bool,
-}
-
-impl From<&reactions::KeyRequestAnswer> for KeyRequestAnswer {
-    fn from(a: &reactions::KeyRequestAnswer) -> Self {
-        Self {
-            sender: a.sender.clone(),
-            requesting_device: a.requesting_device.clone(),
-            room_id: a.room_id.clone(),
-            session_id: a.session_id.clone(),
-            answer: a.answer.clone(),
-            sent: a.sent,
         }
     }
 }
@@ -316,8 +180,7 @@ impl NativeMachine {
     pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<Vec<WithheldRecord>> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
-        let records = ledger::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)?;
-        Ok(records.iter().map(Into::into).collect())
+        ledger::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)
     }
 
     /// The `m.no_olm` notices received from a user's devices (with `deviceId`, that device's,
@@ -333,7 +196,7 @@ impl NativeMachine {
             let key = known.and_then(|d| d.curve25519_key()).map(|k| k.to_base64());
             list.retain(|n| crate::withheld::explain::is_from_device(n, Some(device.as_str()), key.as_deref()));
         }
-        Ok(list.iter().map(Into::into).collect())
+        Ok(list)
     }
 
     /// Counters of received withheld notices.

@@ -74,7 +74,7 @@ pub fn explain(event: &FailedEvent<'_>, room: Option<&WithheldRecord>, no_olm: &
         .iter()
         .filter(|n| n.sender == event.sender)
         .filter(|n| is_from_device(n, event.device_id, event.sender_key))
-        .filter(|n| event.origin_server_ts.is_none_or(|ts| ts <= n.received_at.saturating_add(CLOCK_SKEW_MS)))
+        .filter(|n| event.origin_server_ts.is_none_or(|ts| ts as i64 <= n.received_at.saturating_add(CLOCK_SKEW_MS as i64)))
         .max_by_key(|n| n.received_at)
         .map(|n| Explanation { code: super::codes::NO_OLM.to_owned(), reason: n.reason.clone(), scope: Scope::NoOlm })
 }
@@ -98,7 +98,7 @@ mod tests {
         }
     }
 
-    fn no_olm(key: &str, device: Option<&str>, at: u64) -> NoOlmRecord {
+    fn no_olm(key: &str, device: Option<&str>, at: i64) -> NoOlmRecord {
         NoOlmRecord { sender: "@a:x".into(), sender_key: key.into(), from_device: device.map(Into::into), reason: Some("no channel".into()), received_at: at }
     }
 

@@ -57,7 +57,7 @@ pub fn extract(key: &Value, importer: &str, source: Source) -> Option<WithheldRe
         sender: importer.to_owned(),
         sender_key: key.get("sender_key")?.as_str()?.to_owned(),
         from_device: None,
-        received_at: now_ms(),
+        received_at: now_ms() as i64,
         source,
     })
 }

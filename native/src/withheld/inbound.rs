@@ -187,7 +187,7 @@ async fn record_forwarded_withheld(
         sender: sender.to_owned(),
         sender_key: sender_key.to_owned(),
         from_device: None,
-        received_at: now,
+        received_at: now as i64,
         source: Source::ForwardedKey,
     };
     ledger::put_room_record(machine, &record, true).await?;

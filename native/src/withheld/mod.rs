@@ -124,7 +124,7 @@ pub struct Withheld {
     queue: Mutex<Vec<QueueEntry>>,
     limiter: Mutex<key_requests::Limiter>,
     react_to_no_olm: AtomicBool,
-    unwedge_lock: tokio::sync::Mutex<()>,
+    reaction_lock: tokio::sync::Mutex<()>,
     clock: Clock,
 }
 
@@ -140,7 +140,7 @@ impl Withheld {
             queue: Mutex::new(Vec::new()),
             limiter: Mutex::new(key_requests::Limiter::default()),
             react_to_no_olm: AtomicBool::new(react_to_no_olm),
-            unwedge_lock: tokio::sync::Mutex::new(()),
+            reaction_lock: tokio::sync::Mutex::new(()),
             metrics: ledger::Metrics::default(),
             policy: RwLock::new(policy),
             filtered: Mutex::new(HashMap::new()),

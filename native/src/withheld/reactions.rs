@@ -16,21 +16,31 @@ use super::{
     Withheld, WithheldError,
 };
 
-/// At most one new Olm session per device per hour for unwedging (the spec's limit).
-pub const UNWEDGE_INTERVAL_MS: u64 = 60 * 60_000;
-const UNWEDGE_KEY: &str = "matrix-crypto-node.withheld.v1.unwedged";
+/// At most one reaction (new Olm session + `m.dummy`) per device per hour: the spec's limit on
+/// unwedging a broken Olm channel.
+pub const REACTION_INTERVAL_MS: u64 = 60 * 60_000;
+// Persisted under this key since the first release: the value stays, whatever the name says.
+const REACTIONS_KEY: &str = "matrix-crypto-node.withheld.v1.unwedged";
 
-/// What we did with one incoming key request, reported to the application.
+/// What the machine did with one incoming room-key request (see `SyncResult.keyRequestAnswers`).
+#[cfg_attr(feature = "node", napi_derive::napi(object))]
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRequestAnswer {
+    /// The requesting user.
     pub sender: String,
+    /// The requesting device.
     pub requesting_device: String,
+    /// The room of the requested session.
     pub room_id: String,
+    /// The requested session.
     pub session_id: String,
-    /// `forwarded`, a withheld code, `ignored` or `rate_limited`.
+    /// `forwarded` (our own verified device gets the session from our first known index),
+    /// the withheld code of the refusal (`m.unauthorised` for other users, `m.unverified` for
+    /// our unverified devices, `m.unavailable` when we do not hold the session), `ignored` (an
+    /// unknown device, or ourselves), or `rate_limited` (over the bounds; nothing is sent).
     pub answer: String,
-    /// False when the policy suppressed the refusal.
+    /// False when nothing was queued: ignored, rate limited, or a refusal the policy suppresses.
     pub sent: bool,
 }
 
@@ -198,11 +208,11 @@ impl Withheld {
         };
         let device_id = device.device_id().to_owned();
         let now = self.now();
-        let _guard = self.unwedge_lock.lock().await;
-        let key = format!("{UNWEDGE_KEY}:{user}");
+        let _guard = self.reaction_lock.lock().await;
+        let key = format!("{REACTIONS_KEY}:{user}");
         let mut last: std::collections::BTreeMap<String, u64> =
             machine.store().get_value(&key).await.map_err(WithheldError::store)?.unwrap_or_default();
-        if last.get(device_id.as_str()).is_some_and(|t| now.saturating_sub(*t) < UNWEDGE_INTERVAL_MS) {
+        if last.get(device_id.as_str()).is_some_and(|t| now.saturating_sub(*t) < REACTION_INTERVAL_MS) {
             return Ok(false);
         }
         last.insert(device_id.to_string(), now);

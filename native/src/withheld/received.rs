@@ -23,30 +23,50 @@ pub enum Source {
     KeyBackup,
 }
 
-/// A room-scoped withheld record: why (part of) a session is missing.
+/// A withheld record of a session: why (part of) it is missing (see
+/// `OlmMachine.getWithheldRecords`).
+#[cfg_attr(feature = "node", napi_derive::napi(object, use_nullable = true))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WithheldRecord {
+    /// The withheld code (a `WithheldCode`: a spec code or a namespaced custom one).
     pub code: String,
+    /// The reason text, if any (cut to 1,024 bytes when received).
     pub reason: Option<String>,
+    /// The room.
     pub room_id: String,
+    /// The session.
     pub session_id: String,
+    /// Who sent it.
     pub sender: String,
+    /// The key it claims (the session creator's).
     pub sender_key: String,
+    /// The sending device, if named (MSC3735 `from_device`).
     pub from_device: Option<String>,
-    pub received_at: u64,
+    /// When it arrived, ms since the epoch.
+    pub received_at: i64,
+    /// A notice from the creator, a forwarded key's `withheld` property, an imported export, or
+    /// a room key restored from server-side key backup.
+    #[cfg_attr(feature = "node", napi(ts_type = "WithheldSource"))]
     pub source: Source,
 }
 
-/// A channel notice (`m.no_olm`) from one device of a sender.
+/// An `m.no_olm` notice we received from one device of a sender (see
+/// `OlmMachine.getNoOlmNotices`).
+#[cfg_attr(feature = "node", napi_derive::napi(object, use_nullable = true))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NoOlmRecord {
+    /// The sending user.
     pub sender: String,
+    /// The sending device's Curve25519 key.
     pub sender_key: String,
+    /// The sending device, if named (MSC3735 `from_device`).
     pub from_device: Option<String>,
+    /// The reason, if any.
     pub reason: Option<String>,
-    pub received_at: u64,
+    /// When it arrived, ms since the epoch.
+    pub received_at: i64,
 }
 
 /// A notice as received, before validation.
@@ -114,7 +134,7 @@ pub fn parse(sender: &str, content: &Map<String, Value>, now_ms: u64) -> Option<
     let (code, sender_key) = (code.to_owned(), sender_key.to_owned());
     let reason = codes::str_field(content, "reason").map(bounded_reason);
     if code == codes::NO_OLM {
-        return Some(Notice::NoOlm(NoOlmRecord { sender: sender.to_owned(), sender_key, from_device, reason, received_at: now_ms }));
+        return Some(Notice::NoOlm(NoOlmRecord { sender: sender.to_owned(), sender_key, from_device, reason, received_at: now_ms as i64 }));
     }
     let room_id = field("room_id")?.to_owned();
     let session_id = field("session_id")?.to_owned();
@@ -126,7 +146,7 @@ pub fn parse(sender: &str, content: &Map<String, Value>, now_ms: u64) -> Option<
         sender: sender.to_owned(),
         sender_key,
         from_device,
-        received_at: now_ms,
+        received_at: now_ms as i64,
         source: Source::Notice,
     }))
 }

@@ -18,22 +18,29 @@ use serde_json::{Map, Value};
 
 use super::{codes, policy::SendPolicy, WithheldError};
 
-/// One device and what this share did for it.
+/// A device that did not get the room key in a share, and the notice it gets.
+#[cfg_attr(feature = "node", napi_derive::napi(object))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WithheldRecipient {
+    /// The owner.
     pub user_id: String,
+    /// The device id.
     pub device_id: String,
+    /// The code of the notice (a `WithheldCode`).
     pub code: String,
-    /// False when the policy suppressed the notice.
+    /// False when the policy suppressed the notice: the device was refused silently.
     pub sent: bool,
 }
 
-/// A device that receives the room key from this share.
+/// A device, by owner and id.
+#[cfg_attr(feature = "node", napi_derive::napi(object))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRef {
+    /// The owner.
     pub user_id: String,
+    /// The device id.
     pub device_id: String,
 }
 

@@ -7,7 +7,7 @@ use matrix_sdk_crypto::{CollectStrategy, EncryptionSettings};
 use serde_json::{json, Value};
 
 use super::{Device, Server, ALICE, BOB};
-use crate::withheld::{codes, reactions::UNWEDGE_INTERVAL_MS, received::Verdict};
+use crate::withheld::{codes, reactions::REACTION_INTERVAL_MS, received::Verdict};
 
 const ROOM: &str = "!room:example.org";
 const OTHER_ROOM: &str = "!other:example.org";
@@ -75,7 +75,7 @@ async fn the_reaction_re_arms_after_an_hour_and_not_before() {
     let claims = || server.lock().unwrap().claims_of(BOB, ALICE, "ALICE");
     let after_first = claims();
 
-    bob.advance(UNWEDGE_INTERVAL_MS - 60_000);
+    bob.advance(REACTION_INTERVAL_MS - 60_000);
     let within = bob.sync_with(&server, vec![forged_no_olm(&alice)]).await;
     assert!(matches!(within.notices.as_slice(), [n] if n.verdict == Verdict::Trusted));
     assert_eq!(within.no_olm_reactions, 0, "59 minutes later: no second reaction");
@@ -96,7 +96,7 @@ async fn a_later_olm_message_from_the_same_device_shows_the_channel_works() {
     let (server, alice, bob, _) = unused_session_then_no_olm().await;
     assert_eq!(bob.sync(&server).await.no_olm_reactions, 1);
     alice.sync(&server).await;
-    bob.advance(2 * UNWEDGE_INTERVAL_MS);
+    bob.advance(2 * REACTION_INTERVAL_MS);
     // Alice, who now has a session with Bob, shares a room key over Olm after a stale notice.
     alice.machine.discard_room_key(&ruma::RoomId::parse(ROOM).unwrap()).await.unwrap();
     alice.share(&server, ROOM, &[ALICE, BOB], EncryptionSettings::default()).await;
