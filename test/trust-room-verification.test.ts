@@ -80,8 +80,9 @@ async function ready(methods: Parameters<TestDevice['machine']['verificationRequ
   return { alice, bob, flowId };
 }
 
+/** Whether `me` sees `other`'s identity verified, once the signature came back from the homeserver. */
 async function identityVerified(me: TestDevice, other: TestDevice): Promise<boolean | undefined> {
-  await me.machine.updateTrackedUsers([other.userId]);
+  await me.sync();
   return (await me.machine.getUserIdentity(other.userId))?.isVerified;
 }
 
