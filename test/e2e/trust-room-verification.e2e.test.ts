@@ -59,21 +59,24 @@ async function phase(request: VerificationRequest, p: VerificationPhase): Promis
 }
 
 function sasShown(request: VerificationRequest): Promise<ShowSasCallbacks> {
-  return new Promise((resolve) => {
-    const verifier = request.verifier!;
-    const now = verifier.getShowSasCallbacks();
-    if (now) resolve(now);
-    else verifier.once(VerifierEvent.ShowSas, resolve);
-  });
+  return waitFor('js-sdk to show the SAS', () => request.verifier?.getShowSasCallbacks() ?? undefined);
+}
+
+/** A js-sdk promise that must settle within the usual wait. */
+function within<T>(what: string, p: Promise<T>): Promise<T> {
+  return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 20_000).unref())]);
 }
 
 function flow(seen: VerificationInfo[], flowId: string, p: VerificationInfo['phase']): Promise<VerificationInfo> {
   return waitFor(`bot flow ${flowId} in phase ${p}`, () => seen.find((v) => v.flowId === flowId && v.phase === p));
 }
 
-/** Both sides see the other's identity verified. */
+/**
+ * Both sides see the other's identity verified. The bot's signature of the user's identity
+ * counts once the user's keys come back with it (the homeserver lists the user as changed).
+ */
 async function bothVerified(alice: JsSdkUser, bot: EncryptedClient): Promise<void> {
-  expect((await bot.machine.getUserIdentity(alice.user.userId))?.isVerified).toBe(true);
+  await waitFor('the bot to see the user verified', async () => ((await bot.machine.getUserIdentity(alice.user.userId))?.isVerified ? true : undefined));
   await waitFor('js-sdk to see the bot verified', async () =>
     (await alice.crypto.getUserVerificationStatus(bot.userId)).isCrossSigningVerified() ? true : undefined,
   );
@@ -92,9 +95,9 @@ describe('in-room verification with a js-sdk user', () => {
     const ours = await flow(seen, flowId, 'keys_exchanged');
     expect(ours.emoji?.map((e) => e.symbol)).toEqual(sas.sas.emoji?.map(([symbol]) => symbol));
     expect(ours.decimals).toEqual(sas.sas.decimal);
-    await sas.confirm();
-    await bot.confirmSas(alice.user.userId, flowId);
-    await done;
+    await within('js-sdk to send its MAC', sas.confirm());
+    await within('the bot to confirm', bot.confirmSas(alice.user.userId, flowId));
+    await within('js-sdk to finish', done);
     await flow(seen, flowId, 'done');
     expect(seen.filter((v) => v.flowId === flowId).map((v) => v.phase)).toEqual(['requested', 'ready', 'started', 'accepted', 'keys_exchanged', 'confirmed', 'done']);
     await bothVerified(alice, bot);
@@ -119,8 +122,8 @@ describe('in-room verification with a js-sdk user', () => {
     await waitFor('js-sdk verifier', () => request.verifier ?? undefined);
     const done = request.verifier!.verify();
     const sas = await sasShown(request);
-    await sas.confirm();
-    await done;
+    await within('js-sdk to send its MAC', sas.confirm());
+    await within('js-sdk to finish', done);
     await flow(seen, asked.flowId, 'done');
     await bothVerified(alice, bot);
 
@@ -143,8 +146,8 @@ describe('in-room verification with a js-sdk user', () => {
     expect(ready.theirMethods).toEqual(expect.arrayContaining(['m.qr_code.scan.v1', 'm.reciprocate.v1']));
     const qr = await bot.showQrCode(alice.user.userId, flowId);
     expect(qr.verification.phase).toBe('qr_shown');
-    const verifier = await request.scanQRCode(new Uint8ClampedArray(qr.bytes));
-    await verifier.verify();
+    const verifier = await within('js-sdk to scan', request.scanQRCode(new Uint8ClampedArray(qr.bytes)));
+    await within('js-sdk to finish', verifier.verify());
     await flow(seen, flowId, 'qr_scanned');
     await flow(seen, flowId, 'done');
     await bothVerified(alice, bot);
@@ -169,8 +172,8 @@ describe('in-room verification with a js-sdk user', () => {
       else verifier.once(VerifierEvent.ShowReciprocateQr, resolve);
     });
     const done = verifier.verify();
-    (await shown).confirm();
-    await done;
+    (await within('js-sdk to ask for the scan confirmation', shown)).confirm();
+    await within('js-sdk to finish', done);
     await flow(seen, flowId, 'done');
     await bothVerified(alice, bot);
   });
