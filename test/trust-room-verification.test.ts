@@ -3,6 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import type { RoomMessageRequest } from '../src/requests';
 import type { VerificationStep } from '../src/trust';
+import { EncryptedClient } from '../src/client';
+import { HomeserverTransport } from '../src/transport';
 import { TestDevice, TestHomeserver } from '../src/testing/homeserver';
 
 const ROOM = '!dm:example.org';
@@ -164,5 +166,15 @@ describe('in-room verification between two machines', () => {
     // In-room verification verifies a user: our own user and a user without an identity are refused.
     await expect(alice.machine.verificationRequestContent(alice.userId)).rejects.toMatchObject({ code: 'InvalidArgument', field: 'userId' });
     await expect(alice.machine.verificationRequestContent('@stranger:example.org')).rejects.toMatchObject({ code: 'InvalidArgument', field: 'userId' });
+  });
+
+  it('the client policy names a bad method list', async () => {
+    const { alice } = await pair();
+    const transport = new HomeserverTransport({ baseUrl: 'http://127.0.0.1:1', accessToken: 't' });
+    const make = (methods: unknown) => new EncryptedClient({ machine: alice.machine, transport, verification: { methods: methods as never } });
+    expect(() => make(['qr'])).toThrow(/^verification\.methods: must be a non-empty array of 'sas', 'qr_show', 'qr_scan'$/);
+    expect(() => make([])).toThrow(/verification\.methods/);
+    expect(() => make(['sas', 'qr_show'])).not.toThrow();
+    await expect(alice.machine.verificationRequestContent('@bob:example.org', [])).rejects.toMatchObject({ code: 'InvalidArgument', field: 'methods' });
   });
 });
