@@ -28,9 +28,9 @@
  */
 
 import { SerialQueues } from './queues';
-import { DecryptionError } from './errors';
+import { DecryptionError, MatrixCryptoError } from './errors';
 import { OlmMachine, type ShareResult, type StoreOptions } from './machine';
-import type { OutgoingRequest } from './requests';
+import type { OutgoingRequest, RoomMessageRequest } from './requests';
 import {
   HomeserverTransport,
   toSyncChanges,
@@ -43,10 +43,12 @@ import type { WithheldPolicy } from './withheld';
 import { setUpCrossSigning, type CrossSigningOptions, type CrossSigningSetup } from './trust/cross-signing';
 import {
   VerificationTracker,
+  roomVerificationFlowOf,
   verificationFlowOf,
   type VerificationCancelCode,
   type VerificationInfo,
   type VerificationPolicy,
+  type VerificationQrCode,
   type VerificationStep,
 } from './trust/verification';
 import {
@@ -224,7 +226,16 @@ export class EncryptedClient {
     if (policy.acceptFrom !== undefined && !(Array.isArray(policy.acceptFrom) && policy.acceptFrom.every((u) => typeof u === 'string'))) {
       throw new TypeError('verification.acceptFrom: must be an array of user ids');
     }
-    this.verificationPolicy = { acceptFrom: [...(policy.acceptFrom ?? [])], autoConfirmSas: policy.autoConfirmSas === true };
+    const kinds = ['sas', 'qr_show', 'qr_scan'];
+    if (policy.methods !== undefined && !(Array.isArray(policy.methods) && policy.methods.length > 0 && policy.methods.every((m) => kinds.includes(m)))) {
+      throw new TypeError(`verification.methods: must be a non-empty array of ${kinds.map((k) => `'${k}'`).join(', ')}`);
+    }
+    this.verificationPolicy = {
+      acceptFrom: [...(policy.acceptFrom ?? [])],
+      autoConfirmSas: policy.autoConfirmSas === true,
+      methods: [...(policy.methods ?? ['sas'])],
+      autoConfirmQrScan: policy.autoConfirmQrScan === true,
+    };
   }
 
   private readonly verificationPolicy: Required<VerificationPolicy>;
@@ -249,14 +260,63 @@ export class EncryptedClient {
     return this.verifications.listen(listener);
   }
 
-  /** Asks a device (another of ours, or another user's) to verify with us; resolves in phase `created`. */
+  /**
+   * Asks a device (another of ours, or another user's) to verify with us over to-device
+   * messages, offering the policy's `methods`; resolves in phase `created`.
+   */
   async requestVerification(userId: string, deviceId: string): Promise<VerificationInfo> {
-    return this.verificationStep(await this.machine.requestDeviceVerification(userId, deviceId));
+    return this.verificationStep(await this.machine.requestDeviceVerification(userId, deviceId, this.verificationPolicy.methods));
   }
 
-  /** Accepts a verification request (phase `requested`). */
+  /**
+   * Asks a user to verify with us in a room we share with them (usually a DM): sends the
+   * request as an `m.room.message` (encrypted in an encrypted room) and resolves in phase
+   * `created`, the request's event id being the flow id. This verifies the user's identity
+   * (their cross-signing master key), so both users need cross-signing identities.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `userId` when the user has no cross-signing identity.
+   */
+  async requestVerificationInRoom(roomId: string, userId: string): Promise<VerificationInfo> {
+    const { methods } = this.verificationPolicy;
+    await this.machine.updateTrackedUsers([userId]);
+    await this.processOutgoingRequests();
+    const content = await this.machine.verificationRequestContent(userId, methods);
+    const eventId = await this.sendRoomContent(roomId, 'm.room.message', content);
+    const v = await this.machine.requestVerificationInRoom(userId, roomId, eventId, methods);
+    this.verifications.track(v.otherUserId, v.flowId);
+    await this.driveVerifications();
+    return this.machine.getVerification(v.otherUserId, v.flowId) ?? v;
+  }
+
+  /** Accepts a verification request (phase `requested`), offering the policy's `methods`. */
   async acceptVerification(userId: string, flowId: string): Promise<VerificationInfo> {
-    return this.verificationStep(this.machine.acceptVerification(userId, flowId));
+    return this.verificationStep(this.machine.acceptVerification(userId, flowId, this.verificationPolicy.methods));
+  }
+
+  /**
+   * Shows a QR code in a `ready` flow (the policy's `methods` include `'qr_show'` and the other
+   * side can scan): returns the bytes to render as a QR code for the other user to scan. When
+   * they scanned it, the flow is `qr_scanned`: {@link confirmQrScan} (or `autoConfirmQrScan`).
+   */
+  async showQrCode(userId: string, flowId: string): Promise<VerificationQrCode> {
+    const shown = await this.machine.showQrCode(userId, flowId);
+    this.verifications.track(userId, flowId);
+    await this.driveVerifications();
+    return shown;
+  }
+
+  /**
+   * Scans the other side's QR code (the bytes decoded from its image) in a `ready` flow (the
+   * policy's `methods` include `'qr_scan'`); the flow is `reciprocated`, then `done` once the
+   * other side confirms.
+   */
+  async scanQrCode(userId: string, flowId: string, qrCode: Uint8Array): Promise<VerificationInfo> {
+    return this.verificationStep(await this.machine.scanQrCode(userId, flowId, qrCode));
+  }
+
+  /** Confirms that the other side scanned our QR code (phase `qr_scanned`). */
+  async confirmQrScan(userId: string, flowId: string): Promise<VerificationInfo> {
+    return this.verificationStep(this.machine.confirmQrScan(userId, flowId));
   }
 
   /** Starts SAS on a `ready` flow, or accepts the SAS the other side started. */
@@ -285,16 +345,17 @@ export class EncryptedClient {
 
   /** Reports changed flows and applies the policy, until nothing changes. */
   private async driveVerifications(): Promise<void> {
-    const { acceptFrom, autoConfirmSas } = this.verificationPolicy;
+    const { acceptFrom, autoConfirmSas, methods, autoConfirmQrScan } = this.verificationPolicy;
     for (let round = 0; round < 5; round++) {
       const changed = this.verifications.report((u, f) => this.machine.getVerification(u, f));
       let acted = false;
       for (const v of changed) {
         if (!acceptFrom.includes(v.otherUserId)) continue;
         let step: VerificationStep | undefined;
-        if (v.phase === 'requested') step = this.machine.acceptVerification(v.otherUserId, v.flowId);
+        if (v.phase === 'requested') step = this.machine.acceptVerification(v.otherUserId, v.flowId, methods);
         else if (v.phase === 'started' && !v.weStarted) step = await this.machine.startSas(v.otherUserId, v.flowId);
         else if (v.phase === 'keys_exchanged' && autoConfirmSas) step = await this.machine.confirmSas(v.otherUserId, v.flowId);
+        else if (v.phase === 'qr_scanned' && autoConfirmQrScan) step = this.machine.confirmQrScan(v.otherUserId, v.flowId);
         if (!step) continue;
         for (const r of step.requests) await this.sendRequest(r);
         acted = true;
@@ -354,12 +415,22 @@ export class EncryptedClient {
     await this.processOutgoingRequests();
     const status = await this.machine.crossSigningStatus();
     const published = await this.machine.getUserIdentity(this.userId);
-    if (recoveryKey !== undefined && published && !status.hasSelfSigning && crossSigning.bootstrap !== 'reset') {
-      this.recovery = await recover(this.machine, this.transport, recoveryKey, onProgress ? { onProgress } : {}, 'crossSigning.recoveryKey');
+    const recoverNow = () => recover(this.machine, this.transport, recoveryKey!, onProgress ? { onProgress } : {}, 'crossSigning.recoveryKey');
+    const canRecover = recoveryKey !== undefined && published !== null && crossSigning.bootstrap !== 'reset';
+    if (canRecover && !status.hasSelfSigning) {
+      this.recovery = await recoverNow();
     } else {
       await resumeBackup(this.machine, this.transport);
     }
-    this.crossSigning = await setUpCrossSigning(this.machine, this.transport, crossSigning);
+    try {
+      this.crossSigning = await setUpCrossSigning(this.machine, this.transport, crossSigning);
+    } catch (err) {
+      // Keys this device holds that are no longer the published identity's (it was replaced
+      // from another device): the recovery key brings the current ones.
+      if (!(canRecover && this.recovery === null && err instanceof MatrixCryptoError && err.code === 'CrossSigningKeyMissing')) throw err;
+      this.recovery = await recoverNow();
+      this.crossSigning = await setUpCrossSigning(this.machine, this.transport, crossSigning);
+    }
     this.signOwnDevices = crossSigning.signOwnDevices === true;
   }
 
@@ -452,17 +523,34 @@ export class EncryptedClient {
    *   queued in the machine and is sent again by the next call.
    */
   processOutgoingRequests(): Promise<number> {
-    return this.queues.run('outgoing', async () => {
+    return this.drainOutgoing(true);
+  }
+
+  /**
+   * {@link processOutgoingRequests}; room messages (in-room verification) are sent after the
+   * drain, and only with `roomMessages`: encrypting one shares the room key, which drains the
+   * queue again (without them, or it would wait for itself).
+   */
+  private async drainOutgoing(sendRoomMessages: boolean): Promise<number> {
+    const roomMessages = new Map<string, RoomMessageRequest>();
+    const sent = await this.queues.run('outgoing', async () => {
       let sent = 0;
       // Bounded: an answer queues at most a handful of follow-ups (e.g. more one-time keys).
       for (let round = 0; round < 10; round++) {
-        const requests = await this.machine.outgoingRequests();
+        const requests = (await this.machine.outgoingRequests()).filter((r) => {
+          if (r.type !== 'room_message') return true;
+          roomMessages.set(r.id, r);
+          return false;
+        });
         if (requests.length === 0) break;
         await settleAll(requests.map((r) => this.sendRequest(r)));
         sent += requests.length;
       }
       return sent;
     });
+    if (!sendRoomMessages) return sent;
+    for (const r of roomMessages.values()) await this.sendRequest(r);
+    return sent + roomMessages.size;
   }
 
   /**
@@ -491,9 +579,19 @@ export class EncryptedClient {
     if (await this.claimMissingSessions([])) await this.processOutgoingRequests();
     await this.backUpRoomKeys();
     const timeline: TimelineEvent[] = [];
+    let verificationEvents = 0;
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
-      for (const event of room.timeline?.events ?? []) timeline.push(await this.decryptEvent(roomId, event));
+      for (const event of [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])]) {
+        if (event.type === 'm.room.encryption' && event.state_key === '') this.encryptedRooms.add(roomId);
+      }
+      for (const event of room.timeline?.events ?? []) {
+        const item = await this.decryptEvent(roomId, event);
+        timeline.push(item);
+        if (await this.receiveRoomVerificationEvent(item)) verificationEvents++;
+      }
     }
+    // The machine's answers to them (e.g. the SAS key after an accept).
+    if (verificationEvents > 0) await this.processOutgoingRequests();
     await this.driveVerifications();
     if (this.signOwnDevices) await this.signNewOwnDevices();
     return { sync, changes, timeline };
@@ -518,7 +616,7 @@ export class EncryptedClient {
     const members = Object.keys((await this.transport.getJoinedMembers(roomId)).joined);
     await this.machine.updateTrackedUsers(members);
     // Sends the key query for members whose devices we do not know yet.
-    await this.processOutgoingRequests();
+    await this.drainOutgoing(false);
     await this.claimMissingSessions(members);
     const share = await this.machine.shareRoomKey(roomId, members, { ...this.shareSettings, ...settings });
     await settleAll(share.requests.map((r) => this.sendRequest(r)));
@@ -574,6 +672,57 @@ export class EncryptedClient {
     }
   }
 
+  /**
+   * Feeds an in-room verification event of another user (decrypted, or plaintext) to the
+   * machine and tracks its flow; returns whether it was one.
+   */
+  private async receiveRoomVerificationEvent(item: TimelineEvent): Promise<boolean> {
+    const event = item.kind === 'decrypted' ? item.decrypted.event : item.kind === 'plaintext' ? item.event : undefined;
+    const flow = event && roomVerificationFlowOf(event);
+    // Our own events come back in the timeline; the machine has nothing to learn from them.
+    if (!event || !flow || flow.sender === this.userId) return false;
+    if (event.type === 'm.room.message') {
+      // The machine ignores a request from a device it does not know: query the sender's devices first.
+      await this.machine.updateTrackedUsers([flow.sender]);
+      await this.processOutgoingRequests();
+    }
+    await this.machine.receiveRoomVerificationEvent(item.roomId, event);
+    this.verifications.track(flow.sender, flow.flowId);
+    return true;
+  }
+
+  /** Rooms known to be encrypted (a room's encryption cannot be turned off). */
+  private readonly encryptedRooms = new Set<string>();
+
+  /** Whether the room is encrypted: seen in a sync, or asked from the homeserver. */
+  private async isRoomEncrypted(roomId: string): Promise<boolean> {
+    if (this.encryptedRooms.has(roomId)) return true;
+    if ((await this.transport.getStateEvent(roomId, 'm.room.encryption')) === null) return false;
+    this.encryptedRooms.add(roomId);
+    return true;
+  }
+
+  /** Sends an event to a room, encrypted when the room is; returns its event id. */
+  private async sendRoomContent(roomId: string, type: string, content: Record<string, unknown>, txnId?: string): Promise<string> {
+    if (await this.isRoomEncrypted(roomId)) return (await this.sendEncrypted(roomId, type, content, txnId !== undefined ? { txnId } : {})).eventId;
+    return (await this.transport.sendRoomEvent(roomId, type, content, txnId)).event_id;
+  }
+
+  /** Room messages of verification flows already sent (their ids), so a concurrent drain does not send one twice. */
+  private readonly sentRoomMessages = new Set<string>();
+
+  /** Sends a room message of a verification flow (encrypted in an encrypted room) and marks it sent. */
+  private sendRoomMessage(request: RoomMessageRequest): Promise<void> {
+    return this.queues.run('verification room messages', async () => {
+      if (this.sentRoomMessages.has(request.id)) return;
+      const eventId = await this.sendRoomContent(request.roomId, request.eventType, JSON.parse(request.body) as Record<string, unknown>, request.txnId);
+      await this.machine.markRequestAsSent(request, JSON.stringify({ event_id: eventId }));
+      this.sentRoomMessages.add(request.id);
+      // Ids are never reused; keep the set small.
+      if (this.sentRoomMessages.size > 256) this.sentRoomMessages.delete(this.sentRoomMessages.values().next().value!);
+    });
+  }
+
   /** Closes the machine (see {@link OlmMachine.close}); the transport holds no resources. */
   async close(): Promise<void> {
     await this.machine.close();
@@ -581,6 +730,7 @@ export class EncryptedClient {
 
   /** Sends one request and marks it sent. */
   private async sendRequest(request: OutgoingRequest): Promise<void> {
+    if (request.type === 'room_message') return this.sendRoomMessage(request);
     await this.machine.markRequestAsSent(request, await this.transport.send(request));
   }
 }

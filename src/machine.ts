@@ -9,7 +9,7 @@ import { deleteAccount, listAccounts, nativeStoreOptions, type StoreAccount, typ
 import { ProgressRelay, type ProgressCallback } from './progress';
 import type { OutgoingRequest, RequestType } from './requests';
 import { SecretStorageKey, type AccountDataSecret, type SecretsImport } from './trust/secret-storage';
-import type { VerificationCancelCode, VerificationInfo, VerificationStep } from './trust/verification';
+import type { VerificationCancelCode, VerificationInfo, VerificationMethodKind, VerificationQrCode, VerificationStep } from './trust/verification';
 import type {
   BackupImportResult,
   CrossSigningStatus,
@@ -709,24 +709,106 @@ export class OlmMachine {
   }
 
   /**
-   * Ask a device to verify with us (to-device): another of our devices, or another user's.
-   * Send the returned requests; the flow is then in phase `created`.
+   * Ask a device to verify with us (to-device): another of our devices, or another user's,
+   * offering `methods` (default `['sas']`). Send the returned requests; the flow is then in
+   * phase `created`.
    */
-  async requestDeviceVerification(userId: string, deviceId: string): Promise<VerificationStep> {
+  async requestDeviceVerification(userId: string, deviceId: string, methods?: VerificationMethodKind[]): Promise<VerificationStep> {
     requireString('userId', userId);
     requireString('deviceId', deviceId);
-    return step(await native(() => this.#inner.requestDeviceVerification(userId, deviceId)));
+    return step(await native(() => this.#inner.requestDeviceVerification(userId, deviceId, methods)));
   }
 
   /**
-   * Accept a verification request (phase `requested`), offering SAS.
+   * The content of an in-room verification request to `userId`: an `m.room.message` with
+   * `msgtype: m.key.verification.request`, offering `methods` (default `['sas']`). Send it to a
+   * room shared with the user (encrypted in an encrypted room), then call
+   * {@link requestVerificationInRoom} with its event id. {@link EncryptedClient.requestVerificationInRoom}
+   * does both.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `userId` when the user has no
+   *   cross-signing identity we know of (in-room verification verifies a user's identity) or is our own user.
+   */
+  async verificationRequestContent(userId: string, methods?: VerificationMethodKind[]): Promise<Record<string, unknown>> {
+    requireString('userId', userId);
+    return JSON.parse(await native(() => this.#inner.verificationRequestContent(userId, methods))) as Record<string, unknown>;
+  }
+
+  /**
+   * Starts tracking an in-room request made with {@link verificationRequestContent} and sent as
+   * event `eventId` in `roomId`, with the same `methods`. The flow id is the event id; the flow
+   * is in phase `created`.
+   */
+  async requestVerificationInRoom(userId: string, roomId: string, eventId: string, methods?: VerificationMethodKind[]): Promise<VerificationInfo> {
+    requireString('userId', userId);
+    requireString('roomId', roomId);
+    requireString('eventId', eventId);
+    return native(() => this.#inner.requestVerificationInRoom(userId, roomId, eventId, methods));
+  }
+
+  /**
+   * Feeds a room event to the verification flows: an in-room request (`m.room.message` with
+   * `msgtype: m.key.verification.request`) or an `m.key.verification.*` event relating to one,
+   * decrypted (the `event` of {@link decryptRoomEvent}) or as received in an unencrypted room.
+   * Other events are ignored. The sender's devices must be known before their request arrives
+   * (the machine ignores a request from a device it does not know): track the user and send
+   * the key query first. {@link EncryptedClient.syncOnce} does all of this. Returns the flow
+   * the event belongs to, or `null` (not a verification event, or no flow we know).
+   */
+  async receiveRoomVerificationEvent(roomId: string, event: MatrixEvent | string): Promise<VerificationInfo | null> {
+    requireString('roomId', roomId);
+    const json = jsonArg('event', event);
+    return (await native(() => this.#inner.receiveRoomVerificationEvent(roomId, json))) ?? null;
+  }
+
+  /**
+   * Shows a QR code in a `ready` flow where we offered `qr_show` and the other side can scan:
+   * returns the bytes to encode in a QR code (byte mode) for the other user to scan; the flow
+   * is then `qr_shown`. Both users need cross-signing identities. Sends nothing.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `flowId` when the flow cannot show one.
+   */
+  async showQrCode(userId: string, flowId: string): Promise<VerificationQrCode> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    const r = await native(() => this.#inner.showQrCode(userId, flowId));
+    return { bytes: new Uint8Array(r.bytes), verification: r.verification };
+  }
+
+  /**
+   * Scans the other side's QR code (its bytes) in a `ready` flow where we offered `qr_scan`:
+   * checks its keys and returns the `m.reciprocate.v1` start to send; the flow is then
+   * `reciprocated` until the other side confirms.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `qrCode` when the bytes are no
+   *   Matrix verification code or do not match the flow's keys.
+   */
+  async scanQrCode(userId: string, flowId: string, qrCode: Uint8Array): Promise<VerificationStep> {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    if (!(qrCode instanceof Uint8Array)) throw new TypeError('qrCode: must be a Uint8Array (the bytes decoded from the QR code)');
+    return step(await native(() => this.#inner.scanQrCode(userId, flowId, Buffer.from(qrCode))));
+  }
+
+  /**
+   * Confirms that the other side scanned our QR code (phase `qr_scanned`; its user sees a
+   * confirmation on their screen). The flow is done once the other side's `done` arrives.
+   */
+  confirmQrScan(userId: string, flowId: string): VerificationStep {
+    requireString('userId', userId);
+    requireString('flowId', flowId);
+    return step(nativeSync(() => this.#inner.confirmQrScan(userId, flowId)));
+  }
+
+  /**
+   * Accept a verification request (phase `requested`), offering `methods` (default `['sas']`).
    *
    * @throws {@link MatrixCryptoError} `InvalidArgument` naming `flowId` for an unknown flow or one in another phase.
    */
-  acceptVerification(userId: string, flowId: string): VerificationStep {
+  acceptVerification(userId: string, flowId: string, methods?: VerificationMethodKind[]): VerificationStep {
     requireString('userId', userId);
     requireString('flowId', flowId);
-    return step(nativeSync(() => this.#inner.acceptVerification(userId, flowId)));
+    return step(nativeSync(() => this.#inner.acceptVerification(userId, flowId, methods)));
   }
 
   /** Start SAS on a `ready` flow, or accept the SAS the other side started. */

@@ -40,6 +40,7 @@ export type TransportCallType =
   | 'signing_keys_upload'
   | 'get_account_data'
   | 'set_account_data'
+  | 'get_state_event'
   | 'get_backup_version'
   | 'create_backup_version'
   | 'get_backup_keys'
@@ -592,6 +593,25 @@ export class HomeserverTransport {
         requestType: 'get_account_data',
         method: 'GET',
         path: `${CLIENT_V3}/user/${seg(userId)}/account_data/${seg(type)}`,
+        signal: options.signal,
+      });
+      return JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /**
+   * `GET /_matrix/client/v3/rooms/{roomId}/state/{type}/{stateKey}`: the content of one state
+   * event of a room, or `null` when the room has none of that type and key (404 `M_NOT_FOUND`).
+   */
+  async getStateEvent(roomId: string, type: string, stateKey = '', options: TransportCallOptions = {}): Promise<Record<string, unknown> | null> {
+    try {
+      const text = await this.request({
+        requestType: 'get_state_event',
+        method: 'GET',
+        path: `${CLIENT_V3}/rooms/${seg(roomId)}/state/${seg(type)}/${seg(stateKey)}`,
         signal: options.signal,
       });
       return JSON.parse(text) as Record<string, unknown>;

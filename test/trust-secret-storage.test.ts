@@ -1,7 +1,8 @@
 // Secret storage on the main API, without a homeserver's account data: the key, the secrets
 // in and out, and what bad input gets.
 import { describe, expect, it } from 'vitest';
-import { SecretStorageKey } from '../src/index';
+import { readSecretStorage, SecretStorageKey } from '../src/index';
+import type { HomeserverTransport } from '../src/transport';
 import { TestDevice, TestHomeserver } from '../src/testing/homeserver';
 
 const USER = '@bot:example.org';
@@ -96,5 +97,37 @@ describe('secret storage', () => {
     const secrets = await other.machine.exportSecretsForStorage(key);
     await expect(lone.machine.importSecretsFromStorage(key, secrets)).rejects.toMatchObject({ code: 'CrossSigningKeyMissing' });
     await expect(lone.machine.exportSecretsForStorage({} as SecretStorageKey)).rejects.toMatchObject({ code: 'InvalidArgument', field: 'key' });
+  });
+
+  it('reading secret storage names the account-data event that is missing or malformed', async () => {
+    const hs = new TestHomeserver();
+    const device = await crossSignedDevice(hs, 'READER');
+    const key = await SecretStorageKey.create();
+    const read = (data: Record<string, unknown>) => {
+      const transport = { getAccountData: async (_user: string, type: string) => (data[type] ?? null) as Record<string, unknown> | null };
+      return readSecretStorage(device.machine, transport as unknown as HomeserverTransport, key.recoveryKey);
+    };
+    const pointer = 'accountData["m.secret_storage.default_key"]';
+    await expect(read({})).rejects.toMatchObject({ code: 'SecretStorageCorrupt', field: pointer });
+    await expect(read({ 'm.secret_storage.default_key': { key: 42 } })).rejects.toMatchObject({ code: 'SecretStorageCorrupt', field: pointer });
+    await expect(read({ 'm.secret_storage.default_key': { key: key.keyId } })).rejects.toMatchObject({
+      code: 'SecretStorageCorrupt',
+      field: `accountData["m.secret_storage.key.${key.keyId}"]`,
+    });
+    const described = { 'm.secret_storage.default_key': { key: key.keyId }, [key.eventType]: key.description };
+    await expect(read({ ...described, [key.eventType]: { algorithm: 'm.secret_storage.v1.aes-hmac-sha2', iv: 42 } })).rejects.toMatchObject({
+      code: 'SecretStorageCorrupt',
+    });
+    const secrets = await device.machine.exportSecretsForStorage(key);
+    const stored = Object.fromEntries(secrets.map((s) => [s.name, JSON.parse(s.content) as unknown]));
+    const ok = await read({ ...described, ...stored });
+    expect(ok.secrets.map((s) => s.name)).toEqual(['m.cross_signing.master', 'm.cross_signing.self_signing', 'm.cross_signing.user_signing']);
+    // A wrong recovery key for that storage is a mismatch, not corruption.
+    const other = await SecretStorageKey.create();
+    const transport = { getAccountData: async (_u: string, type: string) => (({ ...described, ...stored }) as Record<string, unknown>)[type] ?? null };
+    await expect(readSecretStorage(device.machine, transport as unknown as HomeserverTransport, other.recoveryKey)).rejects.toMatchObject({
+      code: 'SecretStorageKeyMismatch',
+      field: 'recoveryKey',
+    });
   });
 });

@@ -14,5 +14,7 @@ export type {
   VerificationPhase,
   VerificationPolicy,
   VerificationStep,
+  VerificationQrCode,
+  VerificationMethodKind,
   SasEmoji,
 } from './verification';

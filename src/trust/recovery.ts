@@ -162,10 +162,13 @@ export async function readSecretStorage(
  * Recovers this device's trust from secret storage: imports the cross-signing keys (checked
  * against our published identity), signs our device, enables the account's backup when
  * storage holds its key, and restores the backed-up room keys (with their withheld records).
- * Every secret is checked before anything changes.
+ * Every secret is checked before anything changes. Keys this device already holds (older
+ * cross-signing keys, the key of an older backup) are replaced by the ones in storage.
  *
  * @throws {@link MatrixCryptoError} `SecretStorageKeyMismatch` (wrong recovery key or passphrase;
- *   nothing changed), `SecretStorageCorrupt` (malformed or foreign account data; nothing changed).
+ *   nothing changed), `SecretStorageCorrupt` (malformed or foreign account data, or cross-signing
+ *   keys that are not the published identity's because storage is older than the identity; the
+ *   field names the event; nothing changed).
  */
 export async function recover(
   machine: OlmMachine,
@@ -175,12 +178,14 @@ export async function recover(
   field = 'recoveryKey',
 ): Promise<RecoveryResult> {
   const { key, secrets } = await readSecretStorage(machine, transport, recoveryKey, field);
-  // Our published identity must be known before the keys can be checked against it.
+  // Our published identity must be known before the keys can be checked against it, and known
+  // as it is now: the store's view is old when the identity was replaced from another device.
   for (let round = 0; round < 10; round++) {
     const requests = await machine.outgoingRequests();
     if (requests.length === 0) break;
     for (const r of requests) await sendAndMark(machine, transport, r);
   }
+  await sendAndMark(machine, transport, machine.queryOwnKeys());
   const backup = await currentBackup(transport);
   const imported = await machine.importSecretsFromStorage(
     key,
@@ -195,6 +200,10 @@ export async function recover(
   let restored: BackupImportResult | null = null;
   if (backup && imported.backupDecryptionKey) {
     backupVersion = backup.version;
+    // Another version enabled (an old backup this device used): forget which keys went there,
+    // so that every key is uploaded to the current one.
+    const enabled = await machine.backupVersion();
+    if (enabled !== null && enabled !== backup.version) await machine.disableBackup();
     await machine.enableBackup({ publicKey: backup.auth_data.public_key, version: backup.version });
     if (options.restoreBackup ?? true) {
       const keys = await transport.getBackupKeys(backup.version);

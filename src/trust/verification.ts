@@ -1,7 +1,6 @@
 /**
- * Interactive verification: SAS (emoji and decimals) over to-device requests, every state
- * change reported, and a policy for bots that run unattended. (In-room verification is not
- * offered.)
+ * Interactive verification: SAS (emoji and decimals) and QR codes, over to-device messages or
+ * in a room (a DM), every state change reported, and a policy for bots that run unattended.
  *
  * The {@link OlmMachine} holds each flow's state; {@link VerificationTracker} (behind
  * {@link EncryptedClient.on}) watches the flows that syncs touch, reports each change of
@@ -10,10 +9,11 @@
  * @module
  */
 import type { MatrixEvent } from '../types';
-import type { SignatureUploadRequest, ToDeviceRequest } from '../requests';
+import type { VerificationMethodKind } from '../../native/index';
+import type { RoomMessageRequest, SignatureUploadRequest, ToDeviceRequest } from '../requests';
 import type { VerificationInfo } from '../../native/index';
 
-export type { VerificationInfo, VerificationPhase, SasEmoji, VerificationCancelInfo } from '../../native/index';
+export type { VerificationInfo, VerificationPhase, SasEmoji, VerificationCancelInfo, VerificationMethodKind } from '../../native/index';
 
 /**
  * A cancel code: `m.user` (cancelled by the user) and `m.mismatched_sas` (the SAS did not
@@ -25,9 +25,23 @@ export type VerificationCancelCode = 'm.user' | 'm.mismatched_sas' | (string & {
 
 /** What a verification action returns. */
 export interface VerificationStep {
-  /** Send these now, in order: to-device messages, and a signature upload once verified. */
-  requests: Array<ToDeviceRequest | SignatureUploadRequest>;
+  /**
+   * Send these now, in order: to-device messages (a to-device flow) or room messages (an
+   * in-room flow: encrypt them in an encrypted room), and a signature upload once verified.
+   */
+  requests: Array<ToDeviceRequest | RoomMessageRequest | SignatureUploadRequest>;
   /** The flow after the action. */
+  verification: VerificationInfo;
+}
+
+/** A QR code a flow shows ({@link OlmMachine.showQrCode}). */
+export interface VerificationQrCode {
+  /**
+   * The bytes to encode in a QR code (byte mode), as the spec lays them out; render them with
+   * any QR encoder for the other user to scan.
+   */
+  bytes: Uint8Array;
+  /** The flow, in phase `qr_shown`. */
   verification: VerificationInfo;
 }
 
@@ -47,6 +61,20 @@ export interface VerificationPolicy {
    * automatic confirmation verifies whoever answers. Default `false`.
    */
   autoConfirmSas?: boolean;
+  /**
+   * The methods offered in requests and when accepting one: `'sas'`, `'qr_show'` (the bot can
+   * show a QR code: {@link EncryptedClient.showQrCode}) and `'qr_scan'` (the application can
+   * give the bot the bytes of the other side's QR code: {@link EncryptedClient.scanQrCode}).
+   * Default `['sas']`.
+   */
+  methods?: VerificationMethodKind[];
+  /**
+   * Confirm that the other side scanned the bot's QR code (phase `qr_scanned`) without asking
+   * the application, for flows with users in `acceptFrom`. The scan itself proves that the
+   * scanner read the code the bot showed; confirming says that the person who scanned it is
+   * the one the bot meant to show it to. Default `false`.
+   */
+  autoConfirmQrScan?: boolean;
 }
 
 /** Events the tracker needs from each sync. */
@@ -63,6 +91,23 @@ export function verificationFlowOf(event: MatrixEvent): VerificationSource | und
   if (typeof sender !== 'string' || typeof event.type !== 'string' || !event.type.startsWith('m.key.verification.')) return undefined;
   const content = (event.content ?? {}) as Record<string, unknown>;
   return typeof content.transaction_id === 'string' ? { sender, flowId: content.transaction_id } : undefined;
+}
+
+/**
+ * The flow a room event belongs to, if it is a verification event of another user: an
+ * `m.room.message` with `msgtype: m.key.verification.request` (the flow id is its event id) or
+ * an `m.key.verification.*` event relating to one.
+ */
+export function roomVerificationFlowOf(event: MatrixEvent): VerificationSource | undefined {
+  const sender = event.sender;
+  if (typeof sender !== 'string' || typeof event.type !== 'string') return undefined;
+  const content = (event.content ?? {}) as Record<string, unknown>;
+  if (event.type === 'm.room.message' && content.msgtype === 'm.key.verification.request') {
+    return typeof event.event_id === 'string' ? { sender, flowId: event.event_id } : undefined;
+  }
+  if (!event.type.startsWith('m.key.verification.')) return undefined;
+  const relatesTo = content['m.relates_to'] as Record<string, unknown> | undefined;
+  return typeof relatesTo?.event_id === 'string' ? { sender, flowId: relatesTo.event_id } : undefined;
 }
 
 /** Whether the phase ends the flow. */

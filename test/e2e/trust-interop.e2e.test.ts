@@ -85,6 +85,9 @@ describe('secret storage interop with matrix-js-sdk', () => {
     const second = await hs().login(user.userId, user.password);
     const js = await jsClient(second, () => setup.recoveryKey);
     expect(await js.crypto.isSecretStorageReady()).toBe(true);
+    // js-sdk checks the keys it imports against our public identity: let it download it first
+    // (under load its bootstrap could otherwise run before its own key query answered).
+    await waitFor('js-sdk to know our identity', async () => ((await js.crypto.userHasCrossSigningKeys(user.userId, true)) ? true : undefined));
     // With the keys in secret storage, js-sdk's bootstrap reads them instead of creating new ones.
     await js.crypto.bootstrapCrossSigning({});
     const status = await js.crypto.getCrossSigningStatus();

@@ -159,4 +159,50 @@ describe('secret storage and recovery', () => {
     await third.processOutgoingRequests();
     expect((await third.recover(setup.recoveryKey)).signedDevice).toBe(true);
   });
+
+  it('a device holding stale cross-signing keys and an old backup key recovers with the new recovery key', async () => {
+    const botUser = await hs().registerUser('rec-stale');
+    const store = await sqliteStore();
+    const first = await open(botUser, { store, crossSigning: { bootstrap: 'if-missing' } });
+    const oldSetup = await first.setUpRecovery();
+    const oldBackup = await first.machine.savedBackupDecryptionKey();
+    await first.close();
+
+    // Another device replaces the identity; secret storage still holds the old keys.
+    const other = await open(await hs().login(botUser.userId, botUser.password), {
+      crossSigning: { bootstrap: 'reset', auth: { type: 'password', password: botUser.password } },
+    });
+    let stale = await open(botUser, { store });
+    expect(await stale.machine.crossSigningStatus()).toEqual({ hasMaster: true, hasSelfSigning: true, hasUserSigning: true });
+    const refused = await stale.recover(oldSetup.recoveryKey).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'SecretStorageCorrupt', field: 'accountData["m.cross_signing.master"]' });
+    expect((refused as Error).message).toMatch(/secret storage is older than the identity.*setUpRecovery.*bootstrap: 'reset'/);
+    // Nothing was imported and the old backup key is still held. The old cross-signing keys are
+    // gone: the crate drops private keys that are not the published identity's as soon as it
+    // sees the new identity (recover queries it first).
+    expect(await stale.machine.crossSigningStatus()).toEqual({ hasMaster: false, hasSelfSigning: false, hasUserSigning: false });
+    expect(await stale.machine.savedBackupDecryptionKey()).toEqual(oldBackup);
+    await stale.close();
+
+    // The other device makes a new backup and stores the current keys under a new recovery key.
+    const newBackup = await other.machine.createBackupKey();
+    const newVersion = await other.transport.createBackupVersion(newBackup.versionBody);
+    await other.machine.saveBackupDecryptionKey(newBackup.decryptionKey, newVersion);
+    const newSetup = await other.setUpRecovery();
+    expect(newSetup.backupVersion).toBe(newVersion);
+    expect(newVersion).not.toBe(oldSetup.backupVersion);
+
+    // Opening with the old keys and the new recovery key replaces both.
+    stale = await open(botUser, { store, crossSigning: { recoveryKey: newSetup.recoveryKey } });
+    expect(stale.recovery).toMatchObject({ signedDevice: true, backupVersion: newVersion, crossSigning: { hasMaster: true, hasSelfSigning: true, hasUserSigning: true } });
+    expect(stale.crossSigning).toMatchObject({ created: false });
+    expect(await stale.machine.isOwnDeviceCrossSigned()).toBe(true);
+    expect(await stale.machine.savedBackupDecryptionKey()).toEqual({ decryptionKey: newBackup.decryptionKey, version: newVersion });
+    expect(await stale.machine.backupVersion()).toBe(newVersion);
+    await waitFor('the other device to see the recovered device cross-signed', async () => {
+      const query = other.machine.queryOwnKeys();
+      await other.machine.markRequestAsSent(query, await other.transport.send(query));
+      return (await other.machine.getDevice(botUser.userId, botUser.deviceId))?.isCrossSignedByOwner ? true : undefined;
+    });
+  });
 });

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use matrix_sdk_crypto::{secret_storage::SecretStorageKey, CrossSigningKeyExport};
+use matrix_sdk_crypto::{secret_storage::SecretStorageKey, CrossSigningKeyExport, SecretImportError};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use ruma::events::{secret::request::SecretName, secret_storage::key::SecretStorageKeyEventContent, EventContentFromType};
@@ -155,6 +155,20 @@ fn corrupt(field: &str, message: impl std::fmt::Display) -> Error {
     typed(code::SECRET_STORAGE_CORRUPT, format!("{field}: {message}"), json!({ "field": field }))
 }
 
+/// A cross-signing key from storage that the crate refused, named by its account-data event.
+fn import_error(err: SecretImportError) -> Error {
+    match err {
+        SecretImportError::MismatchedPublicKeys { name } => corrupt(
+            &format!("accountData[\"{name}\"]"),
+            "is not the key of our published cross-signing identity: secret storage is older than the identity (it was replaced without \
+             updating secret storage). Store the current keys from a device that holds them (setUpRecovery), or replace the identity \
+             (bootstrap: 'reset') and set up recovery again",
+        ),
+        SecretImportError::Key { name, error } => corrupt(&format!("accountData[\"{name}\"]"), format!("is not a cross-signing key ({error})")),
+        SecretImportError::Store(e) => errors::store(e),
+    }
+}
+
 fn encrypt(key: &SecretStorageKey, name: &str, secret: &str) -> Result<NativeAccountDataSecret> {
     let data = key.encrypt(secret.as_bytes().to_vec(), &SecretName::from(name));
     let content = serde_json::to_string(&json!({ "encrypted": { key.key_id(): data } })).map_err(internal)?;
@@ -258,9 +272,7 @@ impl NativeMachine {
                         Value::Null,
                     ));
                 }
-                machine.import_cross_signing_keys(export).await.map_err(|e| {
-                    corrupt("accountData[\"m.cross_signing.*\"]", format!("the keys do not match our public cross-signing identity ({e})"))
-                })?;
+                machine.import_cross_signing_keys(export).await.map_err(import_error)?;
             }
             let status = machine.cross_signing_status().await;
             let signature_upload = if status.has_self_signing {
