@@ -199,3 +199,37 @@ async fn a_batched_value_is_read_back_before_it_is_written_and_dropped_with_a_fa
     let fresh = Engine::open(backend, alice_key(), None).await.unwrap();
     assert_eq!(fresh.get_custom_value("gone").await.unwrap(), None);
 }
+
+/// The kinds each transaction of a share wrote, Bob's device having an Olm session: through the
+/// withheld layer, or straight through the crate.
+async fn share_with_session(name: &str, through_layer: bool) -> Vec<Vec<Kind>> {
+    let path = database(name);
+    let sqlite: Arc<dyn Backend> = Arc::new(SqliteBackend::open(path).await.expect("open"));
+    let backend = Arc::new(Crashing { inner: sqlite, done: AtomicUsize::new(0), crash_at: AtomicUsize::new(usize::MAX), log: Mutex::new(Vec::new()) });
+    let engine = Engine::open(backend.clone(), alice_key(), None).await.expect("engine");
+    let server = Mutex::new(Server::default());
+    let alice = Device::on_store(&server, ALICE, "ALICE", engine).await;
+    let _bob = Device::new(&server, BOB, "BOB").await;
+    // A first share claims Bob's one-time key and makes the Olm session.
+    alice.share(&server, "!first:example.org", &[ALICE, BOB], EncryptionSettings::default()).await;
+    let logged = backend.log.lock().unwrap().len();
+    let room = RoomId::parse("!room:example.org").unwrap();
+    let users: Vec<OwnedUserId> = [ALICE, BOB].iter().map(|u| UserId::parse(*u).unwrap()).collect();
+    let requests = if through_layer {
+        alice.withheld.share_room_key(&alice.machine, &room, &users, EncryptionSettings::default(), None).await.expect("share").requests
+    } else {
+        let r = alice.machine.share_room_key(&room, users.iter().map(|u| u.as_ref()), EncryptionSettings::default()).await.expect("share");
+        r.iter().map(|r| (**r).clone()).collect()
+    };
+    assert_eq!(requests.len(), 1, "the room key for Bob");
+    let log = backend.log.lock().unwrap()[logged..].to_vec();
+    log
+}
+
+#[tokio::test]
+async fn a_share_over_olm_sessions_writes_what_the_crate_writes_and_nothing_more() {
+    let layer = share_with_session("batch-layer", true).await;
+    let bare = share_with_session("batch-bare", false).await;
+    assert_eq!(layer, bare, "the withheld layer adds no transaction and no row kind to such a share");
+    assert!(layer.iter().all(|k| !k.contains(&Kind::Custom)), "{layer:?}");
+}
