@@ -43,8 +43,12 @@ function hostTriple(): string {
   return /^host: (.*)$/m.exec(out)![1]!;
 }
 
-/** Build the Rust benchmark binary next to the addon's build, reusing its dependencies. */
+/**
+ * Build the Rust benchmark binary next to the addon's build, reusing its dependencies; or, when
+ * `MCN_BENCH_RUST_BINARY` names a binary already built, use that one (no build).
+ */
 function buildRust(release: boolean): string {
+  if (process.env.MCN_BENCH_RUST_BINARY) return process.env.MCN_BENCH_RUST_BINARY;
   const triple = hostTriple();
   const args = ['build', '-p', 'matrix-crypto-node-bench', '--target', triple, ...(release ? ['--release'] : [])];
   execFileSync('cargo', args, { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });

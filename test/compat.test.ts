@@ -1,7 +1,7 @@
 // matrix-crypto-node/compat: the API of @matrix-org/matrix-sdk-crypto-nodejs 0.6, exercised the
 // way its users (matrix-bot-sdk) drive it, against the in-process test homeserver.
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
@@ -229,6 +229,27 @@ describe('compat: OlmMachine through a bot session', () => {
     expect(again.identityKeys.curve25519.toBase64()).toBe(key);
     expect(await again.outgoingRequests()).toEqual([]);
     again.close();
+  });
+
+  it('opens a store folder written by matrix-sdk-sqlite (what matrix-bot-sdk has on disk) without converting it', async () => {
+    // The folder as the official bindings leave it: matrix-sdk-sqlite's file, empty-string passphrase.
+    const dir = mkdtempSync(path.join(tmpdir(), 'mcn-compat-crate-'));
+    const hs = new TestHomeserver();
+    const alice = await TestDevice.create(hs, '@alice:example.org', 'ALICE');
+    const bot = await TestDevice.create(hs, '@bot:example.org', 'BOT', { kind: 'sqlite-crate', path: dir, passphrase: '' });
+    const keys = bot.machine.identityKeys;
+    const event = await alice.sendMessage(ROOM, [alice.userId, bot.userId], { body: 'from before' });
+    await bot.sync();
+    await bot.machine.close();
+    expect(readdirSync(dir)).toContain('matrix-sdk-crypto.sqlite3');
+
+    const again = await OlmMachine.initialize(new UserId('@bot:example.org'), new DeviceId('BOT'), dir, '', StoreType.Sqlite);
+    expect(again.identityKeys.curve25519.toBase64()).toBe(keys.curve25519);
+    const decrypted = await again.decryptRoomEvent(JSON.stringify(event), new RoomId(ROOM));
+    expect(JSON.parse(decrypted.event).content.body).toBe('from before');
+    again.close();
+    expect(readdirSync(dir)).not.toContain('matrix-crypto-node.sqlite3');
+    await alice.machine.close();
   });
 });
 

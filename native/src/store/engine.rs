@@ -63,6 +63,7 @@ use zeroize::Zeroizing;
 
 use super::{
     backend::{Backend, Op},
+    batch,
     codec::{custom_value, parse_custom_value, Codec, Kind},
     error::{Result, StoreError},
 };
@@ -140,7 +141,12 @@ pub struct Engine {
     lease_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Whether this engine counts as a user of the backend (between `open`/`reopen` and `close`).
     attached: std::sync::atomic::AtomicBool,
+    /// Names this engine's custom values held by [`batch::batched`].
+    id: u64,
 }
+
+/// The next engine's [`Engine::id`].
+static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +207,7 @@ impl Engine {
             attached: std::sync::atomic::AtomicBool::new(true),
             static_account: RwLock::new(None),
             lease_lost: None,
+            id: NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         engine.reload().await?;
         Ok(engine)
@@ -503,8 +510,29 @@ impl CryptoStore for Engine {
             }
         }
 
-        self.write(batch).await?;
+        // The custom values a batched call of the withheld layer set: in this transaction.
+        let held = batch::take(self.id);
+        let written = async {
+            for e in &held {
+                match &e.value {
+                    Some(v) => batch.put(Kind::Custom, e.key.as_bytes(), codec.seal_bytes(custom_value(&e.key, v))?),
+                    None => batch.delete(Kind::Custom, e.key.as_bytes()),
+                }
+            }
+            self.write(batch).await
+        }
+        .await;
+        if let Err(e) = written {
+            batch::restore(held);
+            return Err(e);
+        }
         infallible(cache.save_changes(changes).await);
+        for e in held {
+            match e.value {
+                Some(v) => infallible(cache.set_custom_value(&e.key, v).await),
+                None => infallible(cache.remove_custom_value(&e.key).await),
+            }
+        }
         Ok(())
     }
 
@@ -726,10 +754,14 @@ impl CryptoStore for Engine {
     }
 
     async fn get_custom_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(held) = batch::held(self.id, key) {
+            return Ok(held);
+        }
         Ok(infallible(self.cache().get_custom_value(key).await))
     }
 
     async fn set_custom_value(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let Some(value) = batch::hold_set(self.id, key, value) else { return Ok(()) };
         let _guard = self.write_lock.lock().await;
         let mut batch = Batch::new(&self.codec);
         batch.put(Kind::Custom, key.as_bytes(), self.codec.seal_bytes(custom_value(key, &value))?);
@@ -739,6 +771,9 @@ impl CryptoStore for Engine {
     }
 
     async fn remove_custom_value(&self, key: &str) -> Result<()> {
+        if batch::hold_remove(self.id, key) {
+            return Ok(());
+        }
         let _guard = self.write_lock.lock().await;
         let mut batch = Batch::new(&self.codec);
         batch.delete(Kind::Custom, key.as_bytes());

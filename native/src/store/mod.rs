@@ -5,11 +5,13 @@
 //! - [`backend`]: what a database has to offer the engine, implemented by [`sqlite`] (one file,
 //!   the default) and `postgres` (many processes), both holding any number of accounts in one
 //!   database, their tables versioned by [`schema`] and their rows encoded by [`codec`];
+//! - [`batch`]: the withheld layer's custom values written in the crate's transactions;
 //! - `open`: the choice a user makes in `OlmMachine.open` (our SQLite engine, PostgreSQL,
 //!   the crate's own matrix-sdk-sqlite store for folders it wrote, or memory) and the folder
 //!   lock of the SQLite kinds.
 
 pub mod backend;
+pub mod batch;
 pub mod codec;
 pub mod engine;
 pub mod error;
@@ -23,6 +25,6 @@ mod open;
 pub use open::*;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(all(test, mcn_postgres))]
 mod postgres_tests;

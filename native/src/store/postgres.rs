@@ -46,7 +46,7 @@ fn build_pool(config: &tokio_postgres::Config, max_connections: usize) -> Result
 impl PostgresBackend {
     /// Connect with `config` (at most `max_connections` at once) and migrate the schema.
     pub async fn connect(config: tokio_postgres::Config, max_connections: usize) -> Result<Self> {
-        Self::connect_at(config, max_connections, schema::POSTGRES.len()).await
+        Self::connect_at(config, max_connections, schema::current()).await
     }
 
     /// [`PostgresBackend::connect`], migrating only up to `target` (tests of the upgrade path).
@@ -97,7 +97,7 @@ impl PostgresBackend {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS mcn_schema (version INTEGER NOT NULL)").await?;
         let found: i32 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM mcn_schema", &[]).await?.get(0);
-        for (i, sql) in schema::POSTGRES.iter().enumerate().take(target).skip(found as usize) {
+        for (i, sql) in schema::migrations(schema::Dialect::Postgres).iter().enumerate().take(target).skip(found as usize) {
             tx.batch_execute(sql).await?;
             tx.execute("DELETE FROM mcn_schema", &[]).await?;
             tx.execute("INSERT INTO mcn_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await?;

@@ -43,7 +43,7 @@ fn connect(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate(&mut conn, schema::SQLITE.len())?;
+    migrate(&mut conn, schema::current())?;
     Ok(conn)
 }
 
@@ -73,7 +73,7 @@ pub fn migrate(conn: &mut Connection, target: usize) -> Result<()> {
     // Another connection may have migrated between the check and the lock.
     let found = version(&tx)? as usize;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS mcn_schema (version INTEGER NOT NULL)")?;
-    for (i, sql) in schema::SQLITE.iter().enumerate().take(target).skip(found) {
+    for (i, sql) in schema::migrations(schema::Dialect::Sqlite).iter().enumerate().take(target).skip(found) {
         tx.execute_batch(sql)?;
         tx.execute("DELETE FROM mcn_schema", [])?;
         tx.execute("INSERT INTO mcn_schema (version) VALUES (?1)", [i as i64 + 1])?;

@@ -173,6 +173,43 @@ async fn many_accounts_share_one_file_and_are_listed_and_deleted_one_by_one() {
     }
 }
 
+/// The SQLite schema at version 1 exactly as the first release of the engine created it
+/// (tables, then the version row), frozen here: the upgrade test starts from it.
+const SCHEMA_V1_AS_RELEASED: &str = "CREATE TABLE mcn_schema (version INTEGER NOT NULL);
+    CREATE TABLE mcn_accounts (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        cipher BLOB,
+        created_ms INTEGER NOT NULL,
+        UNIQUE (user_id, device_id)
+    );
+    CREATE TABLE mcn_entries (
+        account INTEGER NOT NULL REFERENCES mcn_accounts (id),
+        kind INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (account, kind, key)
+    ) WITHOUT ROWID;
+    INSERT INTO mcn_schema (version) VALUES (1);";
+
+/// The tables of a database as SQLite describes them, whitespace folded.
+fn tables(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut st = conn.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+    let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    rows.map(|r| r.unwrap().split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+}
+
+#[test]
+fn todays_migrations_create_version_1_as_it_was_released() {
+    let released = rusqlite::Connection::open_in_memory().unwrap();
+    released.execute_batch(SCHEMA_V1_AS_RELEASED).unwrap();
+    let mut migrated = rusqlite::Connection::open_in_memory().unwrap();
+    sqlite::migrate(&mut migrated, 1).unwrap();
+    assert_eq!(tables(&migrated), tables(&released));
+    assert_eq!(sqlite::version(&migrated).unwrap(), 1);
+}
+
 #[tokio::test]
 async fn a_version_1_database_is_upgraded_and_keeps_its_rows() {
     let path = scratch("v1.sqlite3");
@@ -180,9 +217,10 @@ async fn a_version_1_database_is_upgraded_and_keeps_its_rows() {
     let account = Account::with_device_id(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"));
     let curve = account.identity_keys().curve25519.to_base64();
     {
-        // What the first schema version wrote: an account and its rows, no leases table.
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        sqlite::migrate(&mut conn, 1).unwrap();
+        // What the first schema version wrote: an account and its rows, no leases table,
+        // from the frozen copy of that release's schema (not from today's migration list).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1_AS_RELEASED).unwrap();
         assert_eq!(sqlite::version(&conn).unwrap(), 1);
         conn.execute("INSERT INTO mcn_accounts (user_id, device_id, cipher, created_ms) VALUES ('@alice:example.org', 'ALICEDEVICE', NULL, 0)", [])
             .unwrap();

@@ -243,7 +243,26 @@ impl Withheld {
     }
 
     /// Share the room key, then apply the policy and the `m.no_olm` rule to what the crate made.
+    ///
+    /// The ledger entries of suppressed `m.no_olm` notices are written in the transaction that
+    /// saves the crate's once-only flag for the same devices (see [`crate::store::batch`]).
     pub async fn share_room_key(
+        &self,
+        machine: &OlmMachine,
+        room_id: &RoomId,
+        users: &[OwnedUserId],
+        settings: matrix_sdk_crypto::EncryptionSettings,
+        policy_override: Option<SendPolicy>,
+    ) -> Result<ShareOutcome, WithheldError> {
+        crate::store::batch::batched(
+            &**machine.store(),
+            self.share_room_key_batched(machine, room_id, users, settings, policy_override),
+            WithheldError::store,
+        )
+        .await
+    }
+
+    async fn share_room_key_batched(
         &self,
         machine: &OlmMachine,
         room_id: &RoomId,
@@ -259,6 +278,7 @@ impl Withheld {
         let mut withheld = Vec::new();
         let mut plain: Vec<&ToDeviceRequest> = Vec::new();
         let mut crate_no_olm = Vec::new();
+        let mut suppressed_requests: Vec<ruma::OwnedTransactionId> = Vec::new();
         for r in &crate_requests {
             if r.event_type.to_string() != codes::WITHHELD_EVENT_TYPE {
                 plain.push(r);
@@ -274,12 +294,11 @@ impl Withheld {
                     let f = share::filter_crate_request(r, &policy)?;
                     withheld.extend(f.recipients);
                     if f.request.is_none() {
-                        // Nothing to send; mark it sent so the crate records the (suppressed)
-                        // notices and never re-issues them when the code is enabled later.
-                        machine
-                            .mark_request_as_sent(&r.txn_id, &ToDeviceResponse::new())
-                            .await
-                            .map_err(WithheldError::olm)?;
+                        // Nothing to send; mark it sent (below, after the ledger's entries are
+                        // held, so one transaction saves both) so the crate records the
+                        // (suppressed) notices and never re-issues them when the code is
+                        // enabled later.
+                        suppressed_requests.push(r.txn_id.clone());
                     } else {
                         self.filtered.lock().expect("filter cache").insert(txn, f.request.clone());
                     }
@@ -331,6 +350,9 @@ impl Withheld {
                 self.own.lock().expect("own requests").insert(r.txn_id.to_string(), OwnRequest::NoOlm(devices));
                 requests.push(r);
             }
+        }
+        for txn in suppressed_requests {
+            machine.mark_request_as_sent(&txn, &ToDeviceResponse::new()).await.map_err(WithheldError::olm)?;
         }
         Ok(ShareOutcome { requests, shared_with, withheld })
     }

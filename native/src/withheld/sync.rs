@@ -54,7 +54,18 @@ pub fn olm_senders(events: &[ProcessedToDeviceEvent]) -> Vec<(usize, String, Opt
 
 impl Withheld {
     /// Run the withheld steps for a batch the crate has processed (see the module doc).
+    /// Its ledger and notice records are written in as few transactions as possible (see
+    /// [`crate::store::batch`]), all before it returns.
     pub async fn after_sync(
+        &self,
+        machine: &OlmMachine,
+        processed: &[ProcessedToDeviceEvent],
+        room_keys: &[RoomKeyInfo],
+    ) -> Result<SyncOutcome, WithheldError> {
+        crate::store::batch::batched(&**machine.store(), self.after_sync_batched(machine, processed, room_keys), WithheldError::store).await
+    }
+
+    async fn after_sync_batched(
         &self,
         machine: &OlmMachine,
         processed: &[ProcessedToDeviceEvent],
@@ -104,6 +115,10 @@ impl Withheld {
     /// session, our `m.no_olm` notices are recorded as sent, and a keys/claim response re-arms
     /// the `m.no_olm` rule of every notified device that now has an Olm session.
     pub async fn after_request_sent(&self, machine: &OlmMachine, id: &str, claim: Option<&ClaimResponse>) -> Result<(), WithheldError> {
+        crate::store::batch::batched(&**machine.store(), self.after_request_sent_batched(machine, id, claim), WithheldError::store).await
+    }
+
+    async fn after_request_sent_batched(&self, machine: &OlmMachine, id: &str, claim: Option<&ClaimResponse>) -> Result<(), WithheldError> {
         if let OwnSent::Claim { user, device, then } = self.mark_own_request_sent(machine, id).await? {
             self.after_claim(machine, &user, &device, then).await?;
         }

@@ -4,6 +4,7 @@
 
 mod crate_contract;
 mod no_olm;
+mod store_batch;
 
 use std::{
     collections::BTreeMap,
@@ -72,6 +73,18 @@ impl Device {
         let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
         let read = clock.clone();
         let machine = OlmMachine::new(&UserId::parse(user).expect("user id"), device.into()).await;
+        let withheld = Withheld::with_clock(SendPolicy::default(), true, Arc::new(move || read.load(Ordering::SeqCst)));
+        let d = Device { machine, withheld, clock };
+        d.flush(server).await;
+        d
+    }
+
+    /// A device whose machine keeps its state in `store` (the other constructor: memory).
+    pub async fn on_store(server: &Mutex<Server>, user: &str, device: &str, store: impl matrix_sdk_crypto::store::IntoCryptoStore) -> Device {
+        let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
+        let read = clock.clone();
+        let device_id: ruma::OwnedDeviceId = device.into();
+        let machine = OlmMachine::with_store(&UserId::parse(user).expect("user id"), &device_id, store, None).await.expect("machine");
         let withheld = Withheld::with_clock(SendPolicy::default(), true, Arc::new(move || read.load(Ordering::SeqCst)));
         let d = Device { machine, withheld, clock };
         d.flush(server).await;
