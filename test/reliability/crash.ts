@@ -1,8 +1,8 @@
 /**
  * Crash safety: alice's device runs a bot's loops on a persistent store (our engine on SQLite or
  * on PostgreSQL) in a child process (crash-child.ts) and is killed with SIGKILL at random
- * points, again and again. The parent
- * plays the homeserver and bob, who keeps sending alice messages under new room keys.
+ * points, again and again. The parent plays the homeserver and bob, who keeps sending alice
+ * messages under new room keys.
  *
  * After every restart the child must open its store, and decrypt one message of every room key
  * it reported as received in any earlier life. The homeserver behaves like Synapse: a sync batch
@@ -11,6 +11,10 @@
  * different key is a conflict Synapse refuses, which would leave the device unable to upload.
  *
  * Shared by the vitest suite (a few kills) and `npm run reliability` (50+).
+ *
+ * With MCN_CRASH_TRACE=1 the figures also list every Olm message alice sent bob
+ * (`olmToBob`): a ratchet key and chain index sent twice with different ciphertexts would be an
+ * Olm session whose state went back across a restart (bob cannot decrypt the second one).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -53,8 +57,13 @@ export interface CrashFigures {
   aliceSent: number;
   aliceDecryptedByBob: number;
   bobFailures: Record<string, number>;
-  /** Each message bob could not decrypt: which life sent it, its session and the error. */
+  /**
+   * Each message bob could not decrypt: which life sent it, its session, the error, and each
+   * message of that session with what the share before it gave bob's device.
+   */
   bobFailureDetails: string[];
+  /** With MCN_CRASH_TRACE=1: `life N <type> olm type <0|1> [base <key>] ratchet <key> chain <index> body <tail>` per Olm message to bob. */
+  olmToBob?: string[];
   failures: string[];
 }
 
@@ -69,15 +78,14 @@ interface LifeState {
   looping: boolean;
 }
 
-const TRACE = process.env.MCN_CRASH_TRACE === '1';
-export const trace: string[] = [];
 
+/** A protobuf varint of an Olm message at `at`: its value and the position after it. */
 function varint(b: Buffer, at: number): [number, number] {
   let v = 0, shift = 0, i = at;
   for (;;) { const x = b[i++]; v += (x & 0x7f) * 2 ** shift; shift += 7; if (!(x & 0x80)) break; }
   return [v, i];
 }
-/** The ratchet key (prefix) and chain index of an Olm message, and the session's base key for pre-key messages. */
+/** The ratchet key (prefix) and chain index of an Olm message, and the session's base key (prefix) for pre-key messages. */
 function olmIndex(type: number, body: string): string {
   let b = Buffer.from(body, 'base64');
   let prefix = '';
@@ -120,6 +128,7 @@ export async function runCrashSafety(
     store: backend.kind, kills: 0, verifiedRestarts: 0, keysReported: 0, decryptionsChecked: 0, keysLost: 0, openFailures: 0, lockWaits: 0,
     oneTimeKeyConflicts: 0, oneTimeKeyRetries: 0, identityChanges: 0, bobSent: 0, aliceSent: 0, aliceDecryptedByBob: 0, bobFailures: {}, bobFailureDetails: [], failures: [],
   };
+  const trace = process.env.MCN_CRASH_TRACE === '1' ? (figures.olmToBob = []) : undefined;
   const uploaded = new Map<string, string>();
   const reported = new Set<string>();
   const bySession = new Map<string, MatrixEvent>();
@@ -150,17 +159,17 @@ export async function runCrashSafety(
       }
       return hs.handle(ALICE, deviceId, { ...request, body: JSON.stringify(body) });
     }
-    if (TRACE && request.type === 'to_device') traceToDevice(request);
+    if (trace && request.type === 'to_device') traceToDevice(trace, request);
     return hs.handle(ALICE, deviceId, request);
   }
 
-  function traceToDevice(request: { eventType: string; body: string }) {
-    const body = JSON.parse(request.body) as { messages: Record<string, Record<string, any>> };
+  function traceToDevice(trace: string[], request: { eventType: string; body: string }) {
+    type Content = { ciphertext?: Record<string, { type: number; body: string }> };
+    const body = JSON.parse(request.body) as { messages: Record<string, Record<string, Content>> };
     for (const content of Object.values(body.messages[BOB] ?? {})) {
-      for (const c of Object.values((content.ciphertext ?? {}) as Record<string, { type: number; body: string }>)) {
-        trace.push(`${Date.now()} life ${lifeNumber} ${request.eventType} olm type ${c.type} ${olmIndex(c.type, c.body)} body ${c.body.slice(-10)}`);
+      for (const c of Object.values(content.ciphertext ?? {})) {
+        trace.push(`life ${lifeNumber} ${request.eventType} olm type ${c.type} ${olmIndex(c.type, c.body)} body ${c.body.slice(-10)}`);
       }
-      if (!content.ciphertext) trace.push(`${Date.now()} life ${lifeNumber} ${request.eventType} ${JSON.stringify(content).slice(0, 200)}`);
     }
   }
 
