@@ -1,7 +1,10 @@
 /**
- * `npm run reliability [-- section...]`: the full-size reliability runs behind the README's
- * "Reliability" figures. Sections: hostile, crash, concurrency, memory, many, flood (default:
- * all). Prints each section's figures as JSON lines (prefixed `figures`) and records them in
+ * `npm run reliability [-- section... [--store sqlite,postgres]]`: the full-size reliability runs
+ * behind the README's "Reliability" figures. Sections: hostile, crash, concurrency, memory, many,
+ * flood (default: all). `--store` picks the crash section's backends (default `sqlite`; each is
+ * recorded as its own entry, `crash` and `crash-postgres`); `postgres` uses the server named by
+ * MCN_TEST_POSTGRES (`bash scripts/postgres.sh run npm run reliability -- crash --store postgres`)
+ * or starts a throwaway one. Prints each section's figures as JSON lines (prefixed `figures`) and records them in
  * reliability-results.json (sections not run keep their last figures). Run the memory and
  * many-machine sections in a process of their own (`npm run reliability -- memory`) for RSS
  * figures that no earlier section inflated. The vitest suite (test/reliability) runs reduced
@@ -13,6 +16,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runConcurrency } from '../test/reliability/concurrency';
+import { startPostgres } from '../test/helpers/postgres';
 import { runCrashSafety } from '../test/reliability/crash';
 import { runFlood } from '../test/reliability/flood';
 import { runHostileInput } from '../test/reliability/hostile';
@@ -22,9 +26,22 @@ import { runEncryptDecryptSoak, runFinalizers, runOpenCloseCycles, runShareSoak 
 const scale = Number(process.env.MCN_RELIABILITY_SCALE ?? 1);
 const size = (n: number, min = 1) => Math.max(min, Math.round(n * scale));
 
+/** The crash section on PostgreSQL: MCN_TEST_POSTGRES's server, or a throwaway one. */
+async function crashOnPostgres(): Promise<Record<string, unknown>> {
+  const started = process.env.MCN_TEST_POSTGRES === undefined ? startPostgres() : undefined;
+  const url = process.env.MCN_TEST_POSTGRES ?? started?.url;
+  if (url === undefined) throw new Error('crash --store postgres: set MCN_TEST_POSTGRES or install PostgreSQL (scripts/install-postgres.sh)');
+  try {
+    return { sigkill: await runCrashSafety(size(50, 2), { backend: { kind: 'postgres', url } }) };
+  } finally {
+    started?.stop();
+  }
+}
+
 const sections: Record<string, () => Promise<Record<string, unknown>>> = {
   hostile: async () => ({ fastCheck: await runHostileInput(size(10_000)) }),
   crash: async () => ({ sigkill: await runCrashSafety(size(50, 2)) }),
+  'crash-postgres': crashOnPostgres,
   concurrency: async () => ({ overlapping: await runConcurrency(size(100), size(300), 600_000) }),
   memory: async () => ({
     encryptDecrypt: await runEncryptDecryptSoak(size(100_000, 1_000), 'memory'),
@@ -43,7 +60,12 @@ const sections: Record<string, () => Promise<Record<string, unknown>>> = {
 
 (async () => {
   if (!global.gc) throw new Error('run with node --expose-gc (npm run reliability does)');
-  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(sections);
+  const args = process.argv.slice(2);
+  const at = args.indexOf('--store');
+  const stores = at >= 0 ? (args.splice(at, 2)[1] ?? '').split(',') : ['sqlite'];
+  for (const s of stores) if (s !== 'sqlite' && s !== 'postgres') throw new Error(`--store: ${JSON.stringify(s)} is not sqlite or postgres`);
+  const crash = stores.map((s) => (s === 'sqlite' ? 'crash' : 'crash-postgres'));
+  const wanted = (args.length ? args : Object.keys(sections).filter((n) => n !== 'crash-postgres')).flatMap((n) => (n === 'crash' ? crash : [n]));
   const file = join(process.cwd(), 'reliability-results.json');
   const results: Record<string, unknown> = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : {};
   for (const name of wanted) {

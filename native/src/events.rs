@@ -318,3 +318,45 @@ pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceE
     }
     (kept, skipped)
 }
+
+/// Cut a batch of to-device events into consecutive runs in which no sender device (the Olm
+/// `sender_key` of an `m.room.encrypted` event) appears twice, for one
+/// `receive_sync_changes` call each.
+///
+/// matrix-sdk-crypto merges each room key it receives with what the store holds, not with the
+/// keys accepted earlier in the same call: two copies of one Megolm session in one batch (a
+/// share at index 0 and the sender's re-share at a later index, which it sends after it learns
+/// our new Olm session) both look new, both are saved, and the store keeps the last one, the
+/// worse one; the messages before its index no longer decrypt
+/// (test/reliability/room-key-batch.test.ts). A room key reaches us only in an Olm message of
+/// its sender device, so one call per run lets the crate merge the second copy with the first.
+/// A batch with at most one encrypted event per sender device stays one run.
+pub fn olm_sender_runs(events: Vec<Raw<AnyToDeviceEvent>>) -> Vec<Vec<Raw<AnyToDeviceEvent>>> {
+    #[derive(Deserialize)]
+    struct Outer {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        content: Option<Content>,
+    }
+    #[derive(Deserialize)]
+    struct Content {
+        sender_key: Option<String>,
+    }
+    let mut runs: Vec<Vec<Raw<AnyToDeviceEvent>>> = vec![Vec::new()];
+    let mut senders = std::collections::HashSet::new();
+    for e in events {
+        let sender = serde_json::from_str::<Outer>(e.json().get())
+            .ok()
+            .filter(|o| o.kind.as_deref() == Some("m.room.encrypted"))
+            .and_then(|o| o.content?.sender_key);
+        if let Some(key) = sender {
+            if !senders.insert(key.clone()) {
+                runs.push(Vec::new());
+                senders.clear();
+                senders.insert(key);
+            }
+        }
+        runs.last_mut().expect("never empty").push(e);
+    }
+    runs
+}

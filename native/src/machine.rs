@@ -268,15 +268,25 @@ impl NativeMachine {
             ledger::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
         }
         let lists = changes.changed_devices.to_ruma();
-        let sync = EncryptionSyncChanges {
-            to_device_events,
-            changed_devices: &lists,
-            one_time_keys_counts: &changes.one_time_key_counts,
-            unused_fallback_keys: changes.unused_fallback_keys.as_deref(),
-            next_batch_token: changes.next_batch_token,
-        };
-        let (processed, keys) =
-            machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
+        // One crate call per run (see `events::olm_sender_runs`); the device lists, key counts
+        // and the sync token go with the last, so the token is stored once all is processed.
+        let runs = events::olm_sender_runs(to_device_events);
+        let last = runs.len() - 1;
+        let (no_lists, no_counts) = (ruma::api::client::sync::sync_events::DeviceLists::new(), std::collections::BTreeMap::new());
+        let (mut processed, mut keys) = (Vec::new(), Vec::new());
+        for (i, run) in runs.into_iter().enumerate() {
+            let final_run = i == last;
+            let sync = EncryptionSyncChanges {
+                to_device_events: run,
+                changed_devices: if final_run { &lists } else { &no_lists },
+                one_time_keys_counts: if final_run { &changes.one_time_key_counts } else { &no_counts },
+                unused_fallback_keys: if final_run { changes.unused_fallback_keys.as_deref() } else { None },
+                next_batch_token: if final_run { changes.next_batch_token.clone() } else { None },
+            };
+            let (p, k) = machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
+            processed.extend(p);
+            keys.extend(k);
+        }
         let outcome = self.withheld.after_sync(&machine, &processed, &keys).await.map_err(withheld_error)?;
         events::sync_result(
             &processed,

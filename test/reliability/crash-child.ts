@@ -1,9 +1,12 @@
 /**
- * The process that crash.ts kills: alice's device on a SQLite store, running the loops of a bot
- * (sync, send requests, share room keys, encrypt, decrypt) against the parent's homeserver over
- * IPC, until SIGKILL. On start it first checks every room key it reported in earlier lives.
+ * The process that crash.ts kills: alice's device on the store given as argument (SQLite or
+ * PostgreSQL), running the loops of a bot (sync, send requests, share room keys, encrypt,
+ * decrypt) against the parent's homeserver over IPC, until SIGKILL. On start it first checks
+ * every room key it reported in earlier lives.
+ *
+ * Usage: `crash-child.ts <store options as JSON> <device id>`.
  */
-import { OlmMachine } from '../../src/index';
+import { MatrixCryptoError, OlmMachine, type StoreOptions } from '../../src/index';
 import type { MatrixEvent } from '../../src/types';
 import type { OutgoingRequest } from '../../src/requests';
 import { ALICE, BOB, type ToChild, type ToParent } from './crash-protocol';
@@ -41,8 +44,24 @@ async function flush(machine: OlmMachine) {
   }
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Open alice's store; on PostgreSQL, wait while the killed holder's lease lasts. */
+async function open(store: StoreOptions, deviceId: string): Promise<OlmMachine> {
+  for (;;) {
+    send({ type: 'opening' });
+    try {
+      return await OlmMachine.open({ userId: ALICE, deviceId, store });
+    } catch (err) {
+      if (!(err instanceof MatrixCryptoError) || err.code !== 'StoreLocked') throw err;
+      send({ type: 'locked' });
+      await sleep(200);
+    }
+  }
+}
+
 (async () => {
-  const machine = await OlmMachine.open({ userId: ALICE, deviceId: 'ALICE', store: { kind: 'sqlite', path: process.argv[2] } });
+  const machine = await open(JSON.parse(process.argv[2]!) as StoreOptions, process.argv[3]!);
   const events = await new Promise<MatrixEvent[]>((resolve) => {
     verify = resolve;
     send({ type: 'ready', curve25519: machine.identityKeys.curve25519 });
@@ -72,7 +91,11 @@ async function flush(machine: OlmMachine) {
     const share = await machine.shareRoomKey(room, [ALICE, BOB]);
     for (const r of share.requests) await request(machine, r);
     const content = await machine.encryptRoomEvent(room, 'm.room.message', { msgtype: 'm.text', body: `alice ${i}` });
-    send({ type: 'sent', event: { type: 'm.room.encrypted', sender: ALICE, room_id: room, event_id: `$a${i}`, origin_server_ts: Date.now(), content } });
+    const toBob = [
+      ...share.sharedWith.filter((d) => d.userId === BOB).map((d) => `key to ${d.deviceId}`),
+      ...share.withheld.filter((d) => d.userId === BOB).map((d) => `${d.code} to ${d.deviceId}${d.sent ? '' : ' (not sent)'}`),
+    ];
+    send({ type: 'sent', event: { type: 'm.room.encrypted', sender: ALICE, room_id: room, event_id: `$a${i}`, origin_server_ts: Date.now(), content }, share: toBob.join(', ') || 'nothing for bob' });
     if (i % 5 === 4) await machine.discardRoomKey(room);
     for (const e of batch.recentEvents) await machine.decryptRoomEvent(e, String(e.room_id)).catch(() => undefined);
   }

@@ -1,7 +1,8 @@
 /**
- * Crash safety: alice's device runs a bot's loops on a SQLite store in a child process
- * (crash-child.ts) and is killed with SIGKILL at random points, again and again. The parent
- * plays the homeserver and bob, who keeps sending alice messages under new room keys.
+ * Crash safety: alice's device runs a bot's loops on a persistent store (our engine on SQLite or
+ * on PostgreSQL) in a child process (crash-child.ts) and is killed with SIGKILL at random
+ * points, again and again. The parent plays the homeserver and bob, who keeps sending alice
+ * messages under new room keys.
  *
  * After every restart the child must open its store, and decrypt one message of every room key
  * it reported as received in any earlier life. The homeserver behaves like Synapse: a sync batch
@@ -10,16 +11,26 @@
  * different key is a conflict Synapse refuses, which would leave the device unable to upload.
  *
  * Shared by the vitest suite (a few kills) and `npm run reliability` (50+).
+ *
+ * With MCN_CRASH_TRACE=1 the figures also list every Olm message alice sent bob
+ * (`olmToBob`): a ratchet key and chain index sent twice with different ciphertexts would be an
+ * Olm session whose state went back across a restart (bob cannot decrypt the second one).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { StoreOptions } from '../../src/index';
 import { TestDevice, TestHomeserver } from '../../src/testing';
 import type { MatrixEvent } from '../../src/types';
 import { ALICE, BOB, type ToChild, type ToParent } from './crash-protocol';
 
+/** The store alice's device runs on: our engine on SQLite, or on the PostgreSQL server at `url`. */
+export type CrashBackend = { kind: 'sqlite' } | { kind: 'postgres'; url: string };
+
 export interface CrashFigures {
+  /** The store kind. */
+  store: CrashBackend['kind'];
   /** SIGKILLs sent. */
   kills: number;
   /** Restarts after a kill that opened the store and finished checking every reported key. */
@@ -32,6 +43,8 @@ export interface CrashFigures {
   keysLost: number;
   /** Restarts whose store did not open (the child died before `ready` without being killed). */
   openFailures: number;
+  /** Restarts that found the account locked and waited (PostgreSQL: the killed holder's lease). */
+  lockWaits: number;
   /** One-time key ids uploaded again with a different key (Synapse refuses these). */
   oneTimeKeyConflicts: number;
   /** One-time keys uploaded again unchanged, after a kill between the upload and its acknowledgement. */
@@ -44,21 +57,78 @@ export interface CrashFigures {
   aliceSent: number;
   aliceDecryptedByBob: number;
   bobFailures: Record<string, number>;
-  /** Each message bob could not decrypt: which life sent it, its session and the error. */
+  /**
+   * Each message bob could not decrypt: which life sent it, its session, the error, and each
+   * message of that session with what the share before it gave bob's device.
+   */
   bobFailureDetails: string[];
+  /** With MCN_CRASH_TRACE=1: `life N <type> olm type <0|1> [base <key>] ratchet <key> chain <index> body <tail>` per Olm message to bob. */
+  olmToBob?: string[];
   failures: string[];
+}
+
+/** What the parent knows of the child's current life. */
+interface LifeState {
+  /** When the child last started opening the store, unless that attempt was refused. */
+  openingAt?: number;
+  /** It found the store locked at least once. */
+  waited: boolean;
+  ready: boolean;
+  verified: boolean;
+  looping: boolean;
+}
+
+
+/** A protobuf varint of an Olm message at `at`: its value and the position after it. */
+function varint(b: Buffer, at: number): [number, number] {
+  let v = 0, shift = 0, i = at;
+  for (;;) { const x = b[i++]; v += (x & 0x7f) * 2 ** shift; shift += 7; if (!(x & 0x80)) break; }
+  return [v, i];
+}
+/** The ratchet key (prefix) and chain index of an Olm message, and the session's base key (prefix) for pre-key messages. */
+function olmIndex(type: number, body: string): string {
+  let b = Buffer.from(body, 'base64');
+  let prefix = '';
+  if (type === 0) {
+    let i = 1;
+    while (i < b.length) {
+      const tag = b[i++];
+      const [len, j] = varint(b, i);
+      const field = b.subarray(j, j + len);
+      if (tag === 0x12) prefix += `base ${field.toString('base64').slice(0, 8)} `;
+      if (tag === 0x22) { b = Buffer.from(field); break; }
+      i = j + len;
+    }
+  }
+  let i = 1, ratchet = '', chain = -1;
+  while (i < b.length) {
+    const tag = b[i++];
+    if (tag === 0x10) { const [v, j] = varint(b, i); chain = v; i = j; continue; }
+    const [len, j] = varint(b, i);
+    if (tag === 0x0a) ratchet = b.subarray(j, j + len).toString('base64').slice(0, 8);
+    if (tag === 0x22) break;
+    i = j + len;
+  }
+  return `${prefix}ratchet ${ratchet} chain ${chain}`;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = {}): Promise<CrashFigures> {
+export async function runCrashSafety(
+  kills: number,
+  { maxKillDelayMs = 1500, backend = { kind: 'sqlite' } as CrashBackend } = {},
+): Promise<CrashFigures> {
   const dir = mkdtempSync(join(tmpdir(), 'mcn-crash-'));
+  // A PostgreSQL database may outlive the run (MCN_TEST_POSTGRES): a device of its own per run.
+  const deviceId = backend.kind === 'sqlite' ? 'ALICE' : `ALICE${Date.now().toString(36).toUpperCase()}`;
+  const store: StoreOptions = backend.kind === 'sqlite' ? { kind: 'sqlite', path: join(dir, 'alice') } : { kind: 'postgres', url: backend.url };
   const hs = new TestHomeserver();
   const bob = await TestDevice.create(hs, BOB, 'BOB');
   const figures: CrashFigures = {
-    kills: 0, verifiedRestarts: 0, keysReported: 0, decryptionsChecked: 0, keysLost: 0, openFailures: 0,
+    store: backend.kind, kills: 0, verifiedRestarts: 0, keysReported: 0, decryptionsChecked: 0, keysLost: 0, openFailures: 0, lockWaits: 0,
     oneTimeKeyConflicts: 0, oneTimeKeyRetries: 0, identityChanges: 0, bobSent: 0, aliceSent: 0, aliceDecryptedByBob: 0, bobFailures: {}, bobFailureDetails: [], failures: [],
   };
+  const trace = process.env.MCN_CRASH_TRACE === '1' ? (figures.olmToBob = []) : undefined;
   const uploaded = new Map<string, string>();
   const reported = new Set<string>();
   const bySession = new Map<string, MatrixEvent>();
@@ -67,6 +137,8 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
   let batchId = 0;
   let identity: string | undefined;
   const lives = new Map<MatrixEvent, number>();
+  /** What the share before each of alice's messages gave bob's device, by message. */
+  const shares = new Map<MatrixEvent, string>();
   let lifeNumber = 0;
 
   function handleRequest(request: Extract<ToParent, { type: 'request' }>['request']): string {
@@ -85,16 +157,35 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
           delete body.one_time_keys![id];
         }
       }
-      return hs.handle(ALICE, 'ALICE', { ...request, body: JSON.stringify(body) });
+      return hs.handle(ALICE, deviceId, { ...request, body: JSON.stringify(body) });
     }
-    return hs.handle(ALICE, 'ALICE', request);
+    if (trace && request.type === 'to_device') traceToDevice(trace, request);
+    return hs.handle(ALICE, deviceId, request);
   }
 
-  function onMessage(child: ChildProcess, m: ToParent, life: { ready: boolean; verified: boolean; looping: boolean }) {
+  function traceToDevice(trace: string[], request: { eventType: string; body: string }) {
+    type Content = { ciphertext?: Record<string, { type: number; body: string }> };
+    const body = JSON.parse(request.body) as { messages: Record<string, Record<string, Content>> };
+    for (const content of Object.values(body.messages[BOB] ?? {})) {
+      for (const c of Object.values(content.ciphertext ?? {})) {
+        trace.push(`life ${lifeNumber} ${request.eventType} olm type ${c.type} ${olmIndex(c.type, c.body)} body ${c.body.slice(-10)}`);
+      }
+    }
+  }
+
+  function onMessage(child: ChildProcess, m: ToParent, life: LifeState) {
     const reply = (r: ToChild) => {
       if (child.connected) child.send(r);
     };
     switch (m.type) {
+      case 'opening':
+        life.openingAt = Date.now();
+        break;
+      case 'locked':
+        if (!life.waited) figures.lockWaits++;
+        life.waited = true;
+        life.openingAt = undefined;
+        break;
       case 'ready':
         life.ready = true;
         if (identity !== undefined && identity !== m.curve25519) figures.identityChanges++;
@@ -115,7 +206,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
         }
         break;
       case 'sync':
-        batch ??= { id: batchId++, changes: hs.syncFor(ALICE, 'ALICE') };
+        batch ??= { id: batchId++, changes: hs.syncFor(ALICE, deviceId) };
         reply({ type: 'batch', id: m.id, batch: batch.id, changes: batch.changes, recentEvents: [...bySession.values()].slice(-3) });
         break;
       case 'ack':
@@ -128,6 +219,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
       case 'sent':
         aliceEvents.push(m.event);
         lives.set(m.event, lifeNumber);
+        shares.set(m.event, m.share);
         break;
     }
   }
@@ -137,7 +229,7 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
   const bobLoop = (async () => {
     await bob.machine.updateTrackedUsers([ALICE, BOB]);
     for (let i = 0; !stop; i++) {
-      if (!hs.deviceKeys.get(ALICE)?.has('ALICE')) {
+      if (!hs.deviceKeys.get(ALICE)?.has(deviceId)) {
         await sleep(50);
         continue;
       }
@@ -156,9 +248,9 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
    * sync batch), SIGKILL; `null`: only once it has checked every reported key.
    */
   async function life(kill: { from: 'spawn' | 'loop'; after: number } | null): Promise<void> {
-    const state = { ready: false, verified: false, looping: false };
+    const state: LifeState = { ready: false, verified: false, looping: false, waited: false };
     lifeNumber++;
-    const child = fork(join(__dirname, 'crash-child.ts'), [join(dir, 'alice')], {
+    const child = fork(join(__dirname, 'crash-child.ts'), [JSON.stringify(store), deviceId], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
       env: { ...process.env, RUST_BACKTRACE: '0' },
@@ -179,8 +271,14 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
     if (kill === null) {
       await until(() => state.verified);
     } else {
-      if (kill.from === 'loop') await until(() => state.looping);
-      await Promise.race([sleep(kill.after), exited]);
+      if (kill.from === 'loop') {
+        await until(() => state.looping);
+        await Promise.race([sleep(kill.after), exited]);
+      } else {
+        // From the open attempt that gets the store: on PostgreSQL the attempts before it only
+        // wait for the killed holder's lease to run out.
+        await until(() => state.openingAt !== undefined && Date.now() >= state.openingAt + kill.after);
+      }
       figures.kills++;
     }
     child.kill('SIGKILL');
@@ -211,7 +309,9 @@ export async function runCrashSafety(kills: number, { maxKillDelayMs = 1500 } = 
     if (err === null) figures.aliceDecryptedByBob++;
     else {
       figures.bobFailures[err.code ?? 'unknown'] = (figures.bobFailures[err.code ?? 'unknown'] ?? 0) + 1;
-      figures.bobFailureDetails.push(`${e.event_id} (life ${lives.get(e) ?? '?'}) session ${String(e.content.session_id)}: ${err.code}: ${err.message}`);
+      const session = String(e.content.session_id);
+      const history = aliceEvents.filter((o) => o.content.session_id === session).map((o) => `${o.event_id}@${lives.get(o)}: ${shares.get(o)}`);
+      figures.bobFailureDetails.push(`${e.event_id} (life ${lives.get(e) ?? '?'}) session ${session}: ${err.code}: ${err.message}; the session's messages and what each share gave bob: ${history.join('; ')}`);
     }
   }
   figures.aliceSent = aliceEvents.length;
