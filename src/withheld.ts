@@ -164,10 +164,11 @@ export interface WithheldRecord {
   /** When it arrived, ms since the epoch. */
   receivedAt: number;
   /**
-   * A notice from the creator, a forwarded key's `withheld` property, an imported export, or a
-   * room key restored from server-side key backup.
+   * A notice from the creator, a forwarded key's `withheld` property, an imported export, a
+   * room key restored from server-side key backup, or a `withheld` entry of a room-key bundle
+   * (MSC4268; `sender` is then the member who shared the room's history).
    */
-  source: 'notice' | 'forwarded_key' | 'key_export' | 'key_backup';
+  source: 'notice' | 'forwarded_key' | 'key_export' | 'key_backup' | 'key_bundle';
 }
 
 /** An `m.no_olm` notice we received from one device (see {@link OlmMachine.getNoOlmNotices}). */

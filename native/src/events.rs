@@ -239,9 +239,11 @@ pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: O
                 Some("no_olm") => "the messages its device sent before it could reach ours (m.no_olm)",
                 _ => "the whole session",
             };
+            // A key bundle's entry comes from the member who shared the room's history.
+            let who = if code == "m.history_not_shared" { "the room's history was not shared with us" } else { "the sender withheld it" };
             match w["reason"].as_str() {
-                Some(reason) => format!("{base}: the sender withheld it ({code}: {reason}) for {scope}"),
-                None => format!("{base}: the sender withheld it ({code}) for {scope}"),
+                Some(reason) => format!("{base}: {who} ({code}: {reason}) for {scope}"),
+                None => format!("{base}: {who} ({code}) for {scope}"),
             }
         }
         None => base,
