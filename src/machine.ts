@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { openMachine, type NativeMachine, type NativeRequest } from '../native/index';
+import { openMachine, type NativeMachine, type NativeRequest, type ReceivedNotice } from '../native/index';
 import { MatrixCryptoError, native, nativeSync } from './errors';
 import { deleteAccount, listAccounts, nativeStoreOptions, type StoreAccount, type StoreDatabase, type StoreOptions } from './store';
 import { ProgressRelay, type ProgressCallback } from './progress';
@@ -288,7 +288,14 @@ export class OlmMachine {
    */
   async receiveSyncChanges(changes: SyncChanges): Promise<SyncResult> {
     const json = jsonArg('changes', changes ?? {});
-    const result = JSON.parse(await native(() => this.#inner.receiveSyncChanges(json))) as SyncResult;
+    const out = await native(() => this.#inner.receiveSyncChanges(json));
+    const result: SyncResult = {
+      toDeviceEvents: JSON.parse(out.toDeviceEvents) as SyncResult['toDeviceEvents'],
+      roomKeyUpdates: out.roomKeyUpdates,
+      withheldNotices: out.withheldNotices.map(toWithheldNotice),
+      keyRequestAnswers: out.keyRequestAnswers,
+      skippedToDeviceEvents: out.skippedToDeviceEvents,
+    };
     for (const notice of result.withheldNotices) {
       for (const listener of this.#withheldListeners) {
         try {
@@ -340,7 +347,7 @@ export class OlmMachine {
   async getWithheldRecords(roomId: string, sessionId: string): Promise<WithheldRecord[]> {
     requireString('roomId', roomId);
     requireString('sessionId', sessionId);
-    return JSON.parse(await native(() => this.#inner.withheldRecords(roomId, sessionId))) as WithheldRecord[];
+    return native(() => this.#inner.withheldRecords(roomId, sessionId));
   }
 
   /**
@@ -351,7 +358,7 @@ export class OlmMachine {
   async getNoOlmNotices(userId: string, deviceId?: string): Promise<NoOlmRecord[]> {
     requireString('userId', userId);
     if (deviceId !== undefined) requireString('deviceId', deviceId);
-    return JSON.parse(await native(() => this.#inner.noOlmNotices(userId, deviceId))) as NoOlmRecord[];
+    return native(() => this.#inner.noOlmNotices(userId, deviceId));
   }
 
   /**
@@ -498,8 +505,7 @@ export class OlmMachine {
     const list = requireStringArray('users', users);
     const s = jsonArg('settings', settings);
     const result = await native(() => this.#inner.shareRoomKey(roomId, list, s));
-    const summary = JSON.parse(result.summary) as Omit<ShareResult, 'requests'>;
-    return { requests: result.requests.map(toRequest) as ToDeviceRequest[], ...summary };
+    return { requests: result.requests.map(toRequest) as ToDeviceRequest[], sharedWith: result.sharedWith, withheld: result.withheld };
   }
 
   /** The machine-wide withheld policy (see {@link setWithheldPolicy}). */
@@ -850,7 +856,7 @@ export class OlmMachine {
     const relay = new ProgressRelay(options.onProgress, 'onProgress');
     const result = await native(() => this.#inner.importRoomKeys(json, relay.callback));
     relay.rethrow();
-    return JSON.parse(result) as ImportResult;
+    return result;
   }
 
   /**
@@ -894,7 +900,7 @@ export class OlmMachine {
     const relay = new ProgressRelay(options.onProgress, 'onProgress');
     const result = await native(() => this.#inner.importRoomKeysFile(text, passphrase, relay.callback));
     relay.rethrow();
-    return JSON.parse(result) as ImportResult;
+    return result;
   }
 
   /**
@@ -997,6 +1003,21 @@ export class OlmMachine {
     const relay = new ProgressRelay(options.onProgress, 'onProgress');
     const result = await native(() => this.#inner.importBackedUpRoomKeys(json, decryptionKey, version, relay.callback));
     relay.rethrow();
-    return JSON.parse(result) as BackupImportResult;
+    return result;
   }
+}
+
+/** The binding's flat notice, narrowed to the {@link WithheldNotice} union by its `kind`. */
+function toWithheldNotice(n: ReceivedNotice): WithheldNotice {
+  const base = {
+    sender: n.sender,
+    senderKey: n.senderKey,
+    fromDevice: n.fromDevice,
+    reason: n.reason,
+    receivedAt: n.receivedAt,
+    verdict: n.verdict,
+    encrypted: n.encrypted,
+  };
+  if (n.kind === 'no_olm') return { kind: 'no_olm', code: 'm.no_olm', ...base };
+  return { kind: 'room', code: n.code, roomId: n.roomId ?? '', sessionId: n.sessionId ?? '', ...base };
 }

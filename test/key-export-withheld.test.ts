@@ -17,7 +17,7 @@ describe('withheld metadata in room-key exports', () => {
     expect((await fresh.machine.decryptRoomEvent(late, ROOM)).event.content).toMatchObject({ body: 'late' });
     const err = await fresh.machine.decryptRoomEvent(early, ROOM).catch((e) => e);
     expect(err).toBeInstanceOf(DecryptionError);
-    expect(err.withheld).toMatchObject({ code: 'm.unverified', scope: 'before-first-index' });
+    expect(err.withheld).toMatchObject({ code: 'm.unverified', scope: 'before_first_index' });
     expect(await fresh.machine.getWithheldRecords(ROOM, String(early.content.session_id))).toEqual([
       expect.objectContaining({ source: 'key_export', code: 'm.unverified' }),
     ]);
@@ -58,7 +58,7 @@ describe('encrypted key-export files', () => {
     await expect(fresh.machine.importRoomKeysFile('not a file', 'x')).rejects.toMatchObject({ code: 'InvalidArgument', field: 'file' });
     const result = await fresh.machine.importRoomKeysFile(file, 'correct horse');
     expect(result).toMatchObject({ imported: 1, withheldRecords: 1 });
-    expect((await fresh.machine.decryptRoomEvent(early, ROOM).catch((e) => e)).withheld).toMatchObject({ scope: 'before-first-index' });
+    expect((await fresh.machine.decryptRoomEvent(early, ROOM).catch((e) => e)).withheld).toMatchObject({ scope: 'before_first_index' });
   });
 
   it('files written by the official wasm bindings import, and they import ours', async () => {

@@ -179,6 +179,6 @@ describe('withheld in forwarded keys', () => {
     const err = await a2.machine.decryptRoomEvent(early, ROOM).catch((e) => e);
     expect(err).toBeInstanceOf(DecryptionError);
     expect(err.code).toBe('UnknownMessageIndex');
-    expect(err.withheld).toEqual({ code: 'm.unverified', reason: 'Bob verifies devices by hand.', scope: 'before-first-index' });
+    expect(err.withheld).toEqual({ code: 'm.unverified', reason: 'Bob verifies devices by hand.', scope: 'before_first_index' });
   });
 });

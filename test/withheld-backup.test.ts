@@ -53,7 +53,7 @@ describe('withheld metadata in server-side key backup', () => {
     expect((await fresh.machine.decryptRoomEvent(late, ROOM)).event.content).toMatchObject({ body: 'late' });
     const err = await fresh.machine.decryptRoomEvent(early, ROOM).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DecryptionError);
-    expect((err as DecryptionError).withheld).toEqual({ code: 'm.unverified', reason: record.reason, scope: 'before-first-index' });
+    expect((err as DecryptionError).withheld).toEqual({ code: 'm.unverified', reason: record.reason, scope: 'before_first_index' });
     expect(await fresh.machine.getWithheldRecords(ROOM, sessionId)).toEqual([
       expect.objectContaining({ source: 'key_backup', code: 'm.unverified', reason: record.reason }),
     ]);

@@ -95,7 +95,7 @@ describe('received withheld notices', () => {
     expect(err.withheld).toBeNull();
   });
 
-  it('partially withheld: unverified, then verified, earlier messages report the notice (before-first-index)', async () => {
+  it('partially withheld: unverified, then verified, earlier messages report the notice (before_first_index)', async () => {
     const { alice, bob } = await setup();
     await alice.machine.updateTrackedUsers([BOB]);
     await alice.flush();
@@ -111,7 +111,7 @@ describe('received withheld notices', () => {
     expect((await bob.machine.decryptRoomEvent(late, ROOM)).event.content).toMatchObject({ body: 'after verification' });
     const err = await decryptError(bob, early);
     expect(err.code).toBe('UnknownMessageIndex');
-    expect(err.withheld).toMatchObject({ code: 'm.unverified', scope: 'before-first-index' });
+    expect(err.withheld).toMatchObject({ code: 'm.unverified', scope: 'before_first_index' });
   });
 
   it('a forged notice about someone else\'s session is ignored for explanations and counted', async () => {

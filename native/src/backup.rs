@@ -139,8 +139,7 @@ impl NativeMachine {
         Ok(NativeRoomKeyCounts { total: count(counts.total), backed_up: count(counts.backed_up) })
     }
 
-    /// Restore room keys from a `GET /room_keys/keys` response (JSON) of backup `version`;
-    /// returns `{ imported, total, keys, withheldRecords, undecryptable }` as JSON.
+    /// Restore room keys from a `GET /room_keys/keys` response (JSON) of backup `version`.
     #[napi]
     pub async fn import_backed_up_room_keys(
         &self,
@@ -148,7 +147,7 @@ impl NativeMachine {
         decryption_key: String,
         version: String,
         #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<keys::ProgressCallback>,
-    ) -> Result<String> {
+    ) -> Result<BackupImportResult> {
         let machine = self.machine()?;
         let key = withheld_backup::decryption_key(&decryption_key).map_err(|e| invalid("decryptionKey", e))?;
         if version.is_empty() {
@@ -164,11 +163,46 @@ impl NativeMachine {
         .map_err(internal)?
         .map_err(|e| invalid(&e.field, e.message))?;
         let failed = decrypted.undecryptable.len();
-        let mut result =
+        let result =
             keys::import_values(&machine, decrypted.keys, "backup", Source::KeyBackup, Some(&version), progress.as_ref()).await?;
-        let total = result["total"].as_u64().unwrap_or(0) + failed as u64;
-        result["total"] = total.into();
-        result["undecryptable"] = serde_json::to_value(&decrypted.undecryptable).map_err(internal)?;
-        Ok(result.to_string())
+        Ok(BackupImportResult {
+            imported: result.imported,
+            total: result.total + failed as u32,
+            keys: result.keys,
+            withheld_records: result.withheld_records,
+            undecryptable: decrypted
+                .undecryptable
+                .into_iter()
+                .map(|u| UndecryptableBackupKey { room_id: u.room_id, session_id: u.session_id, error: u.error })
+                .collect(),
+        })
     }
+}
+
+/// What restoring from a backup did (`BackupImportResult` in TypeScript): an import result plus
+/// the backed-up keys that were skipped.
+#[napi(object)]
+pub struct BackupImportResult {
+    /// Keys that were new or better than what we had.
+    pub imported: u32,
+    /// Keys in the backup, the undecryptable ones included.
+    pub total: u32,
+    /// The imported session ids by room and sender key.
+    pub keys: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>>,
+    /// Withheld records restored from the backup's `withheld` fields.
+    pub withheld_records: u32,
+    /// Backed-up keys that did not decrypt with the key (or decrypted to something that is not
+    /// a room key) and were skipped; the others are imported. `total` counts them too.
+    pub undecryptable: Vec<UndecryptableBackupKey>,
+}
+
+/// A backed-up key that was skipped.
+#[napi(object)]
+pub struct UndecryptableBackupKey {
+    /// The room.
+    pub room_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Why it was skipped.
+    pub error: String,
 }

@@ -16,7 +16,13 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
-use crate::errors::{code, typed, DecryptionCode};
+use napi_derive::napi;
+
+use crate::{
+    errors::{code, typed, DecryptionCode},
+    withheld::explain::{Explanation, Scope},
+    withheld_js::{KeyRequestAnswer, ReceivedNotice},
+};
 
 /// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
 #[derive(Deserialize)]
@@ -79,23 +85,33 @@ enum ProcessedOut<'a> {
     Invalid { event: &'a RawValue },
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RoomKeyOut {
-    algorithm: String,
-    room_id: String,
-    sender_key: String,
-    session_id: String,
+/// A room key the machine received or imported in this sync.
+#[napi(object)]
+pub struct RoomKeyUpdate {
+    /// The Megolm algorithm, `m.megolm.v1.aes-sha2`.
+    pub algorithm: String,
+    /// The room the key is for.
+    pub room_id: String,
+    /// Curve25519 key of the device that created the session.
+    pub sender_key: String,
+    /// The Megolm session id.
+    pub session_id: String,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SyncOut<'a> {
-    to_device_events: Vec<ProcessedOut<'a>>,
-    room_key_updates: Vec<RoomKeyOut>,
-    withheld_notices: Vec<Value>,
-    key_request_answers: Vec<Value>,
-    skipped_to_device_events: &'a [SkippedEvent],
+/// What `receiveSyncChanges` returns to the TypeScript layer, which parses `toDeviceEvents`.
+#[napi(object)]
+pub struct NativeSyncResult {
+    /// The processed to-device events, a JSON array (events stay JSON: they are copied from the
+    /// homeserver's bytes, never re-serialised field by field).
+    pub to_device_events: String,
+    /// Room keys that were received.
+    pub room_key_updates: Vec<RoomKeyUpdate>,
+    /// Withheld notices in this batch, with their verdict.
+    pub withheld_notices: Vec<ReceivedNotice>,
+    /// How each incoming room-key request in this batch was answered.
+    pub key_request_answers: Vec<KeyRequestAnswer>,
+    /// Entries of the batch that are not event objects: skipped.
+    pub skipped_to_device_events: Vec<SkippedToDeviceEvent>,
 }
 
 fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
@@ -117,15 +133,15 @@ fn utd_reason(reason: &ToDeviceUnableToDecryptReason) -> &'static str {
     }
 }
 
-/// Serialise the result of `receive_sync_changes`.
+/// The result of `receive_sync_changes`.
 pub fn sync_result(
     events: &[ProcessedToDeviceEvent],
     keys: &[RoomKeyInfo],
-    withheld_notices: Vec<Value>,
-    key_request_answers: Vec<Value>,
-    skipped_to_device_events: &[SkippedEvent],
-) -> napi::Result<String> {
-    let to_device_events = events
+    withheld_notices: Vec<ReceivedNotice>,
+    key_request_answers: Vec<KeyRequestAnswer>,
+    skipped_to_device_events: Vec<SkippedToDeviceEvent>,
+) -> napi::Result<NativeSyncResult> {
+    let to_device_events: Vec<ProcessedOut<'_>> = events
         .iter()
         .map(|e| match e {
             ProcessedToDeviceEvent::Decrypted { raw, encryption_info } => {
@@ -140,14 +156,20 @@ pub fn sync_result(
         .collect();
     let room_key_updates = keys
         .iter()
-        .map(|k| RoomKeyOut {
+        .map(|k| RoomKeyUpdate {
             algorithm: k.algorithm.to_string(),
             room_id: k.room_id.to_string(),
             sender_key: k.sender_key.to_base64(),
             session_id: k.session_id.clone(),
         })
         .collect();
-    serde_json::to_string(&SyncOut { to_device_events, room_key_updates, withheld_notices, key_request_answers, skipped_to_device_events }).map_err(crate::errors::internal)
+    Ok(NativeSyncResult {
+        to_device_events: serde_json::to_string(&to_device_events).map_err(crate::errors::internal)?,
+        room_key_updates,
+        withheld_notices,
+        key_request_answers,
+        skipped_to_device_events,
+    })
 }
 
 fn shield(state: ShieldState) -> Value {
@@ -222,7 +244,7 @@ pub fn decrypted_room_event(
 /// The message of a decryption error, from our own verdict: the code, our explanation (code,
 /// reason, scope) and never the crate's text for a missing key, which quotes any withheld code
 /// the crate accepted, forged ones included.
-pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: Option<&str>, withheld: Option<&Value>) -> String {
+pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: Option<&str>, withheld: Option<&Explanation>) -> String {
     let session = session_id.map(|s| format!("session {s}")).unwrap_or_else(|| "the event's session".to_owned());
     let base = match kind {
         DecryptionCode::MissingRoomKey => format!("the room key for {session} is missing"),
@@ -233,15 +255,15 @@ pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: O
     };
     match withheld {
         Some(w) => {
-            let code = w["code"].as_str().unwrap_or_default();
-            let scope = match w["scope"].as_str() {
-                Some("before-first-index") => "the messages before the first index we hold",
-                Some("no_olm") => "the messages its device sent before it could reach ours (m.no_olm)",
-                _ => "the whole session",
+            let code = &w.code;
+            let scope = match w.scope {
+                Scope::BeforeFirstIndex => "the messages before the first index we hold",
+                Scope::NoOlm => "the messages its device sent before it could reach ours (m.no_olm)",
+                Scope::Session => "the whole session",
             };
             // A key bundle's entry comes from the member who shared the room's history.
             let who = if code == "m.history_not_shared" { "the room's history was not shared with us" } else { "the sender withheld it" };
-            match w["reason"].as_str() {
+            match &w.reason {
                 Some(reason) => format!("{base}: {who} ({code}: {reason}) for {scope}"),
                 None => format!("{base}: {who} ({code}) for {scope}"),
             }
@@ -251,8 +273,8 @@ pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: O
 }
 
 /// A typed decryption error; `withheld` is the validated explanation, if any.
-pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Option<&str>, withheld: Option<Value>) -> napi::Error {
-    let withheld_code = withheld.as_ref().and_then(|w| w.get("code").cloned());
+pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Option<&str>, withheld: Option<Explanation>) -> napi::Error {
+    let withheld_code = withheld.as_ref().map(|w| w.code.clone());
     typed(
         code::DECRYPTION,
         message,
@@ -260,12 +282,12 @@ pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Optio
     )
 }
 
-/// A to-device entry that was not processed, reported in the sync result.
-#[derive(Serialize)]
-pub struct SkippedEvent {
+/// An entry of a sync batch that was skipped because it is not an event object.
+#[napi(object)]
+pub struct SkippedToDeviceEvent {
     /// Its position in `toDeviceEvents`.
-    pub index: usize,
-    /// Why, in the caller's terms.
+    pub index: u32,
+    /// Why, e.g. `toDeviceEvents[1]: must be an event object, got a number`.
     pub reason: String,
 }
 
@@ -282,7 +304,7 @@ fn json_kind(text: &str) -> &'static str {
 /// Split a to-device batch into the entries the crate can process and the ones that are not
 /// event objects. One bad entry must not cost the rest of the batch: the homeserver never
 /// delivers a batch again once the client advanced its sync token.
-pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceEvent>>, Vec<SkippedEvent>) {
+pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceEvent>>, Vec<SkippedToDeviceEvent>) {
     let mut kept = Vec::with_capacity(events.len());
     let mut skipped = Vec::new();
     for (index, e) in events.into_iter().enumerate() {
@@ -292,7 +314,7 @@ pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceE
         } else {
             let reason = format!("toDeviceEvents[{index}]: must be an event object, got {}", json_kind(text));
             tracing::warn!(target: "matrix_crypto_node::sync", index, "skipped a to-device entry: {reason}");
-            skipped.push(SkippedEvent { index, reason });
+            skipped.push(SkippedToDeviceEvent { index: index as u32, reason });
         }
     }
     (kept, skipped)

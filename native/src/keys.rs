@@ -1,5 +1,7 @@
 //! Room-key export and import (the Matrix key-export JSON format), with progress reports.
 
+use std::collections::HashMap;
+
 use matrix_sdk_crypto::{olm::ExportedRoomKey, OlmMachine};
 use napi::{
     bindgen_prelude::FnArgs,
@@ -7,7 +9,6 @@ use napi::{
     Status,
 };
 use ruma::OwnedRoomId;
-use serde_json::json;
 
 use napi_derive::napi;
 
@@ -87,17 +88,29 @@ pub async fn export(
     serde_json::to_string(&keys).map_err(internal)
 }
 
+/// What importing room keys did (`ImportResult` in TypeScript).
+#[napi(object)]
+pub struct ImportResult {
+    /// Keys that were new or better than what we had.
+    pub imported: u32,
+    /// Keys in the input.
+    pub total: u32,
+    /// The imported session ids by room and sender key.
+    pub keys: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Withheld records restored from the extension field of the export (or backup).
+    pub withheld_records: u32,
+}
+
 /// Import exported keys; sessions we already hold at a better index are kept.
-pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&ProgressCallback>) -> napi::Result<String> {
+pub async fn import(machine: &OlmMachine, keys_json: &str, progress: Option<&ProgressCallback>) -> napi::Result<ImportResult> {
     let values: Vec<serde_json::Value> = serde_json::from_str(keys_json)
         .map_err(|e| invalid("keys", format!("must be a JSON array of exported room keys ({e})")))?;
-    let result = import_values(machine, values, "keys", Source::KeyExport, None, progress).await?;
-    Ok(result.to_string())
+    import_values(machine, values, "keys", Source::KeyExport, None, progress).await
 }
 
 /// Import key-export JSON values (`field` names them in errors), restoring the withheld records
 /// they carry as records of `source`. Keys from a backup (`from_backup_version`) are marked as
-/// backed up there. Returns `{ imported, total, keys, withheldRecords }`.
+/// backed up there.
 pub async fn import_values(
     machine: &OlmMachine,
     values: Vec<serde_json::Value>,
@@ -105,7 +118,7 @@ pub async fn import_values(
     source: Source,
     from_backup_version: Option<&str>,
     progress: Option<&ProgressCallback>,
-) -> napi::Result<serde_json::Value> {
+) -> napi::Result<ImportResult> {
     let mut keys = Vec::with_capacity(values.len());
     let importer = machine.user_id().to_string();
     let withheld_records: Vec<_> = values.iter().filter_map(|v| withheld::export::extract(v, &importer, source)).collect();
@@ -132,7 +145,17 @@ pub async fn import_values(
         .flat_map(|(room, by_sender)| by_sender.values().flatten().map(move |s| (room.to_string(), s.clone())))
         .collect();
     let withheld = withheld::export::restore(machine, withheld_records, &imported).await.map_err(errors::store)?;
-    Ok(json!({ "imported": result.imported_count, "total": result.total_count, "keys": result.keys, "withheldRecords": withheld }))
+    let keys = result
+        .keys
+        .into_iter()
+        .map(|(room, by_sender)| (room.to_string(), by_sender.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()))
+        .collect();
+    Ok(ImportResult {
+        imported: result.imported_count as u32,
+        total: result.total_count as u32,
+        keys,
+        withheld_records: withheld as u32,
+    })
 }
 
 /// Export as an encrypted key-export file (the spec's format), keeping every field.
@@ -157,7 +180,7 @@ pub async fn import_file(
     text: String,
     passphrase: String,
     progress: Option<&ProgressCallback>,
-) -> napi::Result<String> {
+) -> napi::Result<ImportResult> {
     let plaintext = tokio::task::spawn_blocking(move || key_file::decrypt(&text, &passphrase))
         .await
         .map_err(internal)?
@@ -186,14 +209,14 @@ impl NativeMachine {
         export(&machine, room, session_id, progress.as_ref()).await
     }
 
-    /// Import room keys from a JSON array; returns `{ imported, total, keys }` as JSON.
+    /// Import room keys from a JSON array.
     /// `progress(done, total)` is called as keys are imported, last with `done == total`.
     #[napi]
     pub async fn import_room_keys(
         &self,
         keys_json: String,
         #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
-    ) -> napi::Result<String> {
+    ) -> napi::Result<ImportResult> {
         let machine = self.machine()?;
         import(&machine, &keys_json, progress.as_ref()).await
     }
@@ -220,14 +243,14 @@ impl NativeMachine {
         export_file(&machine, room, session_id, passphrase, rounds, progress.as_ref()).await
     }
 
-    /// Import an encrypted key-export file; returns `{ imported, total, keys }` as JSON.
+    /// Import an encrypted key-export file.
     #[napi]
     pub async fn import_room_keys_file(
         &self,
         text: String,
         passphrase: String,
         #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
-    ) -> napi::Result<String> {
+    ) -> napi::Result<ImportResult> {
         let machine = self.machine()?;
         import_file(&machine, text, passphrase, progress.as_ref()).await
     }

@@ -260,7 +260,7 @@ impl NativeMachine {
 
     /// Process the encryption-relevant parts of a sync response (JSON, see `SyncChanges`).
     #[napi]
-    pub async fn receive_sync_changes(&self, changes_json: String) -> Result<String> {
+    pub async fn receive_sync_changes(&self, changes_json: String) -> Result<events::NativeSyncResult> {
         let machine = self.machine()?;
         let changes: events::SyncChanges = parse_json("changes", &changes_json)?;
         let (to_device_events, skipped) = events::split_events(changes.to_device_events);
@@ -281,9 +281,9 @@ impl NativeMachine {
         events::sync_result(
             &processed,
             &keys,
-            outcome.notices.iter().map(|n| n.to_json()).collect(),
-            outcome.answers.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect(),
-            &skipped,
+            outcome.notices.iter().map(Into::into).collect(),
+            outcome.answers.iter().map(Into::into).collect(),
+            skipped,
         )
     }
 

@@ -20,14 +20,18 @@ use crate::{
     machine::{parse_policy, withheld_error, NativeMachine},
     requests::NativeRequest,
     withheld::{inbound, ledger},
+    withheld_js::{DeviceRef, WithheldRecipient},
 };
 
-/// What `shareRoomKey` returns: the requests and a JSON summary of who got what.
+/// What `shareRoomKey` returns: the requests to send and who got the key or which notice.
 #[napi(object)]
 pub struct ShareResult {
+    /// The to-device requests (room keys and withheld notices); send every one before the event.
     pub requests: Vec<NativeRequest>,
-    /// `{ sharedWith: [{userId, deviceId}], withheld: [{userId, deviceId, code, sent}] }`
-    pub summary: String,
+    /// The devices that get the room key from this share.
+    pub shared_with: Vec<DeviceRef>,
+    /// The devices that do not get it, and the notice each gets.
+    pub withheld: Vec<WithheldRecipient>,
 }
 
 #[napi]
@@ -48,8 +52,11 @@ impl NativeMachine {
             .await
             .map_err(withheld_error)?;
         let requests = self.to_device_requests(outcome.requests.iter())?;
-        let summary = json!({ "sharedWith": outcome.shared_with, "withheld": outcome.withheld }).to_string();
-        Ok(ShareResult { requests, summary })
+        Ok(ShareResult {
+            requests,
+            shared_with: outcome.shared_with.iter().map(Into::into).collect(),
+            withheld: outcome.withheld.iter().map(Into::into).collect(),
+        })
     }
 
     /// Forget the room's outbound session so the next share creates a new one.
@@ -113,7 +120,7 @@ impl NativeMachine {
                     let (below_first_index, explanation) =
                         inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
                     kind = if below_first_index { DecryptionCode::UnknownMessageIndex } else { DecryptionCode::MissingRoomKey };
-                    withheld = explanation.map(|e| serde_json::to_value(e).unwrap_or_default());
+                    withheld = explanation;
                 }
                 let message = events::decryption_message(kind, &err, session_id.as_deref(), withheld.as_ref());
                 // The crate logged its own view of this failure, which may quote a forged code
@@ -123,7 +130,7 @@ impl NativeMachine {
                     room_id = %room_id,
                     session_id = session_id.as_deref().unwrap_or_default(),
                     code = ?kind,
-                    withheld = withheld.as_ref().and_then(|w| w["code"].as_str()).unwrap_or("none"),
+                    withheld = withheld.as_ref().map_or("none", |w| w.code.as_str()),
                     "{message}"
                 );
                 return Err(events::decryption_error(kind, message, session_id.as_deref(), withheld));

@@ -1,7 +1,10 @@
-//! The withheld layer's small results as napi-rs objects: their TypeScript declarations are
+//! The withheld layer's results as napi-rs objects: their TypeScript declarations are
 //! generated from these structs (and re-exported by `src/withheld.ts`), so the two cannot drift.
-//! The layer itself (`withheld/`) stays free of N-API. The `OlmMachine` class's withheld
-//! settings and queries are here too, in their own `#[napi] impl NativeMachine`.
+//! The layer itself (`withheld/`) has no N-API code; its vocabularies (`Source`, `Verdict`,
+//! `Scope`) carry napi's `string_enum` attribute when the `node` feature is on, so the
+//! TypeScript names of their values are generated from the one Rust enum too (as string unions:
+//! JavaScript compares them with plain strings). The `OlmMachine` class's withheld settings and
+//! queries are here too, in their own `#[napi] impl NativeMachine`.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -10,8 +13,223 @@ use crate::{
     errors::{self, internal},
     ids,
     machine::{parse_policy, withheld_error, NativeMachine},
-    withheld::{ledger, ledger::MetricsSnapshot, no_olm::DeviceEntry},
+    withheld::{
+        inbound::Reported,
+        ledger,
+        ledger::MetricsSnapshot,
+        no_olm::DeviceEntry,
+        reactions,
+        received::{self, Notice, Source, Verdict},
+        share,
+    },
 };
+
+/// A device, by owner and id.
+#[napi(object)]
+pub struct DeviceRef {
+    /// The owner.
+    pub user_id: String,
+    /// The device id.
+    pub device_id: String,
+}
+
+impl From<&share::DeviceRef> for DeviceRef {
+    fn from(d: &share::DeviceRef) -> Self {
+        Self { user_id: d.user_id.clone(), device_id: d.device_id.clone() }
+    }
+}
+
+/// A device that did not get the room key in a share, and the notice it gets.
+#[napi(object)]
+pub struct WithheldRecipient {
+    /// The owner.
+    pub user_id: String,
+    /// The device id.
+    pub device_id: String,
+    /// The code of the notice (a `WithheldCode`).
+    pub code: String,
+    /// False when the policy suppressed the notice: the device was refused silently.
+    pub sent: bool,
+}
+
+impl From<&share::WithheldRecipient> for WithheldRecipient {
+    fn from(r: &share::WithheldRecipient) -> Self {
+        Self { user_id: r.user_id.clone(), device_id: r.device_id.clone(), code: r.code.clone(), sent: r.sent }
+    }
+}
+
+/// A withheld record of a session (see `OlmMachine.getWithheldRecords`).
+#[napi(object, use_nullable = true)]
+pub struct WithheldRecord {
+    /// The withheld code (a `WithheldCode`: a spec code or a namespaced custom one).
+    pub code: String,
+    /// The reason text, if any (cut to 1,024 bytes when received).
+    pub reason: Option<String>,
+    /// The room.
+    pub room_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// The key it claims (the session creator's).
+    pub sender_key: String,
+    /// The sending device, if named (MSC3735 `from_device`).
+    pub from_device: Option<String>,
+    /// When it arrived, ms since the epoch.
+    pub received_at: f64,
+    /// A notice from the creator, a forwarded key's `withheld` property, an imported export, or
+    /// a room key restored from server-side key backup.
+    #[napi(ts_type = "WithheldSource")]
+    pub source: Source,
+}
+
+impl From<&received::WithheldRecord> for WithheldRecord {
+    fn from(r: &received::WithheldRecord) -> Self {
+        Self {
+            code: r.code.clone(),
+            reason: r.reason.clone(),
+            room_id: r.room_id.clone(),
+            session_id: r.session_id.clone(),
+            sender: r.sender.clone(),
+            sender_key: r.sender_key.clone(),
+            from_device: r.from_device.clone(),
+            received_at: r.received_at as f64,
+            source: r.source,
+        }
+    }
+}
+
+/// An `m.no_olm` notice we received from one device (see `OlmMachine.getNoOlmNotices`).
+#[napi(object, use_nullable = true)]
+pub struct NoOlmRecord {
+    /// The sending user.
+    pub sender: String,
+    /// The sending device's Curve25519 key.
+    pub sender_key: String,
+    /// The sending device, if named (MSC3735 `from_device`).
+    pub from_device: Option<String>,
+    /// The reason, if any.
+    pub reason: Option<String>,
+    /// When it arrived, ms since the epoch.
+    pub received_at: f64,
+}
+
+impl From<&received::NoOlmRecord> for NoOlmRecord {
+    fn from(n: &received::NoOlmRecord) -> Self {
+        Self {
+            sender: n.sender.clone(),
+            sender_key: n.sender_key.clone(),
+            from_device: n.from_device.clone(),
+            reason: n.reason.clone(),
+            received_at: n.received_at as f64,
+        }
+    }
+}
+
+/// The kind of a received notice: about one room session, or about the Olm channel.
+#[napi(string_enum = "snake_case")]
+pub enum WithheldNoticeKind {
+    /// A room-scoped notice: the key of one session was withheld from us.
+    Room,
+    /// A channel notice (`m.no_olm`): the sender device could not set up an Olm session with us.
+    NoOlm,
+}
+
+/// A received `m.room_key.withheld` notice as the binding reports it; `src/withheld.ts` narrows
+/// it to the `WithheldNotice` union by `kind`.
+#[napi(object, use_nullable = true)]
+pub struct ReceivedNotice {
+    /// Discriminant.
+    pub kind: WithheldNoticeKind,
+    /// The withheld code (`m.no_olm` for channel notices).
+    pub code: String,
+    /// The human-readable reason, kept for every code.
+    pub reason: Option<String>,
+    /// The room of the session (room notices only).
+    pub room_id: Option<String>,
+    /// The Megolm session id (room notices only).
+    pub session_id: Option<String>,
+    /// The user who sent the notice (set by the homeserver).
+    pub sender: String,
+    /// The Curve25519 key the notice claims for the sending device.
+    pub sender_key: String,
+    /// The sending device, when the notice names it (MSC3735).
+    pub from_device: Option<String>,
+    /// When we received it, ms since the epoch.
+    pub received_at: f64,
+    /// The result of the spoofing checks.
+    #[napi(ts_type = "WithheldVerdict")]
+    pub verdict: Verdict,
+    /// True if it arrived Olm-encrypted.
+    pub encrypted: bool,
+}
+
+impl From<&Reported> for ReceivedNotice {
+    fn from(r: &Reported) -> Self {
+        let (verdict, encrypted) = (r.verdict, r.encrypted);
+        match &r.notice {
+            Notice::Room(x) => Self {
+                kind: WithheldNoticeKind::Room,
+                code: x.code.clone(),
+                reason: x.reason.clone(),
+                room_id: Some(x.room_id.clone()),
+                session_id: Some(x.session_id.clone()),
+                sender: x.sender.clone(),
+                sender_key: x.sender_key.clone(),
+                from_device: x.from_device.clone(),
+                received_at: x.received_at as f64,
+                verdict,
+                encrypted,
+            },
+            Notice::NoOlm(n) => Self {
+                kind: WithheldNoticeKind::NoOlm,
+                code: crate::withheld::codes::NO_OLM.to_owned(),
+                reason: n.reason.clone(),
+                room_id: None,
+                session_id: None,
+                sender: n.sender.clone(),
+                sender_key: n.sender_key.clone(),
+                from_device: n.from_device.clone(),
+                received_at: n.received_at as f64,
+                verdict,
+                encrypted,
+            },
+        }
+    }
+}
+
+/// What the machine did with one incoming room-key request (see `SyncResult.keyRequestAnswers`).
+#[napi(object)]
+pub struct KeyRequestAnswer {
+    /// The requesting user.
+    pub sender: String,
+    /// The requesting device.
+    pub requesting_device: String,
+    /// The room of the requested session.
+    pub room_id: String,
+    /// The requested session.
+    pub session_id: String,
+    /// `forwarded` (our own verified device gets the session from our first known index),
+    /// the withheld code of the refusal (`m.unauthorised` for other users, `m.unverified` for
+    /// our unverified devices, `m.unavailable` when we do not hold the session), `ignored` (an
+    /// unknown device, or ourselves), or `rate_limited` (over the bounds; nothing is sent).
+    pub answer: String,
+    /// False when nothing was queued: ignored, rate limited, or a refusal the policy suppresses.
+    pub sent: bool,
+}
+
+impl From<&reactions::KeyRequestAnswer> for KeyRequestAnswer {
+    fn from(a: &reactions::KeyRequestAnswer) -> Self {
+        Self {
+            sender: a.sender.clone(),
+            requesting_device: a.requesting_device.clone(),
+            room_id: a.room_id.clone(),
+            session_id: a.session_id.clone(),
+            answer: a.answer.clone(),
+            sent: a.sent,
+        }
+    }
+}
 
 /// The `m.no_olm` state of a recipient device (see `OlmMachine.getNoOlmState`).
 #[napi(object)]
@@ -93,19 +311,19 @@ impl NativeMachine {
         serde_json::to_string(&self.withheld.policy()).map_err(internal)
     }
 
-    /// The withheld records of a session (one per sender and source), as a JSON array.
+    /// The withheld records of a session (one per sender and source).
     #[napi]
-    pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<String> {
+    pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<Vec<WithheldRecord>> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
         let records = ledger::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)?;
-        serde_json::to_string(&records).map_err(internal)
+        Ok(records.iter().map(Into::into).collect())
     }
 
     /// The `m.no_olm` notices received from a user's devices (with `deviceId`, that device's,
-    /// by `withheld::explain::is_from_device`), as a JSON array.
+    /// by `withheld::explain::is_from_device`).
     #[napi]
-    pub async fn no_olm_notices(&self, user_id: String, device_id: Option<String>) -> Result<String> {
+    pub async fn no_olm_notices(&self, user_id: String, device_id: Option<String>) -> Result<Vec<NoOlmRecord>> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
         let mut list = ledger::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
@@ -115,7 +333,7 @@ impl NativeMachine {
             let key = known.and_then(|d| d.curve25519_key()).map(|k| k.to_base64());
             list.retain(|n| crate::withheld::explain::is_from_device(n, Some(device.as_str()), key.as_deref()));
         }
-        serde_json::to_string(&list).map_err(internal)
+        Ok(list.iter().map(Into::into).collect())
     }
 
     /// Counters of received withheld notices.

@@ -79,7 +79,7 @@ describe('scenario 2: the js-sdk user shares only with verified devices', () => 
     const again = await bot.decryptEvent(roomId, (await bot.transport.roomMessages(roomId, undefined, 'b', 50)).chunk.find((e) => e.event_id === m1)!);
     expect(again.kind).toBe('undecryptable');
     if (again.kind === 'undecryptable') {
-      expect(again.error.withheld).toMatchObject({ code: 'm.unverified', scope: 'before-first-index' });
+      expect(again.error.withheld).toMatchObject({ code: 'm.unverified', scope: 'before_first_index' });
     }
   });
 });

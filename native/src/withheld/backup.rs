@@ -241,7 +241,7 @@ mod tests {
     use super::*;
     use crate::withheld::{
         ledger,
-        received::{RoomRecord, Source},
+        received::{WithheldRecord, Source},
     };
 
     const ROOM: &str = "!room:example.org";
@@ -272,8 +272,8 @@ mod tests {
         (serde_json::from_value(key).expect("an exported room key"), outbound.session_id())
     }
 
-    fn record(session_id: &str, sender_key: &str) -> RoomRecord {
-        RoomRecord {
+    fn record(session_id: &str, sender_key: &str) -> WithheldRecord {
+        WithheldRecord {
             code: "m.unverified".into(),
             reason: Some("verify first".into()),
             room_id: ROOM.into(),

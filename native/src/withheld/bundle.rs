@@ -43,7 +43,7 @@ use serde_json::Value;
 use super::{
     codes,
     ledger::{self, Metrics},
-    received::{self, Notice, RoomRecord, Source, Verdict},
+    received::{self, Notice, WithheldRecord, Source, Verdict},
     WithheldError,
 };
 
@@ -68,7 +68,7 @@ pub struct EntryFacts {
 }
 
 /// The verdict on one withheld entry of a bundle (see the module's notes).
-pub fn validate(record: &RoomRecord, facts: &EntryFacts) -> Verdict {
+pub fn validate(record: &WithheldRecord, facts: &EntryFacts) -> Verdict {
     if record.room_id != facts.bundle_room {
         return Verdict::Spoofed;
     }
@@ -314,7 +314,7 @@ pub async fn receive(
 /// below its first known index.
 pub async fn explains(
     machine: &OlmMachine,
-    record: &RoomRecord,
+    record: &WithheldRecord,
     event_sender: &str,
     event_sender_key: Option<&str>,
     session: Option<&InboundGroupSession>,
@@ -343,8 +343,8 @@ pub async fn explains(
 mod tests {
     use super::*;
 
-    fn record(room: &str, key: &str, from_device: Option<&str>) -> RoomRecord {
-        RoomRecord {
+    fn record(room: &str, key: &str, from_device: Option<&str>) -> WithheldRecord {
+        WithheldRecord {
             code: codes::HISTORY_NOT_SHARED.into(),
             reason: Some("not shared".into()),
             room_id: room.into(),

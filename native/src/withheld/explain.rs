@@ -2,7 +2,7 @@
 //!
 //! - No session at all: a room record for the session (`scope: session`).
 //! - Session held from index k, message index below k: a room record or a forwarded key's
-//!   `withheld` (`scope: before-first-index`).
+//!   `withheld` (`scope: before_first_index`).
 //! - Either case, with no room record: an `m.no_olm` from the sender's device explains messages
 //!   that device sent before we received the notice (`scope: no_olm`). The event's
 //!   `origin_server_ts` must not be later than the notice's arrival plus [`CLOCK_SKEW_MS`]
@@ -11,19 +11,22 @@
 
 use serde::Serialize;
 
-use super::received::{NoOlmRecord, RoomRecord};
+use super::received::{NoOlmRecord, WithheldRecord};
 
 /// Tolerance between the homeserver's timestamps and our clock.
 pub const CLOCK_SKEW_MS: u64 = 60_000;
 
-/// How much of the session a withheld record covers.
+// `WithheldScope` in JavaScript: the binding generates its TypeScript union from this enum.
+/// How much of a session a withheld explanation covers.
+#[cfg_attr(feature = "node", napi_derive::napi(string_enum = "snake_case", js_name = "WithheldScope"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
-    #[serde(rename = "session")]
+    /// We have no key for the session at all; a room record covers it.
     Session,
-    #[serde(rename = "before-first-index")]
+    /// We hold the session from a later index; the messages before it were withheld.
     BeforeFirstIndex,
-    #[serde(rename = "no_olm")]
+    /// The sender's device had no Olm channel to us when it sent the message.
     NoOlm,
 }
 
@@ -62,7 +65,7 @@ pub fn is_from_device(record: &NoOlmRecord, device_id: Option<&str>, device_key:
 }
 
 /// Pick the explanation. `room` must already be validated for this event's sender.
-pub fn explain(event: &FailedEvent<'_>, room: Option<&RoomRecord>, no_olm: &[NoOlmRecord]) -> Option<Explanation> {
+pub fn explain(event: &FailedEvent<'_>, room: Option<&WithheldRecord>, no_olm: &[NoOlmRecord]) -> Option<Explanation> {
     if let Some(r) = room {
         let scope = if event.below_first_index { Scope::BeforeFirstIndex } else { Scope::Session };
         return Some(Explanation { code: r.code.clone(), reason: r.reason.clone(), scope });
@@ -81,8 +84,8 @@ mod tests {
     use super::*;
     use crate::withheld::received::Source;
 
-    fn room(code: &str) -> RoomRecord {
-        RoomRecord {
+    fn room(code: &str) -> WithheldRecord {
+        WithheldRecord {
             code: code.into(),
             reason: Some("why".into()),
             room_id: "!r:x".into(),

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{
     ledger, now_ms,
-    received::{RoomRecord, Source},
+    received::{WithheldRecord, Source},
     WithheldError,
 };
 
@@ -18,7 +18,7 @@ pub const EXPORT_FIELD: &str = "io.github.matrix_crypto_node.withheld";
 
 /// The record that explains the missing start of a session: the creator's notice first, then
 /// one that came with the key.
-pub fn best_record<'a>(records: &'a [RoomRecord], creator_key: &str) -> Option<&'a RoomRecord> {
+pub fn best_record<'a>(records: &'a [WithheldRecord], creator_key: &str) -> Option<&'a WithheldRecord> {
     records
         .iter()
         .rev()
@@ -47,9 +47,9 @@ pub async fn annotate(machine: &OlmMachine, session: &InboundGroupSession, expor
 
 /// The withheld field of an exported (or backed-up) key, as the record to store on import;
 /// `source` says which of the two it came from.
-pub fn extract(key: &Value, importer: &str, source: Source) -> Option<RoomRecord> {
+pub fn extract(key: &Value, importer: &str, source: Source) -> Option<WithheldRecord> {
     let field = key.get(EXPORT_FIELD)?.as_object()?;
-    Some(RoomRecord {
+    Some(WithheldRecord {
         code: field.get("code")?.as_str()?.to_owned(),
         reason: field.get("reason").and_then(Value::as_str).map(str::to_owned),
         room_id: key.get("room_id")?.as_str()?.to_owned(),
@@ -63,7 +63,7 @@ pub fn extract(key: &Value, importer: &str, source: Source) -> Option<RoomRecord
 }
 
 /// After an import: keep the withheld records of the keys that were imported.
-pub async fn restore(machine: &OlmMachine, records: Vec<RoomRecord>, imported: &[(String, String)]) -> Result<usize, WithheldError> {
+pub async fn restore(machine: &OlmMachine, records: Vec<WithheldRecord>, imported: &[(String, String)]) -> Result<usize, WithheldError> {
     let mut stored = 0;
     for r in records {
         if imported.iter().any(|(room, session)| *room == r.room_id && *session == r.session_id)
@@ -79,8 +79,8 @@ pub async fn restore(machine: &OlmMachine, records: Vec<RoomRecord>, imported: &
 mod tests {
     use super::*;
 
-    fn record(source: Source, key: &str, code: &str) -> RoomRecord {
-        RoomRecord {
+    fn record(source: Source, key: &str, code: &str) -> WithheldRecord {
+        WithheldRecord {
             code: code.into(),
             reason: None,
             room_id: "!r:x".into(),

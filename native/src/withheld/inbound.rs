@@ -8,13 +8,13 @@ use matrix_sdk_crypto::{
     OlmMachine,
 };
 use ruma::{RoomId, UserId};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{
     codes,
     explain::{self, Explanation, FailedEvent},
     ledger::{self, Metrics},
-    received::{self, Facts, Notice, RoomRecord, Source, Verdict},
+    received::{self, Facts, Notice, WithheldRecord, Source, Verdict},
     WithheldError,
 };
 
@@ -25,24 +25,6 @@ pub struct Reported {
     pub notice: Notice,
     pub verdict: Verdict,
     pub encrypted: bool,
-}
-
-impl Reported {
-    pub fn to_json(&self) -> Value {
-        let mut v = match &self.notice {
-            Notice::Room(r) => json!({
-                "kind": "room", "code": r.code, "reason": r.reason, "roomId": r.room_id, "sessionId": r.session_id,
-                "sender": r.sender, "senderKey": r.sender_key, "fromDevice": r.from_device, "receivedAt": r.received_at,
-            }),
-            Notice::NoOlm(n) => json!({
-                "kind": "no_olm", "code": codes::NO_OLM, "reason": n.reason, "sender": n.sender, "senderKey": n.sender_key,
-                "fromDevice": n.from_device, "receivedAt": n.received_at,
-            }),
-        };
-        v["verdict"] = serde_json::to_value(self.verdict).unwrap_or(Value::Null);
-        v["encrypted"] = Value::Bool(self.encrypted);
-        v
-    }
 }
 
 fn backend(machine: &OlmMachine) -> &DynCryptoStore {
@@ -197,7 +179,7 @@ async fn record_forwarded_withheld(
     if !imported {
         return Ok(());
     }
-    let record = RoomRecord {
+    let record = WithheldRecord {
         code: code.to_owned(),
         reason: codes::str_field(withheld, "reason").map(str::to_owned),
         room_id: room_id.to_owned(),
@@ -258,7 +240,7 @@ pub async fn explain_failure(
                     }
             }
         };
-        if counts && room.as_ref().is_none_or(|best: &RoomRecord| best.source != Source::Notice) {
+        if counts && room.as_ref().is_none_or(|best: &WithheldRecord| best.source != Source::Notice) {
             room = Some(r);
         }
     }

@@ -8,7 +8,7 @@ use matrix_sdk_crypto::OlmMachine;
 use serde::Serialize;
 
 use super::{
-    received::{NoOlmRecord, RoomRecord},
+    received::{NoOlmRecord, WithheldRecord},
     WithheldError,
 };
 
@@ -66,17 +66,17 @@ fn room_key(room_id: &str, session_id: &str) -> String {
 pub const MAX_RECORDS_PER_SESSION: usize = 8;
 
 /// The room records of a session, oldest first.
-pub async fn room_records(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Vec<RoomRecord>, WithheldError> {
-    let stored: Option<Vec<RoomRecord>> =
+pub async fn room_records(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Vec<WithheldRecord>, WithheldError> {
+    let stored: Option<Vec<WithheldRecord>> =
         machine.store().get_value(&room_key(room_id, session_id)).await.map_err(WithheldError::store)?;
     Ok(stored.unwrap_or_default())
 }
 
 /// Store a room record, replacing the same sender's record of the same source. A confirmed
 /// record is not replaced by an unconfirmed one.
-pub async fn put_room_record(machine: &OlmMachine, record: &RoomRecord, confirmed: bool) -> Result<bool, WithheldError> {
+pub async fn put_room_record(machine: &OlmMachine, record: &WithheldRecord, confirmed: bool) -> Result<bool, WithheldError> {
     let mut list = room_records(machine, &record.room_id, &record.session_id).await?;
-    let same = |r: &RoomRecord| r.sender == record.sender && r.source == record.source;
+    let same = |r: &WithheldRecord| r.sender == record.sender && r.source == record.source;
     if !confirmed && list.iter().any(same) {
         return Ok(false);
     }

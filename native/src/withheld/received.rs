@@ -6,7 +6,10 @@ use serde_json::{Map, Value};
 
 use super::codes;
 
-/// Where a room-scoped record came from.
+// `WithheldSource` in JavaScript: the binding generates its TypeScript union from this enum.
+// Persisted in records by these snake_case names: never rename a value.
+/// Where a withheld record came from.
+#[cfg_attr(feature = "node", napi_derive::napi(string_enum = "snake_case", js_name = "WithheldSource"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -26,7 +29,7 @@ pub enum Source {
 /// A room-scoped withheld record: why (part of) a session is missing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RoomRecord {
+pub struct WithheldRecord {
     pub code: String,
     pub reason: Option<String>,
     pub room_id: String,
@@ -52,7 +55,7 @@ pub struct NoOlmRecord {
 /// A notice as received, before validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    Room(RoomRecord),
+    Room(WithheldRecord),
     NoOlm(NoOlmRecord),
 }
 
@@ -118,7 +121,7 @@ pub fn parse(sender: &str, content: &Map<String, Value>, now_ms: u64) -> Option<
     }
     let room_id = field("room_id")?.to_owned();
     let session_id = field("session_id")?.to_owned();
-    Some(Notice::Room(RoomRecord {
+    Some(Notice::Room(WithheldRecord {
         code,
         reason,
         room_id,
@@ -142,7 +145,10 @@ pub struct Facts {
     pub own_user: String,
 }
 
-/// The verdict on a notice.
+// `WithheldVerdict` in JavaScript: the binding generates its TypeScript union from this enum.
+/// How much a received notice is trusted. Only `trusted` and `unconfirmed` notices explain
+/// decryption failures; `spoofed` ones are counted in the withheld metrics and otherwise ignored.
+#[cfg_attr(feature = "node", napi_derive::napi(string_enum = "snake_case", js_name = "WithheldVerdict"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
