@@ -41,7 +41,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    codes,
     ledger::{self, Metrics},
     received::{self, Notice, WithheldRecord, Source, Verdict},
     WithheldError,
@@ -342,6 +341,7 @@ pub async fn explains(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::withheld::codes;
 
     fn record(room: &str, key: &str, from_device: Option<&str>) -> WithheldRecord {
         WithheldRecord {
