@@ -760,6 +760,39 @@ mod tests {
         ticks / 100.0
     }
 
+    /// A volume run, not a test: `HOSTILE_VOLUME=n cargo test --lib --no-default-features
+    /// hostile::tests::volume -- --ignored --nocapture` feeds n random inputs (default
+    /// 1,000,000; up to 4,096 bytes, the entry points in turn, seed `HOSTILE_SEED`) and prints
+    /// progress every 50,000. Not coverage-guided (that is `fuzz/`); a panic fails it.
+    #[test]
+    #[ignore]
+    fn volume() {
+        let h = Harness::new();
+        let seed = std::env::var("HOSTILE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x0F_A11_0F_1u64);
+        let total: u64 = std::env::var("HOSTILE_VOLUME").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let mut rng = Rng(seed);
+        let (start, cpu) = (std::time::Instant::now(), cpu_seconds());
+        let (mut rejected, mut reached) = (0u64, 0u64);
+        for i in 0..total {
+            let len = 1 + (rng.next() % 4096) as usize;
+            let mut input = rng.bytes(len);
+            input[0] = (i % 6) as u8;
+            let out = h.run(&input);
+            rejected += u64::from(out.rejected);
+            reached += u64::from(out.reached_machine);
+            if (i + 1) % 50_000 == 0 || i + 1 == total {
+                let (wall, used) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+                println!(
+                    "{} inputs in {wall:.0} s ({:.0}/s; {used:.0} CPU s, {:.0} per CPU second): {rejected} rejected, {reached} reached the machine, {} resets, 0 panics",
+                    i + 1,
+                    (i + 1) as f64 / wall,
+                    (i + 1) as f64 / used.max(0.01),
+                    h.resets()
+                );
+            }
+        }
+    }
+
     /// A measurement, not a test: `cargo test --lib --no-default-features [--release]
     /// hostile::tests::throughput -- --ignored --nocapture` prints how many inputs per second
     /// each entry point takes (random inputs up to 4,096 bytes, libFuzzer's default maximum).
