@@ -12,6 +12,7 @@ export type { ErrorCode, DecryptionErrorCode } from './errors';
 export type * from './requests';
 export type * from './types';
 export type * from './withheld';
+export type * from './bundles';
 export * from './transport';
 export { terminalProgressBar } from './progress';
 export type { ProgressCallback, ProgressBarOptions } from './progress';

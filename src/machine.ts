@@ -38,6 +38,7 @@ import type {
   WithheldRecipient,
   WithheldRecord,
 } from './withheld';
+import type { ReceivedRoomKeyBundle, RoomKeyBundleResult, RoomKeyBundleUpload } from './bundles';
 
 let wrap: (inner: NativeMachine) => OlmMachine;
 
@@ -358,6 +359,77 @@ export class OlmMachine {
     requireString('userId', userId);
     if (deviceId !== undefined) requireString('deviceId', deviceId);
     return native(() => this.#inner.noOlmNotices(userId, deviceId));
+  }
+
+  /**
+   * Build the room's key bundle for sharing its history with a user we invite (MSC4268): the
+   * sessions of the room whose history may be shared (those created while the room's history
+   * visibility was `shared` or `world_readable`), and a `m.history_not_shared` withheld entry for
+   * each other session we hold (and each one a bundle we received listed so). Returns the
+   * encrypted file, or `null` if the bundle would be empty. Upload
+   * {@link RoomKeyBundleUpload.ciphertext} to the media repository, then call
+   * {@link shareRoomKeyBundle} with the upload's URI.
+   */
+  async buildRoomKeyBundle(roomId: string): Promise<RoomKeyBundleUpload | null> {
+    requireString('roomId', roomId);
+    const built = await native(() => this.#inner.buildRoomKeyBundle(roomId));
+    if (!built) return null;
+    return { ...built, ciphertext: new Uint8Array(built.ciphertext.buffer, built.ciphertext.byteOffset, built.ciphertext.byteLength) };
+  }
+
+  /**
+   * Tell every device of `userId` where the room's uploaded bundle is: an Olm-encrypted
+   * `m.room_key_bundle` event with the file's URI and key. The user's devices must be known and
+   * have Olm sessions (track the user and send {@link getMissingSessions}'s claim first, as for
+   * {@link shareRoomKey}). Send every returned request.
+   */
+  async shareRoomKeyBundle(userId: string, roomId: string, url: string, mediaEncryptionInfo: string): Promise<ToDeviceRequest[]> {
+    requireString('userId', userId);
+    requireString('roomId', roomId);
+    requireString('url', url);
+    requireString('mediaEncryptionInfo', mediaEncryptionInfo);
+    const requests = await native(() => this.#inner.shareRoomKeyBundle(userId, roomId, url, mediaEncryptionInfo));
+    return requests.map(toRequest) as ToDeviceRequest[];
+  }
+
+  /**
+   * The `m.room_key_bundle` event that `inviterUserId` sent us for the room (received by
+   * {@link receiveSyncChanges}), or `null`: download its `url` and pass the bytes to
+   * {@link receiveRoomKeyBundle}.
+   */
+  async getReceivedRoomKeyBundle(roomId: string, inviterUserId: string): Promise<ReceivedRoomKeyBundle | null> {
+    requireString('roomId', roomId);
+    requireString('inviterUserId', inviterUserId);
+    const json = await native(() => this.#inner.receivedRoomKeyBundle(roomId, inviterUserId));
+    return json ? (JSON.parse(json) as ReceivedRoomKeyBundle) : null;
+  }
+
+  /**
+   * Receive a room's key bundle (MSC4268) from the user who invited us: `encryptedBundle` is the
+   * file downloaded from {@link ReceivedRoomKeyBundle.url}, still encrypted (it is decrypted
+   * and its hash checked here, with the key the event carried). Pass the inviter as the room's
+   * `m.room.member` invite names it: the library does not check room membership. The room keys
+   * are imported if the inviter's device is cross-signed by its owner (the crate's rule), and the
+   * `withheld` entries become withheld records with `source: 'key_bundle'` (see
+   * {@link RoomKeyBundleWithheldEntry.verdict} for which ones are kept), which explain later
+   * decryption failures with their code (`m.history_not_shared`) and reason.
+   */
+  async receiveRoomKeyBundle(
+    roomId: string,
+    inviterUserId: string,
+    encryptedBundle: Uint8Array,
+    options: { onProgress?: ProgressCallback } = {},
+  ): Promise<RoomKeyBundleResult> {
+    requireString('roomId', roomId);
+    requireString('inviterUserId', inviterUserId);
+    if (!(encryptedBundle instanceof Uint8Array)) {
+      throw new MatrixCryptoError('InvalidArgument', 'encryptedBundle: must be a Uint8Array (the downloaded file)', 'encryptedBundle');
+    }
+    const data = Buffer.from(encryptedBundle.buffer, encryptedBundle.byteOffset, encryptedBundle.byteLength);
+    const relay = new ProgressRelay(options.onProgress, 'onProgress');
+    const json = await native(() => this.#inner.receiveRoomKeyBundle(roomId, inviterUserId, data, relay.callback));
+    relay.rethrow();
+    return JSON.parse(json) as RoomKeyBundleResult;
   }
 
   /** Counters of received withheld notices, including ignored spoofed ones. */

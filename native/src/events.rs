@@ -262,9 +262,11 @@ pub fn decryption_message(kind: DecryptionCode, err: &MegolmError, session_id: O
                 Scope::NoOlm => "the messages its device sent before it could reach ours (m.no_olm)",
                 Scope::Session => "the whole session",
             };
+            // A key bundle's entry comes from the member who shared the room's history.
+            let who = if code == "m.history_not_shared" { "the room's history was not shared with us" } else { "the sender withheld it" };
             match &w.reason {
-                Some(reason) => format!("{base}: the sender withheld it ({code}: {reason}) for {scope}"),
-                None => format!("{base}: the sender withheld it ({code}) for {scope}"),
+                Some(reason) => format!("{base}: {who} ({code}: {reason}) for {scope}"),
+                None => format!("{base}: {who} ({code}) for {scope}"),
             }
         }
         None => base,

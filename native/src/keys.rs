@@ -24,7 +24,7 @@ pub type ProgressCallback = ThreadsafeFunction<FnArgs<(u32, u32)>, (), FnArgs<(u
 
 /// Reports `done / total` to JS at most ~[`Progress::STEPS`] times plus the final call, so
 /// importing 100,000 keys does not flood the JS thread with 100,000 callbacks.
-struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     callback: Option<&'a ProgressCallback>,
     total: usize,
     step: usize,
@@ -34,12 +34,12 @@ struct Progress<'a> {
 impl<'a> Progress<'a> {
     const STEPS: usize = 200;
 
-    fn new(callback: Option<&'a ProgressCallback>, total: usize) -> Self {
+    pub(crate) fn new(callback: Option<&'a ProgressCallback>, total: usize) -> Self {
         Self { callback, total, step: total.div_ceil(Self::STEPS).max(1), last: 0 }
     }
 
     /// `done` items of `total` are finished. Intermediate reports are queued without waiting.
-    fn report(&mut self, done: usize) {
+    pub(crate) fn report(&mut self, done: usize) {
         let Some(cb) = self.callback else { return };
         if done < self.total && done - self.last < self.step {
             return;
@@ -52,7 +52,7 @@ impl<'a> Progress<'a> {
 
     /// The final `total / total` report. Awaited: the callback queue is FIFO, so once it returns
     /// every earlier report has run too and the promise resolves after the last callback.
-    async fn finish(self) -> napi::Result<()> {
+    pub(crate) async fn finish(self) -> napi::Result<()> {
         if let Some(cb) = self.callback {
             let n = to_u32(self.total);
             cb.call_async(FnArgs::from((n, n))).await?;

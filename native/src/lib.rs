@@ -44,6 +44,8 @@ pub mod store;
 mod trust;
 #[cfg(feature = "node")]
 mod withheld_js;
+#[cfg(feature = "node")]
+mod withheld_bundle_js;
 
 pub mod json_input;
 pub mod key_file;

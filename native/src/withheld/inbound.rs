@@ -223,6 +223,9 @@ pub async fn explain_failure(
     for r in ledger::room_records(machine, room_id.as_str(), session_id).await?.into_iter().rev() {
         let counts = match r.source {
             Source::ForwardedKey | Source::KeyExport | Source::KeyBackup => true,
+            Source::KeyBundle => {
+                super::bundle::explains(machine, &r, sender, field("sender_key"), session.as_ref(), below_first_index).await?
+            }
             Source::Notice => {
                 let notice = Notice::Room(r.clone());
                 let verdict = received::validate(&notice, &facts(machine, &notice).await?);

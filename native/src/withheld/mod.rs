@@ -3,6 +3,7 @@
 //! forwarded-key metadata). Plain Rust, no N-API, so it is unit-tested with `cargo test`.
 
 pub mod backup;
+pub mod bundle;
 pub mod codes;
 pub mod export;
 pub mod explain;

@@ -21,6 +21,9 @@ pub enum Source {
     KeyExport,
     /// The withheld field of a room key restored from server-side key backup.
     KeyBackup,
+    /// A `withheld` entry of a room-key bundle (MSC4268), from the member who shared the
+    /// room's history with us (see `withheld::bundle`).
+    KeyBundle,
 }
 
 /// A withheld record of a session: why (part of) it is missing (see
