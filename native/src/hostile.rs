@@ -711,7 +711,7 @@ mod tests {
     }
 
     async fn ledger_len(machine: &OlmMachine) -> usize {
-        crate::withheld::ledger::no_olm_records(machine, BOB).await.expect("records").len()
+        crate::withheld::records::no_olm_records(machine, BOB).await.expect("records").len()
     }
 
     #[test]

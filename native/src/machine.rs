@@ -28,7 +28,7 @@ use crate::{
     events, ids,
     requests::{self, NativeRequest, OwnedResponse},
     store::{self, StoreConfig},
-    withheld::{ledger, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
+    withheld::{records, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
 };
 
 /// Identity keys of this device.
@@ -265,7 +265,7 @@ impl NativeMachine {
         let changes: events::SyncChanges = parse_json("changes", &changes_json)?;
         let (to_device_events, skipped) = events::split_events(changes.to_device_events);
         for _ in &skipped {
-            ledger::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
+            records::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
         }
         let lists = changes.changed_devices.to_ruma();
         // One crate call per run (see `events::olm_sender_runs`); the device lists, key counts

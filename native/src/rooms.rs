@@ -19,7 +19,7 @@ use crate::{
     events, ids,
     machine::{parse_policy, withheld_error, NativeMachine},
     requests::NativeRequest,
-    withheld::{inbound, ledger},
+    withheld::{inbound, records},
 };
 
 /// What `shareRoomKey` returns: the requests to send and who got the key or which notice.
@@ -159,7 +159,7 @@ impl NativeMachine {
             None => sender_device.as_ref().map(|d| d.device_id().to_string()),
         };
         let chain = match info.session_id() {
-            Some(sid) => ledger::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
+            Some(sid) => records::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
             None => Vec::new(),
         };
         events::decrypted_room_event(decrypted.event.json(), info, sender_device_id.as_deref(), sender_device_verified, &chain)

@@ -16,8 +16,8 @@ use crate::{
     machine::{parse_policy, withheld_error, NativeMachine},
     withheld::{
         inbound::Reported,
-        ledger,
-        ledger::MetricsSnapshot,
+        records,
+        records::MetricsSnapshot,
         no_olm::DeviceEntry,
         received::{Notice, NoOlmRecord, Verdict, WithheldRecord},
     },
@@ -180,7 +180,7 @@ impl NativeMachine {
     pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<Vec<WithheldRecord>> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
-        ledger::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)
+        records::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)
     }
 
     /// The `m.no_olm` notices received from a user's devices (with `deviceId`, that device's,
@@ -189,7 +189,7 @@ impl NativeMachine {
     pub async fn no_olm_notices(&self, user_id: String, device_id: Option<String>) -> Result<Vec<NoOlmRecord>> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
-        let mut list = ledger::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
+        let mut list = records::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
         if let Some(device_id) = device_id {
             let device = ids::device_id("deviceId", &device_id)?;
             let known = machine.get_device(&user, &device, None).await.map_err(errors::store)?;

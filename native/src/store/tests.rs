@@ -81,14 +81,14 @@ async fn the_withheld_layers_ledger_survives_a_reopen() {
         let machine = OlmMachine::with_store(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"), engine.into_crypto_store(), None)
             .await
             .unwrap();
-        crate::withheld::ledger::put_forwarding_chain(&machine, "!room:example.org", "session", &chain).await.unwrap();
+        crate::withheld::records::put_forwarding_chain(&machine, "!room:example.org", "session", &chain).await.unwrap();
     }
     let backend = Arc::new(SqliteBackend::open(path).await.unwrap());
     let engine = Engine::open(backend, alice(), Some("pass")).await.unwrap();
     let machine = OlmMachine::with_store(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"), engine.into_crypto_store(), None)
         .await
         .unwrap();
-    let read = crate::withheld::ledger::forwarding_chain(&machine, "!room:example.org", "session").await.unwrap();
+    let read = crate::withheld::records::forwarding_chain(&machine, "!room:example.org", "session").await.unwrap();
     assert_eq!(read, chain);
 }
 

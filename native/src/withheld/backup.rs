@@ -240,7 +240,7 @@ mod tests {
 
     use super::*;
     use crate::withheld::{
-        ledger,
+        records,
         received::{WithheldRecord, Source},
     };
 
@@ -294,7 +294,7 @@ mod tests {
         let (partial, partial_id) = exported_key(2);
         let partial_sender = partial.sender_key.to_base64();
         machine.store().import_exported_room_keys(vec![full, partial], |_, _| {}).await.expect("import");
-        ledger::put_room_record(&machine, &record(&partial_id, &partial_sender), true).await.expect("record");
+        records::put_room_record(&machine, &record(&partial_id, &partial_sender), true).await.expect("record");
 
         let key = BackupDecryptionKey::new();
         let public = key.megolm_v1_public_key();

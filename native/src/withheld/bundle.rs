@@ -41,7 +41,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    ledger::{self, Metrics},
+    records::{self, Metrics},
     received::{self, Notice, WithheldRecord, Source, Verdict},
     WithheldError,
 };
@@ -120,7 +120,7 @@ pub struct BundleEntry {
     /// The key the entry claims for the session's creator.
     pub sender_key: String,
     pub from_device: Option<String>,
-    pub received_at: u64,
+    pub received_at: i64,
     pub verdict: Verdict,
     pub source: Source,
 }
@@ -274,7 +274,7 @@ pub async fn receive(
         match verdict {
             Verdict::Trusted => {
                 Metrics::count(&metrics.accepted);
-                ledger::put_room_record(machine, &record, true).await?;
+                records::put_room_record(machine, &record, true).await?;
             }
             Verdict::Spoofed => Metrics::count(&metrics.spoofed),
             _ => Metrics::count(&metrics.unconfirmed),

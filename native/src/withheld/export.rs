@@ -8,7 +8,7 @@ use matrix_sdk_crypto::{olm::InboundGroupSession, OlmMachine};
 use serde_json::{json, Value};
 
 use super::{
-    ledger, now_ms,
+    records, now_ms,
     received::{WithheldRecord, Source},
     WithheldError,
 };
@@ -32,7 +32,7 @@ pub async fn withheld_field(machine: &OlmMachine, session: &InboundGroupSession)
     if session.first_known_index() == 0 {
         return Ok(None);
     }
-    let records = ledger::room_records(machine, session.room_id().as_str(), session.session_id()).await?;
+    let records = records::room_records(machine, session.room_id().as_str(), session.session_id()).await?;
     Ok(best_record(&records, &session.sender_key().to_base64())
         .map(|r| json!({ "code": r.code, "reason": r.reason, "first_known_index": session.first_known_index() })))
 }
@@ -67,7 +67,7 @@ pub async fn restore(machine: &OlmMachine, records: Vec<WithheldRecord>, importe
     let mut stored = 0;
     for r in records {
         if imported.iter().any(|(room, session)| *room == r.room_id && *session == r.session_id)
-            && ledger::put_room_record(machine, &r, true).await?
+            && records::put_room_record(machine, &r, true).await?
         {
             stored += 1;
         }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::{
     codes,
     explain::{self, Explanation, FailedEvent},
-    ledger::{self, Metrics},
+    records::{self, Metrics},
     received::{self, Facts, Notice, WithheldRecord, Source, Verdict},
     WithheldError,
 };
@@ -111,15 +111,15 @@ pub async fn process(
                 (_, Verdict::Spoofed) => Metrics::count(&metrics.spoofed),
                 (Notice::Room(r), Verdict::Trusted | Verdict::Unconfirmed) => {
                     Metrics::count(if verdict == Verdict::Trusted { &metrics.accepted } else { &metrics.unconfirmed });
-                    ledger::put_room_record(machine, r, verdict == Verdict::Trusted).await?;
+                    records::put_room_record(machine, r, verdict == Verdict::Trusted).await?;
                 }
                 (Notice::NoOlm(n), Verdict::Trusted | Verdict::Unconfirmed) => {
                     Metrics::count(if verdict == Verdict::Trusted { &metrics.accepted } else { &metrics.unconfirmed });
-                    ledger::put_no_olm_record(machine, n).await?;
+                    records::put_no_olm_record(machine, n).await?;
                 }
                 (Notice::Room(r), Verdict::KeyRequestAnswer) => {
                     Metrics::count(&metrics.accepted);
-                    ledger::put_room_record(machine, r, true).await?;
+                    records::put_room_record(machine, r, true).await?;
                 }
                 (Notice::NoOlm(_), Verdict::KeyRequestAnswer) => Metrics::count(&metrics.accepted),
             }
@@ -154,7 +154,7 @@ async fn record_forwarding_chain(
         .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     chain.push(forwarder_key.to_owned());
-    ledger::put_forwarding_chain(machine, room_id, session_id, &chain).await
+    records::put_forwarding_chain(machine, room_id, session_id, &chain).await
 }
 
 /// A forwarded key from our own (verified) device may say why its earlier part is missing.
@@ -190,7 +190,7 @@ async fn record_forwarded_withheld(
         received_at: now as i64,
         source: Source::ForwardedKey,
     };
-    ledger::put_room_record(machine, &record, true).await?;
+    records::put_room_record(machine, &record, true).await?;
     Ok(())
 }
 
@@ -220,7 +220,7 @@ pub async fn explain_failure(
     // session cannot explain a failure below the first index of a session we hold, unless it
     // came with the key.
     let mut room = None;
-    for r in ledger::room_records(machine, room_id.as_str(), session_id).await?.into_iter().rev() {
+    for r in records::room_records(machine, room_id.as_str(), session_id).await?.into_iter().rev() {
         let counts = match r.source {
             Source::ForwardedKey | Source::KeyExport | Source::KeyBackup => true,
             Source::KeyBundle => {
@@ -244,7 +244,7 @@ pub async fn explain_failure(
             room = Some(r);
         }
     }
-    let no_olm = ledger::no_olm_records(machine, sender).await?;
+    let no_olm = records::no_olm_records(machine, sender).await?;
     let sender_key = creator_key.as_deref().or_else(|| field("sender_key"));
     let failed = FailedEvent {
         sender,

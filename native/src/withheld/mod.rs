@@ -9,7 +9,7 @@ pub mod export;
 pub mod explain;
 pub mod inbound;
 pub mod key_requests;
-pub mod ledger;
+pub mod records;
 pub mod received;
 pub mod no_olm;
 pub mod outgoing;
@@ -114,7 +114,7 @@ pub struct ShareOutcome {
 /// Per-machine withheld state.
 pub struct Withheld {
     /// Counters of received notices.
-    pub metrics: ledger::Metrics,
+    pub metrics: records::Metrics,
     policy: RwLock<SendPolicy>,
     /// The crate re-issues a pending withheld request on every share until it is marked sent;
     /// remember how we filtered it so every copy is the same.
@@ -142,7 +142,7 @@ impl Withheld {
             limiter: Mutex::new(key_requests::Limiter::default()),
             react_to_no_olm: AtomicBool::new(react_to_no_olm),
             reaction_lock: tokio::sync::Mutex::new(()),
-            metrics: ledger::Metrics::default(),
+            metrics: records::Metrics::default(),
             policy: RwLock::new(policy),
             filtered: Mutex::new(HashMap::new()),
             no_olm: tokio::sync::Mutex::new(NoOlmLedger::default()),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{
     codes,
     key_requests::{self, Answer, KeyRequest, RequestFacts},
-    ledger,
+    records,
     outgoing::{self, Deferred, Queued},
     received::NoOlmRecord,
     Withheld, WithheldError,
@@ -66,7 +66,7 @@ async fn forwarded_content(machine: &OlmMachine, room_id: &RoomId, session_id: &
         "forwarding_curve25519_key_chain": [],
     });
     if first > 0 {
-        let records = ledger::room_records(machine, room_id.as_str(), session_id).await?;
+        let records = records::room_records(machine, room_id.as_str(), session_id).await?;
         if let Some(r) = super::export::best_record(&records, &session.sender_key().to_base64()) {
             content["withheld"] = json!({ "code": r.code, "reason": r.reason.clone().unwrap_or_else(|| codes::default_reason(&r.code).to_owned()) });
         }
@@ -151,7 +151,7 @@ impl Withheld {
             return Ok(report("ignored", false));
         }
         if !self.limiter.lock().expect("limiter").admit(&r.sender, &r.requesting_device, &body.session_id, self.now()) {
-            ledger::Metrics::count(&self.metrics.rate_limited);
+            records::Metrics::count(&self.metrics.rate_limited);
             return Ok(report("rate_limited", false));
         }
         match answer {

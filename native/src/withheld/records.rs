@@ -1,4 +1,4 @@
-//! The received-notice ledger: room records per (room, session) and `m.no_olm` records per
+//! Received withheld records: room records per (room, session) and `m.no_olm` records per
 //! sender, persisted as custom values in the crate's store (so they share its encryption at
 //! rest), plus counters the application can read.
 
