@@ -48,8 +48,8 @@ pub struct WithheldRecord {
     pub from_device: Option<String>,
     /// When it arrived, ms since the epoch.
     pub received_at: i64,
-    /// A notice from the creator, a forwarded key's `withheld` property, an imported export, or
-    /// a room key restored from server-side key backup.
+    /// A notice from the creator, a forwarded key's `withheld` property, an imported export, a
+    /// room key restored from server-side key backup, or an entry of a room-key bundle.
     #[cfg_attr(feature = "node", napi(ts_type = "WithheldSource"))]
     pub source: Source,
 }
