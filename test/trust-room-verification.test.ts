@@ -5,29 +5,11 @@ import type { RoomMessageRequest } from '../src/requests';
 import type { VerificationStep } from '../src/trust';
 import { EncryptedClient } from '../src/client';
 import { HomeserverTransport } from '../src/transport';
-import { TestDevice, TestHomeserver } from '../src/testing/homeserver';
+import type { TestDevice } from '../src/testing/homeserver';
+import { pair } from './helpers/cross-signed-pair';
 
 const ROOM = '!dm:example.org';
 
-async function crossSigned(hs: TestHomeserver, userId: string, deviceId: string): Promise<TestDevice> {
-  const d = await TestDevice.create(hs, userId, deviceId);
-  const boot = await d.machine.bootstrapCrossSigning(false);
-  await d.machine.markRequestAsSent(boot.uploadSigningKeys, hs.handle(userId, deviceId, boot.uploadSigningKeys));
-  await d.send(boot.uploadSignatures);
-  return d;
-}
-
-/** Two cross-signed users who know each other's devices and identities. */
-async function pair() {
-  const hs = new TestHomeserver();
-  const alice = await crossSigned(hs, '@alice:example.org', 'ALICE');
-  const bob = await crossSigned(hs, '@bob:example.org', 'BOB');
-  for (const [me, other] of [[alice, bob], [bob, alice]] as const) {
-    await me.machine.updateTrackedUsers([other.userId]);
-    await me.flush();
-  }
-  return { hs, alice, bob };
-}
 
 let counter = 0;
 

@@ -1,27 +1,9 @@
 // Interactive SAS verification between two machines on the in-memory test homeserver.
 import { describe, expect, it } from 'vitest';
 import type { VerificationInfo } from '../src/index';
-import { TestDevice, TestHomeserver } from '../src/testing/homeserver';
+import type { TestDevice } from '../src/testing/homeserver';
+import { pair } from './helpers/cross-signed-pair';
 
-async function crossSigned(hs: TestHomeserver, userId: string, deviceId: string): Promise<TestDevice> {
-  const d = await TestDevice.create(hs, userId, deviceId);
-  const boot = await d.machine.bootstrapCrossSigning(false);
-  await d.machine.markRequestAsSent(boot.uploadSigningKeys, hs.handle(userId, deviceId, boot.uploadSigningKeys));
-  await d.send(boot.uploadSignatures);
-  return d;
-}
-
-/** Two cross-signed users who know each other's devices and identities. */
-async function pair() {
-  const hs = new TestHomeserver();
-  const alice = await crossSigned(hs, '@alice:example.org', 'ALICE');
-  const bob = await crossSigned(hs, '@bob:example.org', 'BOB');
-  for (const [me, other] of [[alice, bob], [bob, alice]] as const) {
-    await me.machine.updateTrackedUsers([other.userId]);
-    await me.flush();
-  }
-  return { hs, alice, bob };
-}
 
 /** Sends a step's requests from `d`. */
 async function sendAll(d: TestDevice, step: { requests: Parameters<TestDevice['send']>[0][] }): Promise<void> {
