@@ -106,23 +106,16 @@ impl From<WithheldError> for BundleError {
     }
 }
 
-/// One withheld entry of a received bundle, as reported.
+/// One withheld entry of a received bundle, as reported: its record (the sharer is `sender`,
+/// the key it claims for the session's creator is `senderKey`) with the verdict on it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleEntry {
+    /// Always `room`: bundle entries are room-scoped.
     pub kind: &'static str,
-    pub code: String,
-    pub reason: Option<String>,
-    pub room_id: String,
-    pub session_id: String,
-    /// The sharer.
-    pub sender: String,
-    /// The key the entry claims for the session's creator.
-    pub sender_key: String,
-    pub from_device: Option<String>,
-    pub received_at: i64,
+    #[serde(flatten)]
+    pub record: WithheldRecord,
     pub verdict: Verdict,
-    pub source: Source,
 }
 
 /// What receiving a bundle did.
@@ -279,19 +272,7 @@ pub async fn receive(
             Verdict::Spoofed => Metrics::count(&metrics.spoofed),
             _ => Metrics::count(&metrics.unconfirmed),
         }
-        withheld.push(BundleEntry {
-            kind: "room",
-            code: record.code,
-            reason: record.reason,
-            room_id: record.room_id,
-            session_id: record.session_id,
-            sender: record.sender,
-            sender_key: record.sender_key,
-            from_device: record.from_device,
-            received_at: record.received_at,
-            verdict,
-            source: Source::KeyBundle,
-        });
+        withheld.push(BundleEntry { kind: "room", record, verdict });
     }
     Ok(BundleOutcome {
         room_id: room.to_string(),
