@@ -22,7 +22,9 @@
 //! The costs: memory (the account's rows are held in memory as the memory store holds them,
 //! pickles as JSON, which is what a machine on the memory store holds too), and every saved Olm
 //! session and inbound group session is pickled twice, once for the database and once more by
-//! the memory store, which takes sessions only as objects.
+//! the memory store, which takes sessions only as objects. Outbound group sessions, which the
+//! crate saves whole after every message and every sent request of a share, are written in
+//! parts (see [`outbound`]), so each save costs what changed.
 //!
 //! # Where the memory store's behaviour is not a persistent store's
 //! `MemoryStore::save_changes` replaces the private cross-signing identity with whatever the
