@@ -8,16 +8,23 @@
 //! rewrites the remaining requests each time. The engine stores instead:
 //! - the session's own row ([`Kind::OutboundGroupSession`]) without the set and the requests;
 //! - the shared-with set as chunks ([`Kind::OutboundShared`]): the first holds the set as it
-//!   was first written, each later one what changed since (entries are added or replaced,
-//!   never removed); past [`MAX_CHUNKS`] the set is written again as one chunk;
+//!   was first written, each later one what changed since; past [`MAX_CHUNKS`] the set is
+//!   written again as one chunk;
 //! - one row per pending request ([`Kind::OutboundRequest`]), deleted once the request is gone.
+//!
+//! What changed is known without comparing the set: the crate adds entries to it only when a
+//! request is marked sent, and then adds exactly that request's devices. So a save's chunk is
+//! the devices of the requests that were pending at the last save and are gone now, as the set
+//! holds them; the set's size must then be the stored size plus at most that many devices
+//! (and unchanged when no request went), or the set is written whole (a change made some
+//! other way, such as the crate's public `mark_shared_with`).
 //!
 //! Each part carries the session id: when a room's session is replaced, the new session's
 //! parts replace the old ones, and parts of another session are never read into this one.
 //! A row written before this split (set and requests inside) still loads as it is, and is
 //! split the next time the session is saved.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use matrix_sdk_crypto::{
@@ -62,12 +69,17 @@ pub struct Written {
     /// The session the parts belong to; empty when the stored row was not split yet (the
     /// next save then writes every part).
     session_id: String,
-    /// The shared-with set as the chunks add up to.
-    shared: ShareSet,
+    /// How many devices the stored shared-with set holds.
+    devices: usize,
     /// Chunk rows `0..chunks` may exist (of this session or an older one).
     chunks: u32,
-    /// Request rows that exist (of this session or an older one).
-    requests: BTreeSet<OwnedTransactionId>,
+    /// Request rows that exist (of this session or an older one), with the devices each
+    /// request carries the key to (empty for another session's).
+    requests: BTreeMap<OwnedTransactionId, ShareSet>,
+}
+
+fn count(set: &ShareSet) -> usize {
+    set.values().map(|d| d.len()).sum()
 }
 
 /// Every room's [`Written`].
@@ -101,41 +113,19 @@ pub fn request_key(room: &str, request_id: &str) -> Vec<u8> {
     super::engine::pair(room, request_id)
 }
 
-fn same(a: &ShareInfo, b: &ShareInfo) -> bool {
-    match (a, b) {
-        (ShareInfo::Shared(x), ShareInfo::Shared(y)) => {
-            x.sender_key == y.sender_key && x.message_index == y.message_index && x.olm_wedging_index == y.olm_wedging_index
-        }
-        (ShareInfo::Withheld(x), ShareInfo::Withheld(y)) => x == y,
-        _ => false,
-    }
-}
-
-/// The entries of `now` that `before` lacks or holds differently; `None` when `before` holds
-/// an entry that `now` lacks (a delta cannot remove one: the set is then written whole).
-fn delta(before: &ShareSet, now: &ShareSet) -> Option<ShareSet> {
+/// The entries of `now` for the devices of `sent` (requests marked sent since the last save).
+fn sent_entries<'a>(sent: impl Iterator<Item = &'a ShareSet>, now: &ShareSet) -> ShareSet {
     let mut out = ShareSet::new();
-    for (user, devices) in now {
-        match before.get(user) {
-            Some(old) => {
-                if old.keys().any(|d| !devices.contains_key(d)) {
-                    return None;
+    for set in sent {
+        for (user, devices) in set {
+            for device in devices.keys() {
+                if let Some(info) = now.get(user).and_then(|d| d.get(device)) {
+                    out.entry(user.clone()).or_default().insert(device.clone(), info.clone());
                 }
-                for (device, info) in devices {
-                    if !old.get(device).is_some_and(|o| same(o, info)) {
-                        out.entry(user.clone()).or_default().insert(device.clone(), info.clone());
-                    }
-                }
-            }
-            None => {
-                out.insert(user.clone(), devices.clone());
             }
         }
     }
-    if before.keys().any(|u| !now.contains_key(u)) {
-        return None;
-    }
-    Some(out)
+    out
 }
 
 /// Split `pickle` (of session `session_id`) into its own row, returned with the set and the
@@ -154,10 +144,14 @@ pub fn split(
     let mut parts = Vec::new();
 
     let same_session = !before.session_id.is_empty() && before.session_id == session_id;
+    let devices = count(&shared);
     let chunk = |index: u32, entries: ShareSet| {
         Part::Shared(SharedChunk { room_id: room.clone(), session_id: session_id.to_owned(), index, entries })
     };
-    let chunks = match same_session.then(|| delta(&before.shared, &shared)).flatten() {
+    let delta = same_session
+        .then(|| sent_entries(before.requests.iter().filter(|(id, _)| !requests.contains_key(*id)).map(|(_, s)| s), &shared))
+        .filter(|d| devices >= before.devices && devices <= before.devices + count(d) && (devices == before.devices || !d.is_empty()));
+    let chunks = match delta {
         Some(d) if d.is_empty() => before.chunks,
         Some(d) if before.chunks < MAX_CHUNKS => {
             parts.push(chunk(before.chunks, d));
@@ -171,9 +165,10 @@ pub fn split(
         }
     };
 
-    let mut stored = BTreeSet::new();
+    let mut stored = BTreeMap::new();
     for (id, request) in requests {
-        if !(same_session && before.requests.contains(&id)) {
+        stored.insert(id.clone(), request.1.clone());
+        if !(same_session && before.requests.contains_key(&id)) {
             parts.push(Part::Request(Box::new(StoredRequest {
                 room_id: room.clone(),
                 session_id: session_id.to_owned(),
@@ -181,11 +176,10 @@ pub fn split(
                 request,
             })));
         }
-        stored.insert(id);
     }
-    parts.extend(before.requests.iter().filter(|id| !stored.contains(*id)).cloned().map(Part::DeleteRequest));
+    parts.extend(before.requests.keys().filter(|id| !stored.contains_key(*id)).cloned().map(Part::DeleteRequest));
 
-    (pickle, parts, Written { session_id: session_id.to_owned(), shared, chunks, requests: stored })
+    (pickle, parts, Written { session_id: session_id.to_owned(), devices, chunks, requests: stored })
 }
 
 /// The parts of every room read from the database, to put back into the rooms' pickles.
@@ -214,7 +208,8 @@ impl Parts {
         let mut chunks = self.shared.remove(&room).unwrap_or_default();
         let requests = self.requests.remove(&room).unwrap_or_default();
         let chunk_rows = chunks.iter().map(|c| c.index + 1).max().unwrap_or(0);
-        let request_rows: BTreeSet<OwnedTransactionId> = requests.iter().map(|r| r.request_id.clone()).collect();
+        let mut request_rows: BTreeMap<OwnedTransactionId, ShareSet> =
+            requests.iter().map(|r| (r.request_id.clone(), ShareSet::new())).collect();
         let unsplit = !pickle.shared_with_set.is_empty() || !pickle.requests.is_empty();
 
         chunks.retain(|c| c.session_id == session_id);
@@ -225,11 +220,12 @@ impl Parts {
             }
         }
         for r in requests.into_iter().filter(|r| r.session_id == session_id) {
+            request_rows.insert(r.request_id.clone(), r.request.1.clone());
             pickle.requests.insert(r.request_id, r.request);
         }
         Written {
             session_id: if unsplit { String::new() } else { session_id.to_owned() },
-            shared: pickle.shared_with_set.clone(),
+            devices: count(&pickle.shared_with_set),
             chunks: chunk_rows,
             requests: request_rows,
         }
@@ -243,8 +239,51 @@ impl Parts {
             rooms.entry(room).or_default().chunks = chunks.iter().map(|c| c.index + 1).max().unwrap_or(0);
         }
         for (room, requests) in self.requests {
-            rooms.entry(room).or_default().requests = requests.into_iter().map(|r| r.request_id).collect();
+            rooms.entry(room).or_default().requests = requests.into_iter().map(|r| (r.request_id, ShareSet::new())).collect();
         }
         rooms.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk_common::deserialized_responses::WithheldCode;
+    use matrix_sdk_crypto::{olm::OutboundGroupSession, Account, EncryptionSettings};
+    use ruma::{device_id, room_id, user_id};
+
+    use super::*;
+
+    fn shared_parts(parts: &[Part]) -> Vec<(u32, usize)> {
+        parts.iter().filter_map(|p| if let Part::Shared(c) = p { Some((c.index, count(&c.entries))) } else { None }).collect()
+    }
+
+    /// The crate changes the set only by marking requests sent; a change made any other way
+    /// (its `mark_shared_with`, test-only in the crate today) must not be lost: the set is
+    /// then written whole.
+    #[tokio::test]
+    async fn a_change_that_no_sent_request_explains_writes_the_set_whole() {
+        let account = Account::with_device_id(user_id!("@alice:example.org"), device_id!("ALICE"));
+        let statics = account.static_data();
+        let session = OutboundGroupSession::new(
+            statics.device_id.clone(),
+            statics.identity_keys.clone(),
+            room_id!("!room:example.org"),
+            EncryptionSettings::default(),
+        )
+        .expect("session");
+        let (_, parts, written) = split(session.pickle().await, session.session_id(), None);
+        assert_eq!(shared_parts(&parts), vec![(0, 0)], "a new session writes its (empty) set as chunk 0");
+
+        let (_, parts, written) = split(session.pickle().await, session.session_id(), Some(&written));
+        assert!(shared_parts(&parts).is_empty(), "nothing changed, nothing written");
+
+        let mut changed = session.pickle().await;
+        changed.shared_with_set.entry(user_id!("@bob:example.org").to_owned()).or_default().insert(
+            device_id!("BOB").to_owned(),
+            ShareInfo::new_withheld(WithheldCode::Blacklisted),
+        );
+        let (_, parts, written) = split(changed, session.session_id(), Some(&written));
+        assert_eq!(shared_parts(&parts), vec![(0, 1)], "an unexplained entry: the whole set again, as chunk 0");
+        assert_eq!((written.devices, written.chunks), (1, 1));
     }
 }
