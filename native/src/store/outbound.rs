@@ -128,6 +128,16 @@ fn sent_entries<'a>(sent: impl Iterator<Item = &'a ShareSet>, now: &ShareSet) ->
     out
 }
 
+/// Drop a shared-with set off the caller's thread: the crate's pickle is a copy of the whole
+/// set (10,000 devices: tens of thousands of small allocations), and freeing it on the task
+/// that saves would add to the latency of every message.
+fn dispose(set: ShareSet) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(move || drop(set))),
+        Err(_) => drop(set),
+    }
+}
+
 /// Split `pickle` (of session `session_id`) into its own row, returned with the set and the
 /// requests taken out, and the parts to write given what `before` says is stored; plus what
 /// will be stored once those writes commit.
@@ -136,7 +146,7 @@ pub fn split(
     session_id: &str,
     before: Option<&Written>,
 ) -> (PickledOutboundGroupSession, Vec<Part>, Written) {
-    let shared = std::mem::take(&mut pickle.shared_with_set);
+    let mut shared = std::mem::take(&mut pickle.shared_with_set);
     let requests = std::mem::take(&mut pickle.requests);
     let room = pickle.room_id.clone();
     let empty = Written::default();
@@ -160,10 +170,11 @@ pub fn split(
         _ => {
             // The whole set as chunk 0; every other chunk row goes.
             parts.extend((1..before.chunks).map(Part::DeleteShared));
-            parts.push(chunk(0, shared.clone()));
+            parts.push(chunk(0, std::mem::take(&mut shared)));
             1
         }
     };
+    dispose(shared);
 
     let mut stored = BTreeMap::new();
     for (id, request) in requests {
