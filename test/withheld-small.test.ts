@@ -36,10 +36,13 @@ describe('small things', () => {
   it('reads and writes the withheld settings with get/set methods', async () => {
     const m = await OlmMachine.open({ userId: ALICE, deviceId: 'A', store: { kind: 'memory' }, reactToNoOlm: false });
     expect(m.getReactToNoOlm()).toBe(false);
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: 'all', reasons: {} });
+    m.setWithheldPolicy({ send: 'none', reasons: { 'm.unverified': 'Verify first.', 'com.example.policy': 'Policy.' } });
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: 'none', reasons: { 'com.example.policy': 'Policy.', 'm.unverified': 'Verify first.' } });
     m.setReactToNoOlm(true);
     expect(m.getReactToNoOlm()).toBe(true);
     m.setWithheldPolicy({ send: ['m.unverified'] });
-    expect(m.getWithheldPolicy()).toEqual({ send: ['m.unverified'], reasons: {} });
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: ['m.unverified'], reasons: {} });
     expect(await m.getNoOlmState(BOB, 'BOB')).toBeNull();
     expect('noOlmState' in m || 'withheldPolicy' in m).toBe(false);
   });
