@@ -4,25 +4,11 @@ import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { MatrixCryptoError, OlmMachine } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
-
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
-const ROOM = '!room:example.org';
+import { ALICE, BOB, ROOM, secondDeviceJoins } from './helpers/second-device';
 
 describe('small things', () => {
   it('names the sender device of an event decrypted with a forwarded key, when that device is known', async () => {
-    const hs = new TestHomeserver();
-    const a1 = await TestDevice.create(hs, ALICE, 'A1');
-    const bob = await TestDevice.create(hs, BOB, 'BOB');
-    const event = await bob.sendMessage(ROOM, [ALICE, BOB], { body: 'secret' });
-    await a1.sync();
-    const a2 = await TestDevice.create(hs, ALICE, 'A2');
-    for (const d of [a1, a2]) {
-      await d.machine.updateTrackedUsers([ALICE, BOB]);
-      await d.sync();
-    }
-    await a2.machine.setLocalTrust(ALICE, 'A1', 'verified');
-    await a1.machine.setLocalTrust(ALICE, 'A2', 'verified');
+    const { a1, a2, event } = await secondDeviceJoins();
     await a2.machine.decryptRoomEvent(event, ROOM).catch(() => undefined);
     await a2.flush();
     await a1.sync();
