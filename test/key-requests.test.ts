@@ -3,19 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { DecryptionError } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
 import { ALICE, BOB, ROOM, secondDeviceJoins } from './helpers/second-device';
+import { sendToDevice } from './helpers/to-device';
 
 const MALLORY = '@mallory:example.org';
 
 function request(hs: TestHomeserver, from: { userId: string; deviceId: string }, to: string, body: object, action = 'request', requestId = randomUUID()) {
-  const txnId = randomUUID();
-  hs.handle(from.userId, from.deviceId, {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key_request',
-    body: JSON.stringify({
-      messages: { [to]: { '*': { action, requesting_device_id: from.deviceId, request_id: requestId, ...(action === 'request' ? { body } : {}) } } },
-    }),
+  sendToDevice(hs, from, 'm.room_key_request', {
+    [to]: { '*': { action, requesting_device_id: from.deviceId, request_id: requestId, ...(action === 'request' ? { body } : {}) } },
   });
   return requestId;
 }

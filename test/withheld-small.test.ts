@@ -1,10 +1,10 @@
 // Small things a new user meets: the sender device of a forwarded key, one naming style for the
 // withheld getters, a bound on what one notice can store, no silent memory store.
 import { describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
 import { MatrixCryptoError, OlmMachine } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
 import { ALICE, BOB, ROOM, secondDeviceJoins } from './helpers/second-device';
+import { sendToDevice } from './helpers/to-device';
 
 describe('small things', () => {
   it('names the sender device of an event decrypted with a forwarded key, when that device is known', async () => {
@@ -39,14 +39,9 @@ describe('small things', () => {
     const bob = await TestDevice.create(hs, BOB, 'BOB');
     await bob.machine.updateTrackedUsers([ALICE]);
     await bob.flush();
-    const txnId = randomUUID();
     const reason = 'x'.repeat(1_000_000);
-    hs.handle(ALICE, 'ALICE', {
-      type: 'to_device',
-      id: txnId,
-      txnId,
-      eventType: 'm.room_key.withheld',
-      body: JSON.stringify({ messages: { [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', reason, sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } } } }),
+    sendToDevice(hs, alice, 'm.room_key.withheld', {
+      [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', reason, sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } },
     });
     const { withheldNotices } = await bob.sync();
     expect(Buffer.byteLength(withheldNotices[0]!.reason!)).toBeLessThanOrEqual(1024);
@@ -63,16 +58,8 @@ describe('small things', () => {
     await bob.machine.updateTrackedUsers([ALICE]); // Bob never queries Mallory's devices
     await bob.flush();
     const event = await alice.sendMessage(ROOM, [ALICE]); // Bob does not hold the session
-    const txnId = randomUUID();
-    hs.handle(mallory.userId, mallory.deviceId, {
-      type: 'to_device',
-      id: txnId,
-      txnId,
-      eventType: 'm.room_key.withheld',
-      body: JSON.stringify({ messages: { [BOB]: { BOB: {
-        algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', room_id: ROOM,
-        session_id: event.content.session_id, sender_key: alice.machine.identityKeys.curve25519,
-      } } } }),
+    sendToDevice(hs, mallory, 'm.room_key.withheld', {
+      [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', room_id: ROOM, session_id: event.content.session_id, sender_key: alice.machine.identityKeys.curve25519 } },
     });
     const { withheldNotices } = await bob.sync();
     expect(withheldNotices).toEqual([expect.objectContaining({ sender: mallory.userId, verdict: 'unconfirmed' })]);

@@ -3,10 +3,10 @@
  * receives room keys and withheld notices, tracks Alice (a sender) and Mallory (who forges
  * notices); anyone can send Bob a hand-made `m.room_key.withheld`.
  */
-import { randomUUID } from 'node:crypto';
 import { expect } from 'vitest';
 import { DecryptionError, type StoreOptions } from '../../src/index';
 import { TestDevice, TestHomeserver } from '../../src/testing';
+import { sendToDevice } from './to-device';
 
 export const ALICE = '@alice:example.org';
 export const BOB = '@bob:example.org';
@@ -26,14 +26,7 @@ export async function noticeRecipient(bobStore?: StoreOptions) {
 
 /** Send a hand-made withheld notice from `from` to Bob's device, as any client could. */
 export function sendNotice(hs: TestHomeserver, from: TestDevice, content: Record<string, unknown>) {
-  const txnId = randomUUID();
-  hs.handle(from.userId, from.deviceId, {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key.withheld',
-    body: JSON.stringify({ messages: { [BOB]: { BOB: content } } }),
-  });
+  sendToDevice(hs, from, 'm.room_key.withheld', { [BOB]: { BOB: content } });
 }
 
 /** The `DecryptionError` that decrypting `event` in `room` on `device` fails with. */
