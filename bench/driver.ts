@@ -50,7 +50,7 @@ function hostTriple(): string {
 function buildRust(release: boolean): string {
   if (process.env.MCN_BENCH_RUST_BINARY) return process.env.MCN_BENCH_RUST_BINARY;
   const triple = hostTriple();
-  const args = ['build', '-p', 'matrix-crypto-node-bench', '--target', triple, ...(release ? ['--release'] : [])];
+  const args = ['build', '-p', 'matrix-crypto-node-bench', '--ignore-rust-version', '--target', triple, ...(release ? ['--release'] : [])];
   execFileSync('cargo', args, { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
   const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, 'target');
   return join(targetDir, triple, release ? 'release' : 'debug', 'matrix-crypto-node-bench');

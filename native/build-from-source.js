@@ -52,9 +52,10 @@ function buildFromSource() {
   }
   process.stderr.write('matrix-crypto-node: no prebuilt addon for this platform; building it from source with cargo (several minutes, once)...\n');
   pruneWorkspaceMembers();
+  // --ignore-rust-version: the matrix-sdk crates declare Rust 1.96 but build on RUST_MIN (1.95).
   const build = spawnSync(
     'cargo',
-    ['build', '--release', '--locked', '--manifest-path', path.join(root, 'Cargo.toml'), '-p', 'matrix-crypto-node'],
+    ['build', '--release', '--locked', '--ignore-rust-version', '--manifest-path', path.join(root, 'Cargo.toml'), '-p', 'matrix-crypto-node'],
     { stdio: ['ignore', process.stderr, process.stderr] },
   );
   if (build.status !== 0) {

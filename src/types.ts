@@ -115,7 +115,7 @@ export type SharingStrategy =
   | 'all_devices'
   /** Only devices we verified, locally or through cross-signing; others get `m.unverified`. */
   | 'only_trusted_devices'
-  /** Devices signed by their owner's identity; unsigned devices get `m.unverified`. */
+  /** Devices signed by their owner's identity; unsigned devices, and every device of a user without a cross-signing identity, get `m.unverified`. */
   | 'identity_based'
   /** Like `all_devices`, but fail if a verified user has unsigned devices or changed identity. */
   | 'error_on_verified_user_problem';

@@ -124,7 +124,7 @@ describe('compat: identifiers and small classes', () => {
       HistoryVisibility.Shared,
       CollectStrategy.AllDevices,
     ]);
-    expect(getVersions().matrixSdkCrypto).toMatch(/^0\.18\./);
+    expect(getVersions().matrixSdkCrypto).toMatch(/^0\.19\./);
     expect(new DeviceLists().isEmpty()).toBe(true);
   });
 

@@ -75,7 +75,7 @@ describe('npm pack, install into a fresh project, run', () => {
     run(process.execPath, ['-e', `require(${JSON.stringify(path.join(pkg, 'native', 'build-from-source.js'))}).pruneWorkspaceMembers()`], pkg);
     const metadata = JSON.parse(run('cargo', ['metadata', '--locked', '--format-version', '1', '--manifest-path', path.join(pkg, 'Cargo.toml')], pkg));
     expect(metadata.workspace_members).toHaveLength(1);
-    expect(metadata.packages.find((p: { name: string }) => p.name === 'matrix-sdk-crypto')?.version).toMatch(/^0\.18\./);
+    expect(metadata.packages.find((p: { name: string }) => p.name === 'matrix-sdk-crypto')?.version).toMatch(/^0\.19\./);
   });
 
   it('installs with the prebuilt platform package and encrypts/decrypts', () => {

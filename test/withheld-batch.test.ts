@@ -78,7 +78,13 @@ describe('a to-device batch with entries that are not events', () => {
     };
     const fetchImpl: typeof fetch = async (input) => {
       const path = new URL(String(input)).pathname;
-      const body = path.endsWith('/sync') ? sync : path.endsWith('/keys/query') ? { device_keys: {}, failures: {} } : {};
+      const body = path.endsWith('/sync')
+        ? sync
+        : path.endsWith('/keys/query')
+          ? { device_keys: {}, failures: {} }
+          : path.endsWith('/keys/upload')
+            ? { one_time_key_counts: { signed_curve25519: 50 } }
+            : {};
       return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json' } });
     };
     const transport = new HomeserverTransport({ baseUrl: 'https://hs.example.org', accessToken: 't', fetch: fetchImpl, maxRetries: 0 });

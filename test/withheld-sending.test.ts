@@ -47,6 +47,23 @@ describe('withheld sending policy', () => {
     expect(n.content.reason).toMatch(/blocked/);
   });
 
+  it("withholds m.unverified under 'identity_based' from every device of a user without a cross-signing identity", async () => {
+    const { hs, alice } = await trio();
+    // The strategy requires the sender's own identity; Bob and Carol have none.
+    const boot = await alice.machine.bootstrapCrossSigning(false);
+    await alice.machine.markRequestAsSent(boot.uploadSigningKeys, hs.handle(ALICE, 'ALICE', boot.uploadSigningKeys));
+    await alice.send(boot.uploadSignatures);
+    const share = await alice.prepareRoom('!r:x.org', [ALICE, BOB, CAROL], { sharingStrategy: 'identity_based' });
+    expect(share.sharedWith).toEqual([]);
+    expect(share.withheld).toEqual([
+      { userId: BOB, deviceId: 'BOB', code: 'm.unverified', sent: true },
+      { userId: CAROL, deviceId: 'CAROL', code: 'm.unverified', sent: true },
+    ]);
+    for (const r of share.requests) await alice.send(r);
+    expect(notices(hs, BOB, 'BOB', 'm.unverified')).toHaveLength(1);
+    expect(notices(hs, CAROL, 'CAROL', 'm.unverified')).toHaveLength(1);
+  });
+
   it("sends nothing under 'none', and enabling it later does not replay old notices", async () => {
     const { hs, alice } = await trio();
     await alice.machine.setLocalTrust(BOB, 'BOB', 'blacklisted');

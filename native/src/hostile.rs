@@ -46,7 +46,7 @@ use matrix_sdk_crypto::{
     },
     olm::PickledAccount,
     store::{types::PendingChanges, CryptoStore, IntoCryptoStore},
-    vodozemac, Account, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+    vodozemac, Account, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder, TrustRequirement,
 };
 use ruma::{
     api::{
@@ -55,7 +55,7 @@ use ruma::{
             sync::sync_events::DeviceLists,
             to_device::send_event_to_device,
         },
-        IncomingResponse,
+        IncomingResponse, IncomingResponseExt,
     },
     events::{AnyMessageLikeEventContent, AnyToDeviceEvent, AnyToDeviceEventContent},
     serde::Raw,
@@ -121,7 +121,7 @@ pub struct Harness {
 
 fn response<R: IncomingResponse>(body: &Value) -> Result<R, String> {
     let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    let http = http::Response::builder().status(200).body(bytes).map_err(|e| e.to_string())?;
+    let http = http::Response::builder().status(200).body(bytes.as_slice()).map_err(|e| e.to_string())?;
     R::try_from_http_response(http).map_err(|e| e.to_string())
 }
 
@@ -183,7 +183,7 @@ impl Harness {
         backend.restore(prepared);
         let engine = Engine::open(backend.clone(), Self::account_key(), None).await.expect("open the prepared store");
         let alice = UserId::parse(ALICE).expect("id");
-        let machine = OlmMachine::with_store(&alice, "ALICE".into(), engine.into_crypto_store(), None)
+        let machine = OlmMachineBuilder::new(&alice, "ALICE".into()).with_crypto_store(engine.into_crypto_store()).build()
             .await
             .expect("the prepared machine opens");
         // Opening wrote nothing that matters; count only what inputs write.
@@ -227,7 +227,7 @@ impl Harness {
         })
         .expect("account");
         engine.save_pending_changes(PendingChanges { account: Some(account) }).await.expect("save the account");
-        OlmMachine::with_store(alice_id, "ALICE".into(), engine.into_crypto_store(), None).await.expect("alice")
+        OlmMachineBuilder::new(alice_id, "ALICE".into()).with_crypto_store(engine.into_crypto_store()).build().await.expect("alice")
     }
 
     async fn setup(backend: Arc<MemoryBackend>) -> (OlmMachine, Templates) {

@@ -9,7 +9,7 @@
 
 use aes::{cipher::KeyIvInit, cipher::StreamCipher, Aes256};
 use base64::{engine::general_purpose, Engine};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::{rng, Rng};
 use sha2::{Sha256, Sha512};
 
@@ -73,7 +73,7 @@ pub fn encrypt(plaintext: &[u8], passphrase: &str, rounds: u32) -> String {
     let start = payload.len();
     payload.extend_from_slice(plaintext);
     Aes256Ctr::new(&aes_key.into(), &iv.into()).apply_keystream(&mut payload[start..]);
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key).expect("HMAC accepts any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&mac_key).expect("HMAC accepts any key length");
     mac.update(&payload);
     payload.extend_from_slice(&mac.finalize().into_bytes());
 
@@ -111,7 +111,7 @@ pub fn decrypt(text: &str, passphrase: &str) -> Result<Vec<u8>, KeyFileError> {
     let rounds = u32::from_be_bytes(payload[HEADER_LEN - 4..HEADER_LEN].try_into().expect("4 bytes"));
     let (aes_key, mac_key) = derive(passphrase, salt, rounds);
     let (signed, tag) = payload.split_at(payload.len() - MAC_LEN);
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key).expect("HMAC accepts any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&mac_key).expect("HMAC accepts any key length");
     mac.update(signed);
     mac.verify_slice(tag).map_err(|_| KeyFileError::WrongPassphrase)?;
     let mut plaintext = signed[HEADER_LEN..].to_vec();

@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use matrix_sdk_crypto::{types::requests::ToDeviceRequest, EncryptionSyncChanges, OlmMachine};
+use matrix_sdk_crypto::{types::requests::ToDeviceRequest, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use ruma::{TransactionId, UserId};
@@ -133,7 +133,7 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
         other => return Err(invalid("store.kind", format!("{other:?} is not one of sqlite, sqlite-crate, postgres, memory"))),
     };
     let opened = store::open(&config, user_id.as_str(), device_id.as_str()).await?;
-    let machine = OlmMachine::with_store(&user_id, &device_id, opened.store, None).await.map_err(|e| match e {
+    let machine = OlmMachineBuilder::new(&user_id, &device_id).with_crypto_store(opened.store).build().await.map_err(|e| match e {
         matrix_sdk_crypto::CryptoStoreError::MismatchedAccount { expected, got } => typed(
             code::STORE_MISMATCHED_ACCOUNT,
             format!("userId/deviceId: the store belongs to {} {}, not {} {}", expected.0, expected.1, got.0, got.1),

@@ -23,7 +23,7 @@ use ruma::api::{
         message::send_message_event::v3::Response as RoomMessageResponse,
         to_device::send_event_to_device::v3::Response as ToDeviceResponse,
     },
-    IncomingResponse,
+    IncomingResponse, IncomingResponseExt,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;

@@ -20,11 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
-use rand::{thread_rng, RngCore};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::{rng, Rng};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -52,13 +52,13 @@ struct Device {
 
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
-    thread_rng().fill_bytes(&mut v);
+    rng().fill_bytes(&mut v);
     v
 }
 
 fn device() -> Device {
     let mut seed = [0u8; 32];
-    thread_rng().fill_bytes(&mut seed);
+    rng().fill_bytes(&mut seed);
     let signing = SigningKey::from_bytes(&seed);
     let device_keys = random_bytes(DEVICE_KEYS_BYTES);
     let one_time_key = random_bytes(ONE_TIME_KEY_BYTES);
@@ -68,8 +68,8 @@ fn device() -> Device {
         device_keys,
         one_time_key_signature: signing.sign(&one_time_key),
         one_time_key,
-        identity: PublicKey::from(&StaticSecret::random_from_rng(thread_rng())),
-        one_time: PublicKey::from(&StaticSecret::random_from_rng(thread_rng())),
+        identity: PublicKey::from(&StaticSecret::random_from_rng(&mut rng())),
+        one_time: PublicKey::from(&StaticSecret::random_from_rng(&mut rng())),
     }
 }
 
@@ -84,9 +84,9 @@ fn keys_query(d: &Device) {
 
 fn olm_session(ours: &StaticSecret, d: &Device) {
     verify(&d.ed25519, &d.one_time_key, &d.one_time_key_signature);
-    let base = StaticSecret::random_from_rng(thread_rng());
+    let base = StaticSecret::random_from_rng(&mut rng());
     black_box(PublicKey::from(&base));
-    let ratchet = StaticSecret::random_from_rng(thread_rng());
+    let ratchet = StaticSecret::random_from_rng(&mut rng());
     black_box(PublicKey::from(&ratchet));
     let mut secret = [0u8; 96];
     secret[..32].copy_from_slice(ours.diffie_hellman(&d.one_time).as_bytes());
@@ -103,8 +103,8 @@ fn encrypt(message_key: &[u8; 32], info: &[u8], plaintext: &[u8]) -> (Vec<u8>, [
     Hkdf::<Sha256>::new(Some(&[0]), message_key).expand(info, &mut keys).expect("80 bytes");
     let (aes_key, rest) = keys.split_at(32);
     let (mac_key, iv) = rest.split_at(32);
-    let ciphertext = Aes256CbcEnc::new(aes_key.into(), iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(mac_key).expect("any key length");
+    let ciphertext = Aes256CbcEnc::new_from_slices(aes_key, iv).expect("32 and 16 bytes").encrypt_padded_vec::<Pkcs7>(plaintext);
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(mac_key).expect("any key length");
     mac.update(&ciphertext);
     (ciphertext, mac.finalize().into_bytes().into())
 }
@@ -121,10 +121,10 @@ fn megolm_round_trip(signing: &SigningKey, message_key: &[u8; 32], plaintext: &[
     Hkdf::<Sha256>::new(Some(&[0]), message_key).expand(b"MEGOLM_KEYS", &mut keys).expect("80 bytes");
     let (aes_key, rest) = keys.split_at(32);
     let (mac_key, iv) = rest.split_at(32);
-    let mut check = <Hmac<Sha256> as Mac>::new_from_slice(mac_key).expect("any key length");
+    let mut check = <Hmac<Sha256> as KeyInit>::new_from_slice(mac_key).expect("any key length");
     check.update(&ciphertext);
     check.verify_slice(&mac).expect("the MAC matches");
-    let plain = Aes256CbcDec::new(aes_key.into(), iv.into()).decrypt_padded_vec_mut::<Pkcs7>(&ciphertext).expect("decrypts");
+    let plain = Aes256CbcDec::new_from_slices(aes_key, iv).expect("32 and 16 bytes").decrypt_padded_vec::<Pkcs7>(&ciphertext).expect("decrypts");
     black_box(plain);
 }
 
@@ -155,7 +155,7 @@ pub fn run(n: usize, reps: usize, devices_per_user: usize) -> Vec<Run> {
     let count = n + 1;
     let base = rss::current_mb();
     let devices: Vec<Device> = (0..count).map(|_| device()).collect();
-    let ours = StaticSecret::random_from_rng(thread_rng());
+    let ours = StaticSecret::random_from_rng(&mut rng());
     let message_key: [u8; 32] = random_bytes(32).try_into().expect("32 bytes");
     let room_key_plaintext = random_bytes(ROOM_KEY_PLAINTEXT_BYTES);
     let room_message = random_bytes(ROOM_MESSAGE_BYTES);

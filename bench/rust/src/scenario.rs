@@ -12,7 +12,7 @@ use std::{
 use matrix_sdk_crypto::{
     store::MemoryStore,
     types::requests::{AnyOutgoingRequest, ToDeviceRequest},
-    CollectStrategy, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, LocalTrust, OlmMachine,
+    CollectStrategy, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, LocalTrust, OlmMachine, OlmMachineBuilder,
     TrustRequirement,
 };
 use matrix_sdk_sqlite::SqliteCryptoStore;
@@ -25,7 +25,7 @@ use ruma::{
             },
             to_device::send_event_to_device::v3::Response as ToDeviceResponse,
         },
-        IncomingResponse,
+        IncomingResponse, IncomingResponseExt,
     },
     api::client::sync::sync_events::DeviceLists,
     events::AnyToDeviceEvent,
@@ -87,10 +87,10 @@ async fn open(store: &str, dir: &Path, user: &str, device: &str) -> Result<OlmMa
     let user = UserId::parse(user).map_err(err)?;
     let device: &ruma::DeviceId = device.into();
     match store {
-        "memory" => OlmMachine::with_store(&user, device, MemoryStore::new(), None).await.map_err(err),
+        "memory" => OlmMachineBuilder::new(&user, device).with_crypto_store(MemoryStore::new()).build().await.map_err(err),
         "sqlite-crate" => {
             let store = SqliteCryptoStore::open(dir, None).await.map_err(err)?;
-            OlmMachine::with_store(&user, device, store, None).await.map_err(err)
+            OlmMachineBuilder::new(&user, device).with_crypto_store(store).build().await.map_err(err)
         }
         // Our engine (native/src/store/), as `OlmMachine.open` uses it, without the binding.
         "sqlite" | "postgres" => {
@@ -107,7 +107,7 @@ async fn open(store: &str, dir: &Path, user: &str, device: &str) -> Result<OlmMa
             };
             let key = AccountKey { user_id: user.to_string(), device_id: device.to_string() };
             let engine = Engine::open(backend, key, None).await.map_err(err)?;
-            OlmMachine::with_store(&user, device, engine, None).await.map_err(err)
+            OlmMachineBuilder::new(&user, device).with_crypto_store(engine).build().await.map_err(err)
         }
         other => Err(format!("unknown store {other}")),
     }

@@ -459,7 +459,18 @@ impl CryptoStore for Engine {
         for session in &changes.outbound_group_sessions {
             batch.put(Kind::OutboundGroupSession, session.room_id().as_bytes(), codec.seal_json(&session.pickle().await)?);
         }
+        // One outgoing request per key or secret, as matrix-sdk-crypto 0.19's stores keep them: a
+        // new request replaces the one stored for the same info (in the cache the memory store
+        // does it; here the replaced row is deleted so that a reopen does not bring it back).
+        let mut batch_ids: BTreeMap<String, &TransactionId> = BTreeMap::new();
         for request in &changes.key_requests {
+            let replaced = match batch_ids.insert(request.info.as_key(), &request.request_id) {
+                Some(earlier) => Some(earlier.to_owned()),
+                None => infallible(cache.get_secret_request_by_info(&request.info).await).map(|old| old.request_id),
+            };
+            if let Some(old) = replaced.filter(|old| *old != request.request_id) {
+                batch.delete(Kind::KeyRequest, old.as_bytes());
+            }
             batch.put(Kind::KeyRequest, request.request_id.as_bytes(), codec.seal(request)?);
         }
         for identity in changes.identities.new.iter().chain(&changes.identities.changed) {

@@ -1,6 +1,6 @@
 //! The SQLite backend: one file holding any number of accounts.
 //!
-//! rusqlite 0.37 with libsqlite3-sys 0.35, the versions matrix-sdk-sqlite 0.18 links (a
+//! rusqlite 0.40 with libsqlite3-sys 0.38, the versions matrix-sdk-sqlite 0.19 links (a
 //! process may link only one sqlite3), on one connection behind a mutex. Reads never reach it
 //! (the engine answers them from memory), so there is nothing for a pool to parallelise; each
 //! write batch is one transaction with cached prepared statements, run on tokio's blocking pool.

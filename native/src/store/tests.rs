@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use matrix_sdk_crypto::{
     store::{types::PendingChanges, CryptoStore, IntoCryptoStore},
-    Account, OlmMachine,
+    Account, OlmMachineBuilder,
 };
 use ruma::{device_id, user_id};
 
@@ -66,7 +66,7 @@ async fn create_machine(backend: &Arc<dyn Backend>, key: &AccountKey, passphrase
     let engine = Engine::open(backend.clone(), key.clone(), passphrase).await.expect("open");
     let user = ruma::UserId::parse(key.user_id.as_str()).unwrap();
     let device: ruma::OwnedDeviceId = key.device_id.as_str().into();
-    let machine = OlmMachine::with_store(&user, &device, engine.into_crypto_store(), None).await.expect("machine");
+    let machine = OlmMachineBuilder::new(&user, &device).with_crypto_store(engine.into_crypto_store()).build().await.expect("machine");
     machine.identity_keys().curve25519.to_base64()
 }
 
@@ -78,14 +78,18 @@ async fn the_withheld_layers_ledger_survives_a_reopen() {
     {
         let backend = Arc::new(SqliteBackend::open(path.clone()).await.unwrap());
         let engine = Engine::open(backend, alice(), Some("pass")).await.unwrap();
-        let machine = OlmMachine::with_store(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"), engine.into_crypto_store(), None)
+        let machine = OlmMachineBuilder::new(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"))
+            .with_crypto_store(engine.into_crypto_store())
+            .build()
             .await
             .unwrap();
         crate::withheld::records::put_forwarding_chain(&machine, "!room:example.org", "session", &chain).await.unwrap();
     }
     let backend = Arc::new(SqliteBackend::open(path).await.unwrap());
     let engine = Engine::open(backend, alice(), Some("pass")).await.unwrap();
-    let machine = OlmMachine::with_store(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"), engine.into_crypto_store(), None)
+    let machine = OlmMachineBuilder::new(user_id!("@alice:example.org"), device_id!("ALICEDEVICE"))
+        .with_crypto_store(engine.into_crypto_store())
+        .build()
         .await
         .unwrap();
     let read = crate::withheld::records::forwarding_chain(&machine, "!room:example.org", "session").await.unwrap();
@@ -271,4 +275,46 @@ async fn a_failed_write_leaves_the_cache_as_the_database_is() {
     engine.reopen().await.unwrap();
     engine.reload().await.unwrap();
     assert_eq!(engine.get_custom_value("k").await.unwrap().as_deref(), Some(&b"before"[..]));
+}
+
+/// matrix-sdk-crypto 0.19 keeps one outgoing request per secret: a new request replaces the
+/// older one. The conformance suite checks it on an open store; this checks that the replaced
+/// request does not come back from the database after a reopen.
+#[tokio::test]
+async fn a_replaced_secret_request_stays_replaced_after_a_reopen() {
+    use matrix_sdk_crypto::{store::types::Changes, GossipRequest};
+    use ruma::events::secret::request::SecretName;
+
+    let request = |id: &str, name: SecretName| GossipRequest {
+        request_recipient: user_id!("@alice:example.org").to_owned(),
+        request_id: id.into(),
+        info: name.into(),
+        sent_out: false,
+    };
+    {
+        let engine = get_store("replaced-request", None, true).await;
+        let mut first = Changes::default();
+        first.key_requests.push(request("first", SecretName::RecoveryKey));
+        first.key_requests.push(request("master", SecretName::CrossSigningMasterKey));
+        engine.save_changes(first).await.unwrap();
+        let mut second = Changes::default();
+        second.key_requests.push(request("second", SecretName::RecoveryKey));
+        engine.save_changes(second).await.unwrap();
+        // Two requests for one secret within one batch: the later one is kept.
+        let mut both = Changes::default();
+        both.key_requests.push(request("third", SecretName::CrossSigningSelfSigningKey));
+        both.key_requests.push(request("fourth", SecretName::CrossSigningSelfSigningKey));
+        engine.save_changes(both).await.unwrap();
+        engine.close().await.unwrap();
+    }
+    let engine = get_store("replaced-request", None, false).await;
+    let found = |id: &'static str| {
+        let engine = &engine;
+        async move { engine.get_outgoing_secret_requests(id.into()).await.unwrap().is_some() }
+    };
+    assert!(!found("first").await, "the replaced request came back");
+    assert!(found("second").await);
+    assert!(found("master").await, "a request for another secret is kept");
+    assert!(!found("third").await, "the earlier request of one batch came back");
+    assert!(found("fourth").await);
 }

@@ -7,7 +7,9 @@
 //!   without room or session, and not again once the request was marked as sent (the no-olm
 //!   ledger builds on that once-only flag, `DeviceData::withheld_code_sent`);
 //! - the room-key forwarding switch, which the machine turns off so that key requests reach our
-//!   answering layer instead of the crate's.
+//!   answering layer instead of the crate's;
+//! - the `identity_based` strategy's answer for a user without a cross-signing identity: since
+//!   0.19 a `m.unverified` notice per device (0.18 panicked in `share_room_key`).
 
 use std::{collections::BTreeSet, sync::Mutex};
 
@@ -99,4 +101,19 @@ async fn the_forwarding_switch_holds_its_setting() {
     assert!(alice.machine.is_room_key_forwarding_enabled(), "on by default with the automatic-room-key-forwarding feature");
     alice.machine.set_room_key_forwarding_enabled(false);
     assert!(!alice.machine.is_room_key_forwarding_enabled());
+}
+
+#[tokio::test]
+async fn the_identity_based_strategy_withholds_the_devices_of_a_user_without_an_identity() {
+    let server = Mutex::new(Server::default());
+    let alice = Device::new(&server, ALICE, "ALICE").await;
+    let _bob = Device::new(&server, BOB, "BOB").await;
+    alice.track(&server, &[ALICE, BOB]).await;
+    // The strategy requires the sender's own identity; Bob has none.
+    alice.machine.bootstrap_cross_signing(false).await.expect("bootstrap");
+
+    let notices = crate_withheld_for(&alice, &server, CollectStrategy::IdentityBasedStrategy, BOB).await;
+    assert_eq!(notices.len(), 1, "one notice for Bob's device: {notices:?}");
+    assert_eq!(notices[0]["code"], "m.unverified");
+    assert_eq!(notices[0]["room_id"], ROOM);
 }

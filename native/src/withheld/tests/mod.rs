@@ -16,7 +16,7 @@ use std::{
 
 use matrix_sdk_crypto::{
     types::requests::{AnyOutgoingRequest, ToDeviceRequest},
-    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder, TrustRequirement,
 };
 use ruma::{
     api::{
@@ -25,7 +25,7 @@ use ruma::{
             sync::sync_events::DeviceLists,
             to_device::send_event_to_device,
         },
-        IncomingResponse,
+        IncomingResponse, IncomingResponseExt,
     },
     events::{AnyMessageLikeEventContent, AnyToDeviceEvent},
     serde::Raw,
@@ -41,7 +41,7 @@ pub const BOB: &str = "@bob:example.org";
 
 fn response<R: IncomingResponse>(body: &Value) -> R {
     let bytes = serde_json::to_vec(body).expect("json");
-    let http = http::Response::builder().status(200).body(bytes).expect("http response");
+    let http = http::Response::builder().status(200).body(bytes.as_slice()).expect("http response");
     R::try_from_http_response(http).map_err(|e| e.to_string()).expect("a valid response")
 }
 
@@ -84,7 +84,7 @@ impl Device {
         let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
         let read = clock.clone();
         let device_id: ruma::OwnedDeviceId = device.into();
-        let machine = OlmMachine::with_store(&UserId::parse(user).expect("user id"), &device_id, store, None).await.expect("machine");
+        let machine = OlmMachineBuilder::new(&UserId::parse(user).expect("user id"), &device_id).with_crypto_store(store).build().await.expect("machine");
         let withheld = Withheld::with_clock(SendPolicy::default(), true, Arc::new(move || read.load(Ordering::SeqCst)));
         let d = Device { machine, withheld, clock };
         d.flush(server).await;

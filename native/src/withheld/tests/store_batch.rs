@@ -14,7 +14,7 @@ use std::sync::{
 };
 
 use async_trait::async_trait;
-use matrix_sdk_crypto::{store::CryptoStore, EncryptionSettings, OlmMachine};
+use matrix_sdk_crypto::{store::CryptoStore, EncryptionSettings, OlmMachineBuilder};
 use ruma::{OwnedUserId, RoomId, UserId};
 
 use super::{Device, Server, ALICE, BOB};
@@ -104,7 +104,7 @@ async fn stored_state(path: &std::path::Path) -> (bool, bool) {
     let engine = Engine::open(backend, alice_key(), None).await.expect("reopen the engine");
     let bob = UserId::parse(BOB).unwrap();
     let flag = engine.get_device(&bob, "BOB".into()).await.expect("device").expect("Bob's device is stored").was_withheld_code_sent();
-    let machine = OlmMachine::with_store(&UserId::parse(ALICE).unwrap(), "ALICE".into(), engine, None).await.expect("machine");
+    let machine = OlmMachineBuilder::new(&UserId::parse(ALICE).unwrap(), "ALICE".into()).with_crypto_store(engine).build().await.expect("machine");
     let withheld = Withheld::new(SendPolicy::default(), true);
     let ledger = withheld.no_olm_state(&machine, BOB, "BOB").await.expect("ledger").is_some();
     (flag, ledger)
