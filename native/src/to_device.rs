@@ -11,8 +11,8 @@ use serde::Deserialize;
 ///
 /// The batch reaches us as raw JSON (copied, not parsed, so that the crate reads the
 /// homeserver's bytes), and the crate parses each event only inside `receive_sync_changes`,
-/// after it has merged the room keys, so this is the one look at the two fields before that.
-/// It borrows both and skips every other field.
+/// too late for cutting the batch into the calls: this is the one look at the two fields
+/// before that. It borrows both and skips every other field.
 fn olm_sender_key(event: &Raw<AnyToDeviceEvent>) -> Option<Cow<'_, str>> {
     #[derive(Deserialize)]
     struct Outer<'a> {
