@@ -108,6 +108,22 @@ export function useParticipants(hs: () => Homeserver, logs: (h: HasLog) => void)
       later(() => u.stop());
       return u;
     },
+    /**
+     * Our {@link EncryptedClient} for `user`'s device, on a memory store unless `options` say
+     * otherwise; nothing is sent yet (see {@link openBot} for a bot with its keys uploaded).
+     */
+    async client(user: TestUser, options: Partial<Parameters<typeof EncryptedClient.open>[0]> = {}): Promise<EncryptedClient> {
+      const c = await EncryptedClient.open({
+        baseUrl: hs().baseUrl,
+        accessToken: user.accessToken,
+        userId: user.userId,
+        deviceId: user.deviceId,
+        store: { kind: 'memory' },
+        ...options,
+      });
+      later(() => c.close());
+      return c;
+    },
     /** Our bot with a new account `localpart`, on a memory store (see {@link openBot}). */
     async bot(localpart: string, withheld?: WithheldPolicy): Promise<EncryptedClient> {
       const c = await openBot(hs(), await hs().registerUser(localpart), { kind: 'memory' }, withheld);

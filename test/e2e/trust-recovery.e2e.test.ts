@@ -5,23 +5,9 @@ import { EncryptedClient } from '../../src/client';
 import { SecretStorageKey } from '../../src/trust';
 import { syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
 import { waitFor } from './js-sdk-user';
-import type { TestUser } from './synapse';
 
 const { hs, logs } = useHomeserver();
-const { jsUser, tempDir, later } = useParticipants(hs, logs);
-
-async function open(user: TestUser, options: Partial<Parameters<typeof EncryptedClient.open>[0]> = {}): Promise<EncryptedClient> {
-  const client = await EncryptedClient.open({
-    baseUrl: hs().baseUrl,
-    accessToken: user.accessToken,
-    userId: user.userId,
-    deviceId: user.deviceId,
-    store: { kind: 'memory' },
-    ...options,
-  });
-  later(() => client.close());
-  return client;
-}
+const { jsUser, tempDir, client: open } = useParticipants(hs, logs);
 
 /** The account data this library reads for recovery, as the server has it. */
 async function secretStorageOf(client: EncryptedClient): Promise<Record<string, unknown>> {
