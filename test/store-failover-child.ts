@@ -7,24 +7,22 @@
  */
 import { OlmMachine, type StoreOptions } from '../src/index';
 import type { MatrixEvent } from '../src/types';
-import { connectToParent, openWhenUnlocked, sleep, undecryptable, type ChildCall } from './helpers/child-bot';
+import { connectToParent, openWhenUnlocked, sleep, type ChildMessage } from './helpers/child-bot';
 
 export type { ToChild } from './helpers/child-bot';
 export const BOT = '@bot:example.org';
 export const PEER = '@peer:example.org';
 
 export type FromChild =
-  | ChildCall
+  | ChildMessage
   | { type: 'waiting' }
-  | { type: 'opened'; curve25519: string }
-  | { type: 'verified'; checked: number; failed: string[] }
   | { type: 'received'; sessionIds: string[] }
   | { type: 'decrypted'; eventIds: string[] }
   | { type: 'sharing' }
   | { type: 'sent'; event: MatrixEvent };
 
 if (require.main === module) {
-  const { send, request, flush, sync, verify } = connectToParent<FromChild>();
+  const { send, request, flush, sync, checkReported } = connectToParent<FromChild>();
 
   (async () => {
     const store: StoreOptions = { kind: 'postgres', url: process.argv[2]!, passphrase: 'failover' };
@@ -35,8 +33,7 @@ if (require.main === module) {
         said = true;
       },
     });
-    const events = await verify({ type: 'opened', curve25519: machine.identityKeys.curve25519 });
-    send({ type: 'verified', checked: events.length, failed: await undecryptable(machine, events) });
+    await checkReported(machine);
 
     await flush(machine);
     await machine.updateTrackedUsers([PEER, BOT]);

@@ -61,7 +61,7 @@ describe.runIf(postgresInstalled())('PostgreSQL failover', () => {
           case 'waiting':
             life.waiting = true;
             break;
-          case 'opened':
+          case 'ready':
             life.opened = { at: Date.now(), curve25519: m.curve25519 };
             reply({ type: 'verify', events: [...reported].map((s) => bySession.get(s)!).filter(Boolean) });
             break;

@@ -18,6 +18,14 @@ export type ChildCall =
   /** The child processed sync batch `batch`: the next sync gets a new one. */
   | { type: 'ack'; batch: number };
 
+/** What every such child sends its parent: its calls, and the check of the keys it reported. */
+export type ChildMessage =
+  | ChildCall
+  /** The store is open (the parent answers with `verify`). */
+  | { type: 'ready'; curve25519: string }
+  /** Of the `verify` events, how many were checked, and the ones that failed. */
+  | { type: 'verified'; checked: number; failed: string[] };
+
 /** What the parent sends the child. */
 export type ToChild =
   /** The events whose room keys an earlier holder of the store reported: each must decrypt. */
@@ -31,7 +39,7 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The child's side: its own messages are of type `M`. Call once, in the child. */
 export function connectToParent<M extends { type: string }>() {
-  const send = (m: M | ChildCall) => process.send!(m);
+  const send = (m: M | ChildMessage) => process.send!(m);
   let nextId = 0;
   const waiting = new Map<number, (m: ToChild) => void>();
   let verify: ((events: MatrixEvent[]) => void) | undefined;
@@ -68,23 +76,22 @@ export function connectToParent<M extends { type: string }>() {
       if (reply.type !== 'batch') throw new Error('unexpected reply');
       return reply;
     },
-    /** Send `ready` and resolve with the events of the parent's `verify` answer. */
-    verify(ready: M): Promise<MatrixEvent[]> {
-      return new Promise((resolve) => {
+    /**
+     * Say `ready`, then decrypt every event of the parent's `verify` answer (the room keys an
+     * earlier holder of the store reported) and report it as `verified`.
+     */
+    async checkReported(machine: OlmMachine): Promise<void> {
+      const events = await new Promise<MatrixEvent[]>((resolve) => {
         verify = resolve;
-        send(ready);
+        send({ type: 'ready', curve25519: machine.identityKeys.curve25519 });
       });
+      const failed: string[] = [];
+      for (const e of events) {
+        await machine.decryptRoomEvent(e, String(e.room_id)).catch((err: Error) => failed.push(`${String(e.content.session_id)}: ${err.message}`));
+      }
+      send({ type: 'verified', checked: events.length, failed });
     },
   };
-}
-
-/** The events of `events` that `machine` cannot decrypt, as `session id: error message`. */
-export async function undecryptable(machine: OlmMachine, events: MatrixEvent[]): Promise<string[]> {
-  const failed: string[] = [];
-  for (const e of events) {
-    await machine.decryptRoomEvent(e, String(e.room_id)).catch((err: Error) => failed.push(`${String(e.content.session_id)}: ${err.message}`));
-  }
-  return failed;
 }
 
 /**

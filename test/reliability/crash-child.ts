@@ -7,10 +7,10 @@
  * Usage: `crash-child.ts <store options as JSON> <device id>`.
  */
 import { OlmMachine, type StoreOptions } from '../../src/index';
-import { connectToParent, openWhenUnlocked, undecryptable } from '../helpers/child-bot';
+import { connectToParent, openWhenUnlocked } from '../helpers/child-bot';
 import { ALICE, BOB, type ToParent } from './crash-protocol';
 
-const { send, request, flush, sync, verify } = connectToParent<ToParent>();
+const { send, request, flush, sync, checkReported } = connectToParent<ToParent>();
 
 (async () => {
   const store = JSON.parse(process.argv[2]!) as StoreOptions;
@@ -19,8 +19,7 @@ const { send, request, flush, sync, verify } = connectToParent<ToParent>();
     attempt: () => send({ type: 'opening' }),
     locked: () => send({ type: 'locked' }),
   });
-  const events = await verify({ type: 'ready', curve25519: machine.identityKeys.curve25519 });
-  send({ type: 'verified', checked: events.length, failed: await undecryptable(machine, events) });
+  await checkReported(machine);
 
   await machine.updateTrackedUsers([BOB]);
   for (let i = 0; ; i++) {
