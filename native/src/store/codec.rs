@@ -41,11 +41,15 @@ pub enum Kind {
     ReceivedRoomKeyBundle = 20,
     RoomKeysFullyDownloaded = 21,
     RoomPendingKeyBundle = 22,
+    /// A chunk of an outbound group session's shared-with set (`store/outbound.rs`).
+    OutboundShared = 23,
+    /// A pending to-device request of an outbound group session's share (`store/outbound.rs`).
+    OutboundRequest = 24,
 }
 
 impl Kind {
     /// Every kind, for decoding.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 24] = [
         Kind::Account,
         Kind::PrivateIdentity,
         Kind::Session,
@@ -68,6 +72,8 @@ impl Kind {
         Kind::ReceivedRoomKeyBundle,
         Kind::RoomKeysFullyDownloaded,
         Kind::RoomPendingKeyBundle,
+        Kind::OutboundShared,
+        Kind::OutboundRequest,
     ];
 
     /// The kind stored as `n`, if this release knows it.
@@ -100,6 +106,8 @@ impl Kind {
             Kind::ReceivedRoomKeyBundle => "received_room_key_bundle",
             Kind::RoomKeysFullyDownloaded => "room_keys_fully_downloaded",
             Kind::RoomPendingKeyBundle => "room_pending_key_bundle",
+            Kind::OutboundShared => "outbound_shared",
+            Kind::OutboundRequest => "outbound_request",
         }
     }
 }

@@ -22,7 +22,9 @@
 //! The costs: memory (the account's rows are held in memory as the memory store holds them,
 //! pickles as JSON, which is what a machine on the memory store holds too), and every saved Olm
 //! session and inbound group session is pickled twice, once for the database and once more by
-//! the memory store, which takes sessions only as objects.
+//! the memory store, which takes sessions only as objects. Outbound group sessions, which the
+//! crate saves whole after every message and every sent request of a share, are written in
+//! parts (see [`outbound`]), so each save costs what changed.
 //!
 //! # Where the memory store's behaviour is not a persistent store's
 //! `MemoryStore::save_changes` replaces the private cross-signing identity with whatever the
@@ -66,6 +68,7 @@ use super::{
     batch,
     codec::{custom_value, parse_custom_value, Codec, Kind},
     error::{Result, StoreError},
+    outbound::{self, Part, Parts, WrittenMap},
 };
 
 /// The account a store is opened for.
@@ -76,7 +79,7 @@ pub struct AccountKey {
 }
 
 /// `a` and `b` as one unambiguous key: `a`'s length, `a`, then `b`.
-fn pair(a: &str, b: &str) -> Vec<u8> {
+pub(super) fn pair(a: &str, b: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + a.len() + b.len());
     out.extend_from_slice(&(a.len() as u32).to_le_bytes());
     out.extend_from_slice(a.as_bytes());
@@ -143,6 +146,8 @@ pub struct Engine {
     attached: std::sync::atomic::AtomicBool,
     /// Names this engine's custom values held by [`batch::batched`].
     id: u64,
+    /// What the database holds of each room's outbound group session (see [`outbound`]).
+    outbound: std::sync::Mutex<WrittenMap>,
 }
 
 /// The next engine's [`Engine::id`].
@@ -208,6 +213,7 @@ impl Engine {
             static_account: RwLock::new(None),
             lease_lost: None,
             id: NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            outbound: std::sync::Mutex::new(WrittenMap::new()),
         };
         engine.reload().await?;
         Ok(engine)
@@ -230,8 +236,9 @@ impl Engine {
         let _guard = self.write_lock.lock().await;
         let rows = self.backend.load(self.account).await?;
         let fresh = Arc::new(MemoryStore::new());
-        let statics = fill(&self.codec, &fresh, rows).await?;
+        let (statics, written) = fill(&self.codec, &fresh, rows).await?;
         *self.cache.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = written;
         *self.static_account.write().unwrap_or_else(|e| e.into_inner()) = statics;
         Ok(())
     }
@@ -265,15 +272,17 @@ impl Engine {
 }
 
 /// Decode an account's rows into a fresh memory store.
-async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) -> Result<Option<StaticAccountData>> {
+async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) -> Result<(Option<StaticAccountData>, WrittenMap)> {
     let mut changes = Changes::default();
     let mut account = None;
     let mut sessions: Vec<PickledSession> = Vec::new();
-    let mut outbound = Vec::new();
+    let mut outbound: Vec<Vec<u8>> = Vec::new();
+    let mut parts = Parts::default();
     let mut inbound: HashMap<(OwnedRoomId, String), InboundGroupSession> = HashMap::new();
     let mut backed_up: HashMap<(OwnedRoomId, String), String> = HashMap::new();
     let mut tracked = Vec::new();
     let mut custom = Vec::new();
+    let mut written = WrittenMap::new();
     for (kind, value) in rows {
         match kind {
             Kind::Account => {
@@ -295,7 +304,9 @@ async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) ->
                 let (room, session, version): (OwnedRoomId, String, String) = codec.open(&value)?;
                 backed_up.insert((room, session), version);
             }
-            Kind::OutboundGroupSession => outbound.push(codec.open_json(&value)?),
+            Kind::OutboundGroupSession => outbound.push(value),
+            Kind::OutboundShared => parts.add_shared(codec.open_json(&value)?),
+            Kind::OutboundRequest => parts.add_request(codec.open_json(&value)?),
             Kind::Device => {
                 let device: DeviceData = codec.open(&value)?;
                 changes.devices.new.push(device);
@@ -371,16 +382,25 @@ async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) ->
                 .sessions
                 .push(Session::from_pickle(own_keys.clone(), pickle).map_err(|e| StoreError::Decode(e.to_string()))?);
         }
-        for pickle in outbound {
-            changes.outbound_group_sessions.push(
+        for value in outbound {
+            let restore = |pickle| {
                 OutboundGroupSession::from_pickle(statics.device_id.clone(), statics.identity_keys.clone(), pickle)
-                    .map_err(|e| StoreError::Decode(e.to_string()))?,
-            );
+                    .map_err(|e| StoreError::Decode(e.to_string()))
+            };
+            // The session id is inside the vodozemac pickle: unpickle once to learn it, then
+            // again with the parts of that session put back.
+            let session_id = restore(codec.open_json(&value)?)?.session_id().to_owned();
+            let mut pickle = codec.open_json(&value)?;
+            let stored = parts.assemble(&mut pickle, &session_id);
+            let session = restore(pickle)?;
+            written.insert(session.room_id().to_owned(), stored);
+            changes.outbound_group_sessions.push(session);
         }
     } else if !sessions.is_empty() || !outbound.is_empty() {
         return Err(StoreError::Decode("Olm or outbound group sessions are stored without an account".into()));
     }
 
+    written.extend(parts.orphans().filter(|(room, _)| !written.contains_key(room)).collect::<Vec<_>>());
     let statics = account.as_ref().map(|a| a.static_data().clone());
     if let Some(account) = account {
         infallible(cache.save_pending_changes(PendingChanges { account: Some(account) }).await);
@@ -398,7 +418,7 @@ async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) ->
     for (key, value) in custom {
         infallible(cache.set_custom_value(&key, value).await);
     }
-    Ok(statics)
+    Ok((statics, written))
 }
 
 /// The memory store's calls cannot fail.
@@ -456,8 +476,25 @@ impl CryptoStore for Engine {
                 codec.seal(&session.pickle().await)?,
             );
         }
+        let mut outbound_after = Vec::new();
         for session in &changes.outbound_group_sessions {
-            batch.put(Kind::OutboundGroupSession, session.room_id().as_bytes(), codec.seal_json(&session.pickle().await)?);
+            let pickle = session.pickle().await;
+            let room = session.room_id();
+            let (row, parts, after) = {
+                let written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+                outbound::split(pickle, session.session_id(), written.get(room))
+            };
+            batch.put(Kind::OutboundGroupSession, room.as_bytes(), codec.seal_json(&row)?);
+            for part in parts {
+                let kind = part.kind();
+                match part {
+                    Part::Shared(chunk) => batch.put(kind, &outbound::shared_key(room.as_str(), chunk.index), codec.seal_json(&chunk)?),
+                    Part::Request(r) => batch.put(kind, &outbound::request_key(room.as_str(), r.request_id.as_str()), codec.seal_json(&r)?),
+                    Part::DeleteShared(index) => batch.delete(kind, &outbound::shared_key(room.as_str(), index)),
+                    Part::DeleteRequest(id) => batch.delete(kind, &outbound::request_key(room.as_str(), id.as_str())),
+                }
+            }
+            outbound_after.push((room.to_owned(), after));
         }
         // One outgoing request per key or secret, as matrix-sdk-crypto 0.19's stores keep them: a
         // new request replaces the one stored for the same info (in the cache the memory store
@@ -537,6 +574,7 @@ impl CryptoStore for Engine {
             batch::restore(held);
             return Err(e);
         }
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).extend(outbound_after);
         infallible(cache.save_changes(changes).await);
         for e in held {
             match e.value {

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod outbound;
 pub mod schema;
 pub mod postgres;
 pub mod sqlite;
@@ -26,5 +27,7 @@ pub use open::*;
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod outbound_tests;
 #[cfg(all(test, mcn_postgres))]
 mod postgres_tests;

@@ -18,7 +18,7 @@ pub mod reactions;
 pub mod share;
 pub mod sync;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     collections::HashMap,

@@ -39,7 +39,7 @@ use super::{outgoing::Queued, policy::SendPolicy, sync::SyncOutcome, ShareOutcom
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";
 
-fn response<R: IncomingResponse>(body: &Value) -> R {
+pub fn response<R: IncomingResponse>(body: &Value) -> R {
     let bytes = serde_json::to_vec(body).expect("json");
     let http = http::Response::builder().status(200).body(bytes.as_slice()).expect("http response");
     R::try_from_http_response(http).map_err(|e| e.to_string()).expect("a valid response")
@@ -274,7 +274,7 @@ impl Server {
         json!({ "device_keys": out, "failures": {} })
     }
 
-    fn claim(&mut self, claimer: &str, claimer_device: &str, wanted: &Value) -> Value {
+    pub fn claim(&mut self, claimer: &str, claimer_device: &str, wanted: &Value) -> Value {
         let mut out = Map::new();
         for (u, devices) in wanted.as_object().into_iter().flatten() {
             for d in devices.as_object().into_iter().flatten().map(|(d, _)| d) {

@@ -1,0 +1,204 @@
+//! The engine stores outbound group sessions in parts (`store/outbound.rs`): what a message or
+//! a share writes, and that a reopened store has the whole session back.
+
+use std::sync::{Arc, Mutex};
+
+use matrix_sdk_crypto::{
+    olm::PickledOutboundGroupSession,
+    store::CryptoStore,
+    EncryptionSettings,
+};
+use ruma::{RoomId, UserId};
+
+use super::{
+    backend::{Backend, Op},
+    codec::{Codec, Kind},
+    engine::{pair, AccountKey, Engine},
+    outbound::{SharedChunk, StoredRequest, MAX_CHUNKS},
+    sqlite::SqliteBackend,
+};
+use crate::withheld::tests::{Device, Server, ALICE};
+
+const ROOM: &str = "!room:example.org";
+
+fn alice_key() -> AccountKey {
+    AccountKey { user_id: ALICE.into(), device_id: "ALICE".into() }
+}
+
+async fn backend(name: &str) -> Arc<dyn Backend> {
+    let path = super::tests::scratch(&format!("{name}.sqlite3"));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    Arc::new(SqliteBackend::open(path).await.expect("open"))
+}
+
+fn member(i: usize) -> String {
+    format!("@member{i}:example.org")
+}
+
+/// Alice on the engine (no passphrase: rows are plain JSON), and `n` members with one device each.
+async fn setup(backend: &Arc<dyn Backend>, n: usize) -> (Mutex<Server>, Arc<Engine>, Device, Vec<Device>) {
+    let server = Mutex::new(Server::default());
+    let engine = Arc::new(Engine::open(backend.clone(), alice_key(), None).await.expect("engine"));
+    let alice = Device::on_store(&server, ALICE, "ALICE", engine.clone()).await;
+    let mut members = Vec::new();
+    for i in 0..n {
+        members.push(Device::new(&server, &member(i), "PHONE").await);
+    }
+    (server, engine, alice, members)
+}
+
+/// The account's rows of `kind`, as JSON.
+async fn rows(backend: &Arc<dyn Backend>, engine: &Engine, kind: Kind) -> Vec<serde_json::Value> {
+    let all = backend.load(engine.account_id()).await.expect("load");
+    all.into_iter().filter(|(k, _)| *k == kind).map(|(_, v)| serde_json::from_slice(&v).expect("plain JSON")).collect()
+}
+
+fn devices_in(set: &serde_json::Value) -> usize {
+    set.as_object().map(|users| users.values().map(|d| d.as_object().map_or(0, |d| d.len())).sum()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_message_writes_the_sessions_own_row_only() {
+    let backend = backend("outbound-message").await;
+    let (server, engine, alice, _members) = setup(&backend, 20).await;
+    let everyone: Vec<String> = (0..20).map(member).chain([ALICE.to_owned()]).collect();
+    let names: Vec<&str> = everyone.iter().map(String::as_str).collect();
+    alice.share(&server, ROOM, &names, EncryptionSettings::default()).await;
+
+    let row = &rows(&backend, &engine, Kind::OutboundGroupSession).await[0];
+    assert_eq!(devices_in(&row["shared_with_set"]), 0, "the set is not in the session's row");
+    assert_eq!(row["requests"], serde_json::json!({}), "the share's requests were marked sent and are gone");
+    let chunks = rows(&backend, &engine, Kind::OutboundShared).await;
+    assert_eq!(chunks.iter().map(|c| devices_in(&c["entries"])).sum::<usize>(), 20, "the 20 member devices are in chunks");
+    assert!(rows(&backend, &engine, Kind::OutboundRequest).await.is_empty(), "no request is pending");
+
+    let before = rows(&backend, &engine, Kind::OutboundShared).await;
+    alice.encrypt(ROOM, "one message").await;
+    alice.encrypt(ROOM, "two messages").await;
+    assert_eq!(rows(&backend, &engine, Kind::OutboundShared).await, before, "messages write no chunk");
+    let row = &rows(&backend, &engine, Kind::OutboundGroupSession).await[0];
+    assert_eq!(row["message_count"], 2, "the session's row has the new message count");
+}
+
+#[tokio::test]
+async fn a_reopened_store_has_the_whole_set_and_shares_nothing_again() {
+    let backend = backend("outbound-reopen").await;
+    let (server, engine, alice, members) = setup(&backend, MAX_CHUNKS as usize + 3).await;
+    // One more member per share: each share adds a chunk, until the set is written whole again.
+    let mut names = vec![ALICE.to_owned()];
+    for i in 0..members.len() {
+        names.push(member(i));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let outcome = alice.share(&server, ROOM, &refs, EncryptionSettings::default()).await;
+        assert_eq!(outcome.requests.iter().map(|r| r.message_count()).sum::<usize>(), 1, "share {i} reaches the new member only");
+        let chunks = rows(&backend, &engine, Kind::OutboundShared).await;
+        assert!(chunks.len() <= MAX_CHUNKS as usize, "at most {MAX_CHUNKS} chunks, got {}", chunks.len());
+    }
+    let stored: Vec<serde_json::Value> = rows(&backend, &engine, Kind::OutboundShared).await;
+    assert!(stored.len() < members.len(), "the set was compacted on the way: {} chunks for {} shares", stored.len(), members.len());
+    let event = alice.encrypt(ROOM, "before the restart").await;
+    drop(alice);
+    drop(engine);
+
+    let engine = Arc::new(Engine::open(backend.clone(), alice_key(), None).await.expect("reopen"));
+    let session = engine.get_outbound_group_session(RoomId::parse(ROOM).unwrap().as_ref()).await.unwrap().expect("session");
+    let pickle: PickledOutboundGroupSession = session.pickle().await;
+    assert_eq!(pickle.shared_with_set.values().map(|d| d.len()).sum::<usize>(), members.len(), "every member device is back in the set");
+    assert_eq!(pickle.message_count, 1);
+    let server_again = server;
+    let alice = Device::on_store(&server_again, ALICE, "ALICE", engine.clone()).await;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let outcome = alice.share(&server_again, ROOM, &refs, EncryptionSettings::default()).await;
+    assert!(outcome.requests.is_empty(), "nobody gets the key again after the restart");
+    for m in &members {
+        m.sync(&server_again).await;
+        assert_eq!(m.decrypt(&event).await.as_deref(), Ok("before the restart"), "{} decrypts", m.user());
+    }
+}
+
+#[tokio::test]
+async fn pending_requests_are_rows_of_their_own_until_sent() {
+    let backend = backend("outbound-pending").await;
+    let (server, engine, alice, _members) = setup(&backend, 3).await;
+    let names = [ALICE.to_owned(), member(0), member(1), member(2)];
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    alice.track(&server, &refs).await;
+    let ids: Vec<ruma::OwnedUserId> = refs.iter().map(|u| UserId::parse(*u).unwrap()).collect();
+    let (id, claim) = alice.machine.get_missing_sessions(ids.iter().map(|u| u.as_ref())).await.unwrap().expect("claim");
+    let body = server.lock().unwrap().claim(ALICE, "ALICE", &serde_json::to_value(&claim.one_time_keys).unwrap());
+    let parsed: ruma::api::client::keys::claim_keys::v3::Response = crate::withheld::tests::response(&body);
+    alice.machine.mark_request_as_sent(&id, &parsed).await.unwrap();
+    let room = RoomId::parse(ROOM).unwrap();
+    let requests = alice.machine.share_room_key(&room, ids.iter().map(|u| u.as_ref()), EncryptionSettings::default()).await.unwrap();
+    assert!(!requests.is_empty());
+
+    let pending = rows(&backend, &engine, Kind::OutboundRequest).await;
+    assert_eq!(pending.len(), requests.len(), "one row per pending request");
+    assert_eq!(devices_in(&rows(&backend, &engine, Kind::OutboundGroupSession).await[0]["requests"]), 0);
+    // Reopened before anything was sent: the pending requests are in the session again.
+    {
+        let fresh = Engine::open(backend.clone(), alice_key(), None).await.expect("second engine");
+        let pickle = fresh.get_outbound_group_session(&room).await.unwrap().expect("session").pickle().await;
+        assert_eq!(pickle.requests.len(), requests.len(), "the pending requests came back");
+    }
+    for r in &requests {
+        alice
+            .machine
+            .mark_request_as_sent(&r.txn_id, &ruma::api::client::to_device::send_event_to_device::v3::Response::new())
+            .await
+            .unwrap();
+    }
+    assert!(rows(&backend, &engine, Kind::OutboundRequest).await.is_empty(), "sent requests' rows are deleted");
+    let chunks = rows(&backend, &engine, Kind::OutboundShared).await;
+    assert_eq!(chunks.iter().map(|c| devices_in(&c["entries"])).sum::<usize>(), 3, "the sent devices are in the set's chunks");
+}
+
+#[tokio::test]
+async fn a_row_written_before_the_split_loads_whole_and_is_split_when_saved() {
+    let backend = backend("outbound-legacy").await;
+    let (server, engine, alice, _members) = setup(&backend, 2).await;
+    let names = [ALICE.to_owned(), member(0), member(1)];
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    alice.share(&server, ROOM, &refs, EncryptionSettings::default()).await;
+    let room = RoomId::parse(ROOM).unwrap();
+    let whole = engine.get_outbound_group_session(&room).await.unwrap().expect("session").pickle().await;
+    assert_eq!(whole.shared_with_set.values().map(|d| d.len()).sum::<usize>(), 2);
+    drop(alice);
+    drop(engine);
+
+    // Put the store back as a release before the split wrote it: one row with the whole set.
+    let codec = Codec::new(None);
+    let account = Engine::open(backend.clone(), alice_key(), None).await.unwrap().account_id();
+    let mut ops: Vec<Op> = Vec::new();
+    for (kind, value) in backend.load(account).await.unwrap() {
+        let key = match kind {
+            Kind::OutboundShared => {
+                let c: SharedChunk = serde_json::from_slice(&value).unwrap();
+                pair(c.room_id.as_str(), &c.index.to_string())
+            }
+            Kind::OutboundRequest => {
+                let r: StoredRequest = serde_json::from_slice(&value).unwrap();
+                pair(r.room_id.as_str(), r.request_id.as_str())
+            }
+            _ => continue,
+        };
+        ops.push(Op::Delete { kind, key: codec.key(kind, &key) });
+    }
+    ops.push(Op::Put { kind: Kind::OutboundGroupSession, key: codec.key(Kind::OutboundGroupSession, ROOM.as_bytes()), value: codec.seal_json(&whole).unwrap() });
+    backend.write(account, ops).await.unwrap();
+
+    let engine = Arc::new(Engine::open(backend.clone(), alice_key(), None).await.expect("reopen"));
+    assert!(rows(&backend, &engine, Kind::OutboundShared).await.is_empty());
+    let pickle = engine.get_outbound_group_session(&room).await.unwrap().expect("session").pickle().await;
+    assert_eq!(pickle.shared_with_set.values().map(|d| d.len()).sum::<usize>(), 2, "the old row loads with its set");
+    let alice = Device::on_store(&server, ALICE, "ALICE", engine.clone()).await;
+    alice.encrypt(ROOM, "after the upgrade").await;
+    let row = &rows(&backend, &engine, Kind::OutboundGroupSession).await[0];
+    assert_eq!(devices_in(&row["shared_with_set"]), 0, "saved again, the row is split");
+    let chunks = rows(&backend, &engine, Kind::OutboundShared).await;
+    assert_eq!(chunks.iter().map(|c| devices_in(&c["entries"])).sum::<usize>(), 2);
+}
