@@ -38,7 +38,7 @@ import type {
   WithheldRecipient,
   WithheldRecord,
 } from './withheld';
-import type { ReceivedRoomKeyBundle, RoomKeyBundleResult, RoomKeyBundleUpload } from './bundles';
+import type { ReceivedRoomKeyBundle, RoomKeyBundleResult, RoomKeyBundleUpload, RoomKeyBundleWithheldEntry } from './bundles';
 
 let wrap: (inner: NativeMachine) => OlmMachine;
 
@@ -400,8 +400,7 @@ export class OlmMachine {
   async getReceivedRoomKeyBundle(roomId: string, inviterUserId: string): Promise<ReceivedRoomKeyBundle | null> {
     requireString('roomId', roomId);
     requireString('inviterUserId', inviterUserId);
-    const json = await native(() => this.#inner.receivedRoomKeyBundle(roomId, inviterUserId));
-    return json ? (JSON.parse(json) as ReceivedRoomKeyBundle) : null;
+    return (await native(() => this.#inner.receivedRoomKeyBundle(roomId, inviterUserId))) ?? null;
   }
 
   /**
@@ -427,9 +426,11 @@ export class OlmMachine {
     }
     const data = Buffer.from(encryptedBundle.buffer, encryptedBundle.byteOffset, encryptedBundle.byteLength);
     const relay = new ProgressRelay(options.onProgress, 'onProgress');
-    const json = await native(() => this.#inner.receiveRoomKeyBundle(roomId, inviterUserId, data, relay.callback));
+    const out = await native(() => this.#inner.receiveRoomKeyBundle(roomId, inviterUserId, data, relay.callback));
     relay.rethrow();
-    return JSON.parse(json) as RoomKeyBundleResult;
+    // Each entry is its record (with `source: 'key_bundle'`) plus the verdict, flat as a received notice.
+    const withheld = out.withheld.map(({ record, verdict }) => ({ kind: 'room', ...record, verdict }) as RoomKeyBundleWithheldEntry);
+    return { ...out, withheld };
   }
 
   /** Counters of received withheld notices, including ignored spoofed ones. */
@@ -510,7 +511,7 @@ export class OlmMachine {
 
   /** The machine-wide withheld policy (see {@link setWithheldPolicy}). */
   getWithheldPolicy(): WithheldPolicy {
-    return JSON.parse(nativeSync(() => this.#inner.withheldPolicy())) as WithheldPolicy;
+    return nativeSync(() => this.#inner.withheldPolicy());
   }
 
   /** Whether the machine reacts to `m.no_olm` notices (see {@link OpenOptions.reactToNoOlm}). */
@@ -570,7 +571,8 @@ export class OlmMachine {
   async decryptRoomEvent(event: MatrixEvent | string, roomId: string): Promise<DecryptedRoomEvent> {
     requireString('roomId', roomId);
     const json = jsonArg('event', event);
-    return JSON.parse(await native(() => this.#inner.decryptRoomEvent(json, roomId))) as DecryptedRoomEvent;
+    const out = await native(() => this.#inner.decryptRoomEvent(json, roomId));
+    return { event: JSON.parse(out.event) as MatrixEvent, ...out.encryptionInfo };
   }
 
   /** A device we know of, or `null`. */

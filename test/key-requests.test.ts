@@ -2,39 +2,14 @@ import { describe, it, expect } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { DecryptionError } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
+import { ALICE, BOB, ROOM, secondDeviceJoins } from './helpers/second-device';
+import { sendToDevice } from './helpers/to-device';
 
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
 const MALLORY = '@mallory:example.org';
-const ROOM = '!room:example.org';
-
-/** Alice's bot device A1 holds a room key from Bob; her second device A2 joins later. */
-async function setup({ verifyA2 = true } = {}) {
-  const hs = new TestHomeserver();
-  const a1 = await TestDevice.create(hs, ALICE, 'A1');
-  const bob = await TestDevice.create(hs, BOB, 'BOB');
-  const event = await bob.sendMessage(ROOM, [ALICE, BOB], { body: 'secret' });
-  await a1.sync();
-  const a2 = await TestDevice.create(hs, ALICE, 'A2');
-  for (const d of [a1, a2]) {
-    await d.machine.updateTrackedUsers([ALICE, BOB]);
-    await d.sync();
-  }
-  await a2.machine.setLocalTrust(ALICE, 'A1', 'verified');
-  if (verifyA2) await a1.machine.setLocalTrust(ALICE, 'A2', 'verified');
-  return { hs, a1, a2, bob, event };
-}
 
 function request(hs: TestHomeserver, from: { userId: string; deviceId: string }, to: string, body: object, action = 'request', requestId = randomUUID()) {
-  const txnId = randomUUID();
-  hs.handle(from.userId, from.deviceId, {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key_request',
-    body: JSON.stringify({
-      messages: { [to]: { '*': { action, requesting_device_id: from.deviceId, request_id: requestId, ...(action === 'request' ? { body } : {}) } } },
-    }),
+  sendToDevice(hs, from, 'm.room_key_request', {
+    [to]: { '*': { action, requesting_device_id: from.deviceId, request_id: requestId, ...(action === 'request' ? { body } : {}) } },
   });
   return requestId;
 }
@@ -48,7 +23,7 @@ async function knownMallory(hs: TestHomeserver, a1: TestDevice) {
 
 describe('answers to room-key requests', () => {
   it('forwards the session to our own verified device, which then decrypts', async () => {
-    const { a1, a2, event } = await setup();
+    const { a1, a2, event } = await secondDeviceJoins();
     const err = await a2.machine.decryptRoomEvent(event, ROOM).catch((e) => e);
     expect(err).toBeInstanceOf(DecryptionError);
     await a2.flush(); // the crate's automatic key request to our verified devices
@@ -66,7 +41,7 @@ describe('answers to room-key requests', () => {
   });
 
   it('refuses our own unverified device with m.unverified', async () => {
-    const { hs, a1, a2, event } = await setup({ verifyA2: false });
+    const { hs, a1, a2, event } = await secondDeviceJoins({ verifyA2: false });
     await a2.machine.decryptRoomEvent(event, ROOM).catch(() => undefined);
     await a2.flush();
     const { keyRequestAnswers } = await a1.sync();
@@ -79,7 +54,7 @@ describe('answers to room-key requests', () => {
   });
 
   it('refuses other users with m.unauthorised, and answers m.unavailable for sessions we lack', async () => {
-    const { hs, a1, event } = await setup();
+    const { hs, a1, event } = await secondDeviceJoins();
     const mallory = await TestDevice.create(hs, MALLORY, 'M');
     await a1.machine.updateTrackedUsers([MALLORY]);
     await a1.flush();
@@ -101,7 +76,7 @@ describe('answers to room-key requests', () => {
   });
 
   it("gets no answer for another user's device we do not know (never published)", async () => {
-    const { hs, a1, event } = await setup();
+    const { hs, a1, event } = await secondDeviceJoins();
     request(hs, { userId: MALLORY, deviceId: 'NEVER_PUBLISHED' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: event.content.session_id });
     const { keyRequestAnswers } = await a1.sync();
     expect(keyRequestAnswers).toEqual([expect.objectContaining({ requestingDevice: 'NEVER_PUBLISHED', answer: 'ignored', sent: false })]);
@@ -109,7 +84,7 @@ describe('answers to room-key requests', () => {
   });
 
   it('follows the policy: refusals suppressed under send: none', async () => {
-    const { hs, a1, event } = await setup();
+    const { hs, a1, event } = await secondDeviceJoins();
     await knownMallory(hs, a1);
     a1.machine.setWithheldPolicy({ send: 'none' });
     request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: event.content.session_id });
@@ -119,7 +94,7 @@ describe('answers to room-key requests', () => {
   });
 
   it('a cancellation in the same batch withdraws the answer', async () => {
-    const { hs, a1, event } = await setup();
+    const { hs, a1, event } = await secondDeviceJoins();
     const body = { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: event.content.session_id };
     const id = request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, body);
     request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, body, 'request_cancellation', id);
@@ -128,7 +103,7 @@ describe('answers to room-key requests', () => {
   });
 
   it('a flood of thousands of requests produces bounded output', async () => {
-    const { hs, a1 } = await setup();
+    const { hs, a1 } = await secondDeviceJoins();
     await knownMallory(hs, a1);
     for (let i = 0; i < 3_000; i++) {
       request(hs, { userId: MALLORY, deviceId: 'M' }, ALICE, { algorithm: 'm.megolm.v1.aes-sha2', room_id: ROOM, session_id: `s${i % 1_500}` });

@@ -47,6 +47,21 @@ describe('OlmMachine: two devices on the test homeserver', () => {
     // Bob never queried Alice's devices, and Alice has no cross-signing: red, unsigned device.
     expect(decrypted.senderDeviceVerified).toBeNull();
     expect(decrypted.shieldState).toMatchObject({ color: 'red', code: 'UnsignedDevice' });
+    // Exactly these fields, and nothing else (a plain object, as a user would log or store it).
+    expect(decrypted).toStrictEqual({
+      event: expect.objectContaining({ type: 'm.room.message', room_id: ROOM, content: { msgtype: 'm.text', body: 'hi bob' } }),
+      sender: alice.userId,
+      senderDevice: 'ALICE',
+      senderCurve25519Key: alice.machine.identityKeys.curve25519,
+      senderClaimedEd25519Key: alice.machine.identityKeys.ed25519,
+      forwarder: null,
+      forwardingCurve25519KeyChain: [],
+      sessionId: event.content.session_id,
+      verificationState: 'unverified',
+      senderDeviceVerified: null,
+      shieldState: { color: 'red', code: 'UnsignedDevice', message: expect.any(String) },
+      shieldStateStrict: { color: 'red', code: 'UnverifiedIdentity', message: expect.any(String) },
+    });
 
     const reply = await bob.sendMessage(ROOM, members, { msgtype: 'm.text', body: 'hi alice' });
     await alice.sync();

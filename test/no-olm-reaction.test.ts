@@ -2,9 +2,9 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomUUID } from 'node:crypto';
 import { OlmMachine } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
+import { sendToDevice } from './helpers/to-device';
 
 const ALICE = '@alice:example.org';
 const BOB = '@bob:example.org';
@@ -31,15 +31,8 @@ const claimsBy = (hs: TestHomeserver, from: string) =>
   hs.requestLog.filter((r) => r.from === from && r.type === 'keys_claim' && r.body.one_time_keys?.[ALICE]?.ALICE);
 
 function forgeNoOlm(hs: TestHomeserver, alice: TestDevice) {
-  const txnId = randomUUID();
-  hs.handle(ALICE, 'ALICE', {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key.withheld',
-    body: JSON.stringify({
-      messages: { [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } } },
-    }),
+  sendToDevice(hs, alice, 'm.room_key.withheld', {
+    [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } },
   });
 }
 

@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { TestDevice, TestHomeserver } from '../src/testing';
 import type { MatrixEvent } from '../src/types';
 import { postgresInstalled, startPostgres, type TestPostgres } from './helpers/postgres';
+import { ChildHomeserver, sleep } from './helpers/child-bot';
 import { BOT, PEER, type FromChild, type ToChild } from './store-failover-child';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** The lease of an open PostgreSQL account (native/src/store/open.rs LEASE_MS). */
 const LEASE_MS = 15_000;
 
@@ -32,8 +32,8 @@ describe.runIf(postgresInstalled())('PostgreSQL failover', () => {
     /** Peer messages by session id, the session ids a holder reported, and what each child did. */
     const bySession = new Map<string, MatrixEvent>();
     const reported = new Set<string>();
-    let batch: { id: number; changes: ReturnType<TestHomeserver['syncFor']> } | undefined;
-    let batchId = 0;
+    // Like Synapse: a batch is delivered again until the next sync acknowledges it.
+    const homeserver = new ChildHomeserver(hs, BOT, 'BOT', () => [...bySession.values()].slice(-4));
 
     interface Life {
       child: ChildProcess;
@@ -56,31 +56,17 @@ describe.runIf(postgresInstalled())('PostgreSQL failover', () => {
       child.stderr?.setEncoding('utf8').on('data', (d: string) => (life.stderr += d));
       const reply = (m: ToChild) => child.connected && child.send(m);
       child.on('message', (m: FromChild) => {
+        if (homeserver.answer(m, reply)) return;
         switch (m.type) {
           case 'waiting':
             life.waiting = true;
             break;
-          case 'opened':
+          case 'ready':
             life.opened = { at: Date.now(), curve25519: m.curve25519 };
             reply({ type: 'verify', events: [...reported].map((s) => bySession.get(s)!).filter(Boolean) });
             break;
           case 'verified':
             life.verified = { checked: m.checked, failed: m.failed };
-            break;
-          case 'request':
-            try {
-              reply({ type: 'response', id: m.id, body: hs.handle(BOT, 'BOT', m.request) });
-            } catch (err) {
-              reply({ type: 'response', id: m.id, body: '', error: (err as Error).message });
-            }
-            break;
-          case 'sync':
-            // Like Synapse: a batch is delivered again until the next sync acknowledges it.
-            batch ??= { id: batchId++, changes: hs.syncFor(BOT, 'BOT') };
-            reply({ type: 'batch', id: m.id, batch: batch.id, changes: batch.changes, recentEvents: [...bySession.values()].slice(-4) });
-            break;
-          case 'ack':
-            if (batch?.id === m.batch) batch = undefined;
             break;
           case 'received':
             for (const s of m.sessionIds) if (bySession.has(s)) reported.add(s);

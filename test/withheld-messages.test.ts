@@ -1,43 +1,10 @@
 // What a decryption error says (its message, our log record) comes from our verdict, never from
 // a notice the crate was tricked into believing.
 import { afterEach, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
-import { DecryptionError, setLogger, type LogRecord } from '../src/index';
-import { TestDevice, TestHomeserver } from '../src/testing';
-
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
-const MALLORY = '@mallory:example.org';
-const ROOM = '!room:example.org';
+import { setLogger, type LogRecord } from '../src/index';
+import { ALICE, BOB, ROOM, decryptError, noticeRecipient, sendNotice } from './helpers/notice-recipient';
 
 afterEach(() => setLogger(null));
-
-async function setup() {
-  const hs = new TestHomeserver();
-  const alice = await TestDevice.create(hs, ALICE, 'ALICE');
-  const bob = await TestDevice.create(hs, BOB, 'BOB');
-  const mallory = await TestDevice.create(hs, MALLORY, 'MALLORY');
-  await bob.machine.updateTrackedUsers([ALICE, MALLORY]);
-  await bob.flush();
-  return { hs, alice, bob, mallory };
-}
-
-function sendNotice(hs: TestHomeserver, from: TestDevice, content: Record<string, unknown>) {
-  const txnId = randomUUID();
-  hs.handle(from.userId, from.deviceId, {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key.withheld',
-    body: JSON.stringify({ messages: { [BOB]: { BOB: content } } }),
-  });
-}
-
-async function decryptError(bob: TestDevice, event: object): Promise<DecryptionError> {
-  const err = await bob.machine.decryptRoomEvent(event as never, ROOM).catch((e) => e);
-  expect(err).toBeInstanceOf(DecryptionError);
-  return err;
-}
 
 async function logged<T>(run: () => Promise<T>): Promise<{ result: T; records: LogRecord[] }> {
   const records: LogRecord[] = [];
@@ -50,7 +17,7 @@ async function logged<T>(run: () => Promise<T>): Promise<{ result: T; records: L
 
 describe('decryption error messages', () => {
   it("never quote a forged code: a third user's notice claiming the creator's key", async () => {
-    const { hs, alice, bob, mallory } = await setup();
+    const { hs, alice, bob, mallory } = await noticeRecipient();
     const event = await alice.sendMessage(ROOM, [ALICE]); // Bob is not a recipient
     sendNotice(hs, mallory, {
       algorithm: 'm.megolm.v1.aes-sha2',
@@ -73,7 +40,7 @@ describe('decryption error messages', () => {
   });
 
   it("state the creator's real code and reason when a forgery came too", async () => {
-    const { hs, alice, bob, mallory } = await setup();
+    const { hs, alice, bob, mallory } = await noticeRecipient();
     await alice.machine.updateTrackedUsers([BOB]);
     await alice.flush();
     await alice.machine.setLocalTrust(BOB, 'BOB', 'verified');
@@ -98,7 +65,7 @@ describe('decryption error messages', () => {
   });
 
   it('agree with the code: UnknownMessageIndex does not say the key is missing', async () => {
-    const { alice, bob } = await setup();
+    const { alice, bob } = await noticeRecipient();
     await alice.machine.updateTrackedUsers([BOB]);
     await alice.flush();
     const settings = { sharingStrategy: 'only_trusted_devices' as const };
@@ -113,7 +80,7 @@ describe('decryption error messages', () => {
   });
 
   it('name custom codes plainly', async () => {
-    const { hs, alice, bob } = await setup();
+    const { hs, alice, bob } = await noticeRecipient();
     const event = await alice.sendMessage(ROOM, [ALICE]);
     sendNotice(hs, alice, {
       algorithm: 'm.megolm.v1.aes-sha2',

@@ -2,51 +2,17 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomUUID } from 'node:crypto';
-import { DecryptionError, OlmMachine, type WithheldNotice } from '../src/index';
-import { TestDevice, TestHomeserver } from '../src/testing';
-
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
-const MALLORY = '@mallory:example.org';
-const ROOM = '!room:example.org';
+import { OlmMachine, type WithheldNotice } from '../src/index';
+import { ALICE, BOB, MALLORY, ROOM, decryptError, noticeRecipient, sendNotice } from './helpers/notice-recipient';
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-async function setup(bobStore?: { kind: 'sqlite'; path: string }) {
-  const hs = new TestHomeserver();
-  const alice = await TestDevice.create(hs, ALICE, 'ALICE');
-  const bob = await TestDevice.create(hs, BOB, 'BOB', bobStore);
-  const mallory = await TestDevice.create(hs, MALLORY, 'MALLORY');
-  await bob.machine.updateTrackedUsers([ALICE, MALLORY]);
-  await bob.flush();
-  return { hs, alice, bob, mallory };
-}
-
-/** Send a hand-made withheld notice from `from` to Bob, as any client could. */
-function sendNotice(hs: TestHomeserver, from: TestDevice, content: Record<string, unknown>) {
-  const txnId = randomUUID();
-  hs.handle(from.userId, from.deviceId, {
-    type: 'to_device',
-    id: txnId,
-    txnId,
-    eventType: 'm.room_key.withheld',
-    body: JSON.stringify({ messages: { [BOB]: { BOB: content } } }),
-  });
-}
-
-async function decryptError(bob: TestDevice, event: object): Promise<DecryptionError> {
-  const err = await bob.machine.decryptRoomEvent(event as never, ROOM).catch((e) => e);
-  expect(err).toBeInstanceOf(DecryptionError);
-  return err;
-}
 
 describe('received withheld notices', () => {
   it('are typed, keep their reason, reach subscribers, and persist across a restart', async () => {
     const path = mkdtempSync(join(tmpdir(), 'mcn-recv-'));
     dirs.push(path);
-    const { alice, bob } = await setup({ kind: 'sqlite', path });
+    const { alice, bob } = await noticeRecipient({ kind: 'sqlite', path });
     const seen: WithheldNotice[] = [];
     const stop = bob.machine.on('withheld', (n) => seen.push(n));
 
@@ -88,7 +54,7 @@ describe('received withheld notices', () => {
   });
 
   it('a message whose key has simply not arrived has no withheld explanation', async () => {
-    const { alice, bob } = await setup();
+    const { alice, bob } = await noticeRecipient();
     const event = await alice.sendMessage(ROOM, [ALICE, BOB]);
     const err = await decryptError(bob, event);
     expect(err.code).toBe('MissingRoomKey');
@@ -96,7 +62,7 @@ describe('received withheld notices', () => {
   });
 
   it('partially withheld: unverified, then verified, earlier messages report the notice (before_first_index)', async () => {
-    const { alice, bob } = await setup();
+    const { alice, bob } = await noticeRecipient();
     await alice.machine.updateTrackedUsers([BOB]);
     await alice.flush();
     const settings = { sharingStrategy: 'only_trusted_devices' as const };
@@ -115,7 +81,7 @@ describe('received withheld notices', () => {
   });
 
   it('a forged notice about someone else\'s session is ignored for explanations and counted', async () => {
-    const { hs, alice, bob, mallory } = await setup();
+    const { hs, alice, bob, mallory } = await noticeRecipient();
     const event = await alice.sendMessage(ROOM, [ALICE]); // Bob is not a recipient
     sendNotice(hs, mallory, {
       algorithm: 'm.megolm.v1.aes-sha2',
@@ -133,7 +99,7 @@ describe('received withheld notices', () => {
   });
 
   it('a forged notice does not replace the creator\'s real one', async () => {
-    const { hs, alice, bob, mallory } = await setup();
+    const { hs, alice, bob, mallory } = await noticeRecipient();
     await alice.machine.updateTrackedUsers([BOB]);
     await alice.flush();
     await alice.machine.setLocalTrust(BOB, 'BOB', 'blacklisted');
@@ -150,7 +116,7 @@ describe('received withheld notices', () => {
   });
 
   it('keeps custom codes and their reasons', async () => {
-    const { hs, alice, bob } = await setup();
+    const { hs, alice, bob } = await noticeRecipient();
     const event = await alice.sendMessage(ROOM, [ALICE]);
     sendNotice(hs, alice, {
       algorithm: 'm.megolm.v1.aes-sha2',
@@ -170,7 +136,7 @@ describe('received withheld notices', () => {
   });
 
   it('counts malformed notices and reports nothing for them', async () => {
-    const { hs, alice, bob } = await setup();
+    const { hs, alice, bob } = await noticeRecipient();
     sendNotice(hs, alice, { code: 'm.unverified', sender_key: alice.machine.identityKeys.curve25519 });
     const { withheldNotices } = await bob.sync();
     expect(withheldNotices).toEqual([]);
@@ -180,7 +146,7 @@ describe('received withheld notices', () => {
 
 describe('m.no_olm received', () => {
   it('explains messages the sender device sent before we got the notice', async () => {
-    const { hs, alice, bob } = await setup();
+    const { hs, alice, bob } = await noticeRecipient();
     hs.exhaustKeys(BOB, 'BOB');
     const event = await alice.sendMessage(ROOM, [ALICE, BOB]);
     const { withheldNotices } = await bob.sync();

@@ -1,28 +1,14 @@
 // Small things a new user meets: the sender device of a forwarded key, one naming style for the
 // withheld getters, a bound on what one notice can store, no silent memory store.
 import { describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
 import { MatrixCryptoError, OlmMachine } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
-
-const ALICE = '@alice:example.org';
-const BOB = '@bob:example.org';
-const ROOM = '!room:example.org';
+import { ALICE, BOB, ROOM, secondDeviceJoins } from './helpers/second-device';
+import { sendToDevice } from './helpers/to-device';
 
 describe('small things', () => {
   it('names the sender device of an event decrypted with a forwarded key, when that device is known', async () => {
-    const hs = new TestHomeserver();
-    const a1 = await TestDevice.create(hs, ALICE, 'A1');
-    const bob = await TestDevice.create(hs, BOB, 'BOB');
-    const event = await bob.sendMessage(ROOM, [ALICE, BOB], { body: 'secret' });
-    await a1.sync();
-    const a2 = await TestDevice.create(hs, ALICE, 'A2');
-    for (const d of [a1, a2]) {
-      await d.machine.updateTrackedUsers([ALICE, BOB]);
-      await d.sync();
-    }
-    await a2.machine.setLocalTrust(ALICE, 'A1', 'verified');
-    await a1.machine.setLocalTrust(ALICE, 'A2', 'verified');
+    const { a1, a2, event } = await secondDeviceJoins();
     await a2.machine.decryptRoomEvent(event, ROOM).catch(() => undefined);
     await a2.flush();
     await a1.sync();
@@ -36,10 +22,13 @@ describe('small things', () => {
   it('reads and writes the withheld settings with get/set methods', async () => {
     const m = await OlmMachine.open({ userId: ALICE, deviceId: 'A', store: { kind: 'memory' }, reactToNoOlm: false });
     expect(m.getReactToNoOlm()).toBe(false);
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: 'all', reasons: {} });
+    m.setWithheldPolicy({ send: 'none', reasons: { 'm.unverified': 'Verify first.', 'com.example.policy': 'Policy.' } });
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: 'none', reasons: { 'com.example.policy': 'Policy.', 'm.unverified': 'Verify first.' } });
     m.setReactToNoOlm(true);
     expect(m.getReactToNoOlm()).toBe(true);
     m.setWithheldPolicy({ send: ['m.unverified'] });
-    expect(m.getWithheldPolicy()).toEqual({ send: ['m.unverified'], reasons: {} });
+    expect(m.getWithheldPolicy()).toStrictEqual({ send: ['m.unverified'], reasons: {} });
     expect(await m.getNoOlmState(BOB, 'BOB')).toBeNull();
     expect('noOlmState' in m || 'withheldPolicy' in m).toBe(false);
   });
@@ -50,14 +39,9 @@ describe('small things', () => {
     const bob = await TestDevice.create(hs, BOB, 'BOB');
     await bob.machine.updateTrackedUsers([ALICE]);
     await bob.flush();
-    const txnId = randomUUID();
     const reason = 'x'.repeat(1_000_000);
-    hs.handle(ALICE, 'ALICE', {
-      type: 'to_device',
-      id: txnId,
-      txnId,
-      eventType: 'm.room_key.withheld',
-      body: JSON.stringify({ messages: { [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', reason, sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } } } }),
+    sendToDevice(hs, alice, 'm.room_key.withheld', {
+      [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.no_olm', reason, sender_key: alice.machine.identityKeys.curve25519, from_device: 'ALICE' } },
     });
     const { withheldNotices } = await bob.sync();
     expect(Buffer.byteLength(withheldNotices[0]!.reason!)).toBeLessThanOrEqual(1024);
@@ -74,16 +58,8 @@ describe('small things', () => {
     await bob.machine.updateTrackedUsers([ALICE]); // Bob never queries Mallory's devices
     await bob.flush();
     const event = await alice.sendMessage(ROOM, [ALICE]); // Bob does not hold the session
-    const txnId = randomUUID();
-    hs.handle(mallory.userId, mallory.deviceId, {
-      type: 'to_device',
-      id: txnId,
-      txnId,
-      eventType: 'm.room_key.withheld',
-      body: JSON.stringify({ messages: { [BOB]: { BOB: {
-        algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', room_id: ROOM,
-        session_id: event.content.session_id, sender_key: alice.machine.identityKeys.curve25519,
-      } } } }),
+    sendToDevice(hs, mallory, 'm.room_key.withheld', {
+      [BOB]: { BOB: { algorithm: 'm.megolm.v1.aes-sha2', code: 'm.blacklisted', room_id: ROOM, session_id: event.content.session_id, sender_key: alice.machine.identityKeys.curve25519 } },
     });
     const { withheldNotices } = await bob.sync();
     expect(withheldNotices).toEqual([expect.objectContaining({ sender: mallory.userId, verdict: 'unconfirmed' })]);

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use matrix_sdk_common::deserialized_responses::{
-    AlgorithmInfo, EncryptionInfo, ProcessedToDeviceEvent, ShieldState, ToDeviceUnableToDecryptReason,
-    VerificationState,
+    AlgorithmInfo, EncryptionInfo as CrateEncryptionInfo, ProcessedToDeviceEvent, ShieldState as CrateShieldState,
+    ShieldStateCode, ToDeviceUnableToDecryptReason, VerificationLevel, VerificationState as CrateVerificationState,
 };
 use matrix_sdk_crypto::{store::types::RoomKeyInfo, DecryptionSettings, MegolmError, TrustRequirement};
 use ruma::{
@@ -14,7 +14,7 @@ use ruma::{
     OneTimeKeyAlgorithm, OwnedUserId, UInt,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, value::RawValue, Value};
+use serde_json::{json, value::RawValue};
 
 use napi_derive::napi;
 
@@ -115,7 +115,7 @@ pub struct NativeSyncResult {
     pub skipped_to_device_events: Vec<SkippedToDeviceEvent>,
 }
 
-fn olm_info(info: &EncryptionInfo) -> OlmInfo<'_> {
+fn olm_info(info: &CrateEncryptionInfo) -> OlmInfo<'_> {
     let key = match &info.algorithm_info {
         AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => {
             Some(curve25519_public_key_base64.as_str())
@@ -173,32 +173,147 @@ pub fn sync_result(
     })
 }
 
-fn shield(state: ShieldState) -> Value {
-    match state {
-        ShieldState::Red { code, message } => json!({ "color": "red", "code": format!("{code:?}"), "message": message }),
-        ShieldState::Grey { code, message } => json!({ "color": "grey", "code": format!("{code:?}"), "message": message }),
-        ShieldState::None => json!({ "color": "none" }),
+/// The colour of the shield a client would show next to a message.
+#[napi(string_enum = "snake_case")]
+pub enum ShieldColor {
+    /// A problem with the sender's authenticity.
+    Red,
+    /// A minor concern.
+    Grey,
+    /// Nothing to flag.
+    None,
+}
+
+/// Why a shield is not clear (the crate's `ShieldStateCode`, by its variant names).
+#[napi(string_enum)]
+pub enum ShieldCode {
+    /// The key came from a backup or a forward, not from its sender.
+    AuthenticityNotGuaranteed,
+    /// The sending device is not known (query the sender's keys).
+    UnknownDevice,
+    /// The sender did not cross-sign the sending device.
+    UnsignedDevice,
+    /// We have not verified the sender's identity (strict rules only).
+    UnverifiedIdentity,
+    /// The sender's identity was verified and has changed since (see
+    /// `OlmMachine.withdrawVerification`).
+    VerificationViolation,
+    /// The event's sender is not the owner of the sending device.
+    MismatchedSender,
+}
+
+/// The lock icon a client would show next to a message: `code` and `message` are set unless
+/// the colour is `none`.
+#[napi(object)]
+pub struct ShieldState {
+    /// `red` for a problem with the sender's authenticity, `grey` for a minor concern, `none`
+    /// when there is nothing to flag.
+    pub color: ShieldColor,
+    /// Why the shield is not clear.
+    pub code: Option<ShieldCode>,
+    /// A short English explanation.
+    pub message: Option<String>,
+}
+
+impl From<CrateShieldState> for ShieldState {
+    fn from(state: CrateShieldState) -> Self {
+        let (color, code, message) = match state {
+            CrateShieldState::Red { code, message } => (ShieldColor::Red, code, message),
+            CrateShieldState::Grey { code, message } => (ShieldColor::Grey, code, message),
+            CrateShieldState::None => return ShieldState { color: ShieldColor::None, code: None, message: None },
+        };
+        let code = match code {
+            ShieldStateCode::AuthenticityNotGuaranteed => ShieldCode::AuthenticityNotGuaranteed,
+            ShieldStateCode::UnknownDevice => ShieldCode::UnknownDevice,
+            ShieldStateCode::UnsignedDevice => ShieldCode::UnsignedDevice,
+            ShieldStateCode::UnverifiedIdentity => ShieldCode::UnverifiedIdentity,
+            ShieldStateCode::VerificationViolation => ShieldCode::VerificationViolation,
+            ShieldStateCode::MismatchedSender => ShieldCode::MismatchedSender,
+        };
+        ShieldState { color, code: Some(code), message: Some(message.to_owned()) }
     }
 }
 
-fn verification(state: &VerificationState) -> &'static str {
-    match state {
-        VerificationState::Verified => "verified",
-        VerificationState::Unverified(matrix_sdk_common::deserialized_responses::VerificationLevel::VerificationViolation) => {
-            "verification_violation"
+/// The crate's verdict on the sender of a room event, from cross-signing.
+#[napi(string_enum = "snake_case")]
+pub enum VerificationState {
+    /// The sender's identity is verified and signed the sending device.
+    Verified,
+    /// Not verified (the shields say how far it falls short).
+    Unverified,
+    /// The sender's identity was verified and has changed since.
+    VerificationViolation,
+}
+
+impl From<&CrateVerificationState> for VerificationState {
+    fn from(state: &CrateVerificationState) -> Self {
+        match state {
+            CrateVerificationState::Verified => VerificationState::Verified,
+            CrateVerificationState::Unverified(VerificationLevel::VerificationViolation) => VerificationState::VerificationViolation,
+            CrateVerificationState::Unverified(_) => VerificationState::Unverified,
         }
-        VerificationState::Unverified(_) => "unverified",
     }
 }
 
-/// Serialise a successfully decrypted room event with who sent it and how far to trust it.
+/// Who forwarded a room key to us in an MSC4268 history bundle.
+#[napi(object)]
+pub struct ForwarderInfo {
+    /// The user who forwarded the key.
+    pub user_id: String,
+    /// Their device.
+    pub device_id: String,
+}
+
+/// What decryption established about a room event: who sent it, with which keys and session,
+/// and how far to trust it (see `OlmMachine.decryptRoomEvent`).
+#[napi(object, use_nullable = true)]
+pub struct EncryptionInfo {
+    /// The sender's user id.
+    pub sender: String,
+    /// The sender's device id, when the machine knows the device.
+    pub sender_device: Option<String>,
+    /// Curve25519 key of the device that created the Megolm session.
+    pub sender_curve25519_key: Option<String>,
+    /// Ed25519 key the session creator claimed.
+    pub sender_claimed_ed25519_key: Option<String>,
+    /// Set when the key reached us through an MSC4268 history bundle: who forwarded it.
+    pub forwarder: Option<ForwarderInfo>,
+    /// Curve25519 keys of the devices a forwarded key passed through (`m.forwarded_room_key`),
+    /// oldest first, ending with the device that forwarded it to us; empty when the key came
+    /// from the session's creator.
+    pub forwarding_curve25519_key_chain: Vec<String>,
+    /// The Megolm session id.
+    pub session_id: Option<String>,
+    /// The crate's verdict on the sender, from cross-signing: `verified` when the sender's
+    /// identity is verified and signed the device, `verification_violation` when a previously
+    /// verified identity changed.
+    pub verification_state: VerificationState,
+    /// Whether we trust the sender's device now, locally (`OlmMachine.setLocalTrust`) or
+    /// through cross-signing; null when the device is not known (query its keys first).
+    pub sender_device_verified: Option<bool>,
+    /// Shield under the lax rules (unverified identities are not flagged).
+    pub shield_state: ShieldState,
+    /// Shield under the strict rules.
+    pub shield_state_strict: ShieldState,
+}
+
+/// A decrypted room event as it crosses to the TypeScript layer, which parses `event`.
+#[napi(object)]
+pub struct NativeDecryptedRoomEvent {
+    /// The decrypted event, JSON (copied from the decrypted bytes, never re-serialised).
+    pub event: String,
+    /// Who sent it and how far to trust it.
+    pub encryption_info: EncryptionInfo,
+}
+
+/// A successfully decrypted room event with who sent it and how far to trust it.
 pub fn decrypted_room_event(
     event: &RawValue,
-    info: &EncryptionInfo,
-    sender_device: Option<&str>,
+    info: &CrateEncryptionInfo,
+    sender_device: Option<String>,
     sender_device_verified: Option<bool>,
-    forwarding_chain: &[String],
-) -> napi::Result<String> {
+    forwarding_chain: Vec<String>,
+) -> NativeDecryptedRoomEvent {
     let (curve, ed, session_id) = match &info.algorithm_info {
         AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, sender_claimed_keys, session_id } => (
             Some(curve25519_key.clone()),
@@ -209,37 +324,25 @@ pub fn decrypted_room_event(
             (Some(curve25519_public_key_base64.clone()), None, None)
         }
     };
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Out<'a> {
-        event: &'a RawValue,
-        sender: &'a str,
-        sender_device: Option<&'a str>,
-        sender_curve25519_key: Option<String>,
-        sender_claimed_ed25519_key: Option<String>,
-        forwarder: Option<Value>,
-        forwarding_curve25519_key_chain: &'a [String],
-        session_id: Option<String>,
-        verification_state: &'static str,
-        sender_device_verified: Option<bool>,
-        shield_state: Value,
-        shield_state_strict: Value,
+    NativeDecryptedRoomEvent {
+        event: event.get().to_owned(),
+        encryption_info: EncryptionInfo {
+            sender: info.sender.to_string(),
+            sender_device,
+            sender_curve25519_key: curve,
+            sender_claimed_ed25519_key: ed,
+            forwarder: info
+                .forwarder
+                .as_ref()
+                .map(|f| ForwarderInfo { user_id: f.user_id.to_string(), device_id: f.device_id.to_string() }),
+            forwarding_curve25519_key_chain: forwarding_chain,
+            session_id,
+            verification_state: (&info.verification_state).into(),
+            sender_device_verified,
+            shield_state: info.verification_state.to_shield_state_lax().into(),
+            shield_state_strict: info.verification_state.to_shield_state_strict().into(),
+        },
     }
-    serde_json::to_string(&Out {
-        event,
-        sender: info.sender.as_str(),
-        sender_device,
-        sender_curve25519_key: curve,
-        sender_claimed_ed25519_key: ed,
-        forwarder: info.forwarder.as_ref().map(|f| json!({ "userId": f.user_id, "deviceId": f.device_id })),
-        forwarding_curve25519_key_chain: forwarding_chain,
-        session_id,
-        verification_state: verification(&info.verification_state),
-        sender_device_verified,
-        shield_state: shield(info.verification_state.to_shield_state_lax()),
-        shield_state_strict: shield(info.verification_state.to_shield_state_strict()),
-    })
-    .map_err(crate::errors::internal)
 }
 
 /// The message of a decryption error, from our own verdict: the code, our explanation (code,
@@ -319,46 +422,4 @@ pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceE
         }
     }
     (kept, skipped)
-}
-
-/// Cut a batch of to-device events into consecutive runs in which no sender device (the Olm
-/// `sender_key` of an `m.room.encrypted` event) appears twice, for one
-/// `receive_sync_changes` call each.
-///
-/// matrix-sdk-crypto merges each room key it receives with what the store holds, not with the
-/// keys accepted earlier in the same call: two copies of one Megolm session in one batch (a
-/// share at index 0 and the sender's re-share at a later index, which it sends after it learns
-/// our new Olm session) both look new, both are saved, and the store keeps the last one, the
-/// worse one; the messages before its index no longer decrypt
-/// (test/reliability/room-key-batch.test.ts). A room key reaches us only in an Olm message of
-/// its sender device, so one call per run lets the crate merge the second copy with the first.
-/// A batch with at most one encrypted event per sender device stays one run.
-pub fn olm_sender_runs(events: Vec<Raw<AnyToDeviceEvent>>) -> Vec<Vec<Raw<AnyToDeviceEvent>>> {
-    #[derive(Deserialize)]
-    struct Outer {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        content: Option<Content>,
-    }
-    #[derive(Deserialize)]
-    struct Content {
-        sender_key: Option<String>,
-    }
-    let mut runs: Vec<Vec<Raw<AnyToDeviceEvent>>> = vec![Vec::new()];
-    let mut senders = std::collections::HashSet::new();
-    for e in events {
-        let sender = serde_json::from_str::<Outer>(e.json().get())
-            .ok()
-            .filter(|o| o.kind.as_deref() == Some("m.room.encrypted"))
-            .and_then(|o| o.content?.sender_key);
-        if let Some(key) = sender {
-            if !senders.insert(key.clone()) {
-                runs.push(Vec::new());
-                senders.clear();
-                senders.insert(key);
-            }
-        }
-        runs.last_mut().expect("never empty").push(e);
-    }
-    runs
 }

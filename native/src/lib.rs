@@ -51,4 +51,5 @@ pub mod json_input;
 pub mod key_file;
 pub mod locks;
 pub mod runtime;
+pub mod to_device;
 pub mod withheld;

@@ -268,9 +268,9 @@ impl NativeMachine {
             records::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
         }
         let lists = changes.changed_devices.to_ruma();
-        // One crate call per run (see `events::olm_sender_runs`); the device lists, key counts
+        // One crate call per run (see `to_device::olm_sender_runs`); the device lists, key counts
         // and the sync token go with the last, so the token is stored once all is processed.
-        let runs = events::olm_sender_runs(to_device_events);
+        let runs = crate::to_device::olm_sender_runs(to_device_events);
         let last = runs.len() - 1;
         let (no_lists, no_counts) = (ruma::api::client::sync::sync_events::DeviceLists::new(), std::collections::BTreeMap::new());
         let (mut processed, mut keys) = (Vec::new(), Vec::new());

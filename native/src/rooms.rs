@@ -101,7 +101,7 @@ impl NativeMachine {
 
     /// Decrypt an `m.room.encrypted` room event.
     #[napi]
-    pub async fn decrypt_room_event(&self, event_json: String, room_id: String) -> Result<String> {
+    pub async fn decrypt_room_event(&self, event_json: String, room_id: String) -> Result<events::NativeDecryptedRoomEvent> {
         let machine = self.machine()?;
         let room_id = ids::room_id("roomId", &room_id)?;
         let raw: Raw<matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent> =
@@ -162,7 +162,7 @@ impl NativeMachine {
             Some(sid) => records::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
             None => Vec::new(),
         };
-        events::decrypted_room_event(decrypted.event.json(), info, sender_device_id.as_deref(), sender_device_verified, &chain)
+        Ok(events::decrypted_room_event(decrypted.event.json(), info, sender_device_id, sender_device_verified, chain))
     }
 }
 

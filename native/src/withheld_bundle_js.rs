@@ -31,8 +31,17 @@ pub struct BuiltRoomKeyBundle {
     pub withheld: u32,
 }
 
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+/// An `m.room_key_bundle` event we received (see `OlmMachine.getReceivedRoomKeyBundle`).
+#[napi(object)]
+pub struct ReceivedRoomKeyBundle {
+    /// The room.
+    pub room_id: String,
+    /// The user who sent it.
+    pub sender: String,
+    /// The Curve25519 key of the device that sent it (checked by Olm).
+    pub sender_key: String,
+    /// Where to download the encrypted bundle file (`mxc://`).
+    pub url: String,
 }
 
 fn bundle_error(err: bundle::BundleError, room: &str, inviter: &str) -> Error {
@@ -63,7 +72,7 @@ impl NativeMachine {
         if built.is_empty() {
             return Ok(None);
         }
-        let (room_keys, withheld) = (count(built.room_keys.len()), count(built.withheld.len()));
+        let (room_keys, withheld) = (bundle::count(built.room_keys.len()), bundle::count(built.withheld.len()));
         let plain = serde_json::to_vec(&built).map_err(internal)?;
         let mut input: &[u8] = &plain;
         let mut encryptor = AttachmentEncryptor::new(&mut input);
@@ -103,35 +112,31 @@ impl NativeMachine {
         self.to_device_requests(requests.iter())
     }
 
-    /// The `m.room_key_bundle` event received from `inviter` for the room, as JSON
-    /// `{ roomId, sender, senderKey, url }`, or null.
+    /// The `m.room_key_bundle` event received from `inviter` for the room, or null.
     #[napi]
-    pub async fn received_room_key_bundle(&self, room_id: String, inviter_user_id: String) -> Result<Option<String>> {
+    pub async fn received_room_key_bundle(&self, room_id: String, inviter_user_id: String) -> Result<Option<ReceivedRoomKeyBundle>> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
         let inviter = ids::user_id("inviterUserId", &inviter_user_id)?;
         let Some(info) = bundle::received(&machine, &room, &inviter).await.map_err(withheld_error)? else { return Ok(None) };
-        Ok(Some(
-            json!({
-                "roomId": info.bundle_data.room_id,
-                "sender": info.sender_user,
-                "senderKey": info.sender_key.to_base64(),
-                "url": info.bundle_data.file.url,
-            })
-            .to_string(),
-        ))
+        Ok(Some(ReceivedRoomKeyBundle {
+            room_id: info.bundle_data.room_id.to_string(),
+            sender: info.sender_user.to_string(),
+            sender_key: info.sender_key.to_base64(),
+            url: info.bundle_data.file.url.to_string(),
+        }))
     }
 
     /// Decrypt and receive the room's bundle file from `inviter` (downloaded from the event's
-    /// `url`); returns what it did as JSON. `progress(done, total)` follows the key import.
-    #[napi]
+    /// `url`); returns what it did. `progress(done, total)` follows the key import.
+    #[napi(ts_return_type = "Promise<NativeRoomKeyBundleOutcome>")]
     pub async fn receive_room_key_bundle(
         &self,
         room_id: String,
         inviter_user_id: String,
         encrypted_bundle: Buffer,
         #[napi(ts_arg_type = "(done: number, total: number) => void")] progress: Option<ProgressCallback>,
-    ) -> Result<String> {
+    ) -> Result<bundle::BundleOutcome> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
         let inviter = ids::user_id("inviterUserId", &inviter_user_id)?;
@@ -147,6 +152,6 @@ impl NativeMachine {
             Some(report) => report.finish().await?,
             None => Progress::new(progress.as_ref(), 0).finish().await?,
         }
-        serde_json::to_string(&outcome).map_err(internal)
+        Ok(outcome)
     }
 }

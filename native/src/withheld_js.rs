@@ -11,7 +11,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::{
-    errors::{self, internal},
+    errors,
     ids,
     machine::{parse_policy, withheld_error, NativeMachine},
     withheld::{
@@ -19,6 +19,7 @@ use crate::{
         records,
         records::MetricsSnapshot,
         no_olm::DeviceEntry,
+        policy::{SendCodes, SendPolicy},
         received::{Notice, NoOlmRecord, Verdict, WithheldRecord},
     },
 };
@@ -30,6 +31,27 @@ pub enum WithheldNoticeKind {
     Room,
     /// A channel notice (`m.no_olm`): the sender device could not set up an Olm session with us.
     NoOlm,
+}
+
+/// The withheld policy in force, every field set (`src/machine.ts` returns it as the
+/// `WithheldPolicy` the application configures).
+#[napi(object)]
+pub struct ActiveWithheldPolicy {
+    /// `all`, `none`, or the codes that are sent.
+    #[napi(ts_type = "'all' | 'none' | Array<string>")]
+    pub send: Either<String, Vec<String>>,
+    /// The `reason` text per code; codes without an entry get the default sentence.
+    pub reasons: std::collections::BTreeMap<String, String>,
+}
+
+impl From<SendPolicy> for ActiveWithheldPolicy {
+    fn from(policy: SendPolicy) -> Self {
+        let send = match policy.send {
+            SendCodes::Word(word) => Either::A(word),
+            SendCodes::Only(codes) => Either::B(codes.into_iter().collect()),
+        };
+        ActiveWithheldPolicy { send, reasons: policy.reasons }
+    }
 }
 
 /// A received `m.room_key.withheld` notice as the binding reports it; `src/withheld.ts` narrows
@@ -169,10 +191,10 @@ impl NativeMachine {
         Ok(())
     }
 
-    /// The machine-wide withheld policy as JSON.
+    /// The machine-wide withheld policy.
     #[napi(catch_unwind)]
-    pub fn withheld_policy(&self) -> Result<String> {
-        serde_json::to_string(&self.withheld.policy()).map_err(internal)
+    pub fn withheld_policy(&self) -> ActiveWithheldPolicy {
+        self.withheld.policy().into()
     }
 
     /// The withheld records of a session (one per sender and source).

@@ -1,27 +1,9 @@
 // Scenario 1: our bot (EncryptedClient) and a matrix-js-sdk user in an encrypted room on Synapse.
-import { afterEach, describe, expect, it } from 'vitest';
-import type { EncryptedClient } from '../../src/client';
-import { openBot, syncUntil, syncUntilDecrypted, useHomeserver } from './harness';
-import { JsSdkUser } from './js-sdk-user';
+import { describe, expect, it } from 'vitest';
+import { syncUntil, syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0)) await f();
-});
-
-async function jsUser(localpart: string): Promise<JsSdkUser> {
-  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
-  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
-  return u;
-}
-
-async function bot(localpart: string): Promise<EncryptedClient> {
-  const c = await openBot(hs(), await hs().registerUser(localpart));
-  cleanup.push(() => c.close());
-  return c;
-}
+const { jsUser, bot } = useParticipants(hs, logs);
 
 describe('scenario 1: our bot and a js-sdk user in an encrypted room', () => {
   it('messages decrypt both ways', async () => {

@@ -2,11 +2,14 @@
  * Shared set-up of the end-to-end scenarios: one Synapse per test file, our bot as an
  * {@link EncryptedClient}, and logs printed when a test fails.
  */
-import { afterAll, beforeAll, beforeEach } from 'vitest';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 import { EncryptedClient, type TimelineEvent } from '../../src/client';
 import type { StoreOptions } from '../../src/machine';
 import type { WithheldPolicy } from '../../src/withheld';
-import { waitFor } from './js-sdk-user';
+import { JsSdkUser, waitFor } from './js-sdk-user';
 import { startSynapse, type Homeserver, type TestUser } from './synapse';
 
 /** Something with a log worth printing when a test fails. */
@@ -83,6 +86,57 @@ export async function openBot(
   });
   await client.processOutgoingRequests();
   return client;
+}
+
+/**
+ * The participants of each test, each stopped after it (the last started first): js-sdk users
+ * (their log printed if the test fails), our bots, temporary directories, and anything given to
+ * `later`. Call once at the top level of a test file, with what {@link useHomeserver} returned.
+ */
+export function useParticipants(hs: () => Homeserver, logs: (h: HasLog) => void) {
+  const cleanup: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) await f();
+  });
+  const later = (f: () => Promise<unknown>): void => void cleanup.push(f);
+  return {
+    later,
+    /** A js-sdk user with a new account `localpart`. */
+    async jsUser(localpart: string): Promise<JsSdkUser> {
+      const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
+      logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
+      later(() => u.stop());
+      return u;
+    },
+    /**
+     * Our {@link EncryptedClient} for `user`'s device, on a memory store unless `options` say
+     * otherwise; nothing is sent yet (see {@link openBot} for a bot with its keys uploaded).
+     */
+    async client(user: TestUser, options: Partial<Parameters<typeof EncryptedClient.open>[0]> = {}): Promise<EncryptedClient> {
+      const c = await EncryptedClient.open({
+        baseUrl: hs().baseUrl,
+        accessToken: user.accessToken,
+        userId: user.userId,
+        deviceId: user.deviceId,
+        store: { kind: 'memory' },
+        ...options,
+      });
+      later(() => c.close());
+      return c;
+    },
+    /** Our bot with a new account `localpart`, on a memory store (see {@link openBot}). */
+    async bot(localpart: string, withheld?: WithheldPolicy): Promise<EncryptedClient> {
+      const c = await openBot(hs(), await hs().registerUser(localpart), { kind: 'memory' }, withheld);
+      later(() => c.close());
+      return c;
+    },
+    /** A new temporary directory, removed after the test. */
+    async tempDir(prefix: string): Promise<string> {
+      const dir = await mkdtemp(join(tmpdir(), prefix));
+      later(() => rm(dir, { recursive: true, force: true }));
+      return dir;
+    },
+  };
 }
 
 /** Every timeline event a bot saw in {@link syncUntil}, by client. */

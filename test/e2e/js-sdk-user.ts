@@ -20,7 +20,7 @@ import {
   type MatrixClient,
   type MatrixEvent,
 } from 'matrix-js-sdk';
-import type { CryptoApi, CryptoCallbacks, DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import { OnlySignedDevicesIsolationMode, type CryptoApi, type CryptoCallbacks, type DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { TestUser } from './synapse';
 
@@ -221,6 +221,17 @@ export class JsSdkUser {
     } catch (err) {
       throw new Error(`${(err as Error).message} (last state: ${lastReason ?? 'event never arrived'})`);
     }
+  }
+
+  /**
+   * Switch to "exclude insecure devices" (OnlySignedDevicesIsolationMode, Element's MSC4153
+   * setting). js-sdk refuses to encrypt in that mode until its own account is cross-signed, so
+   * this bootstraps cross-signing first.
+   */
+  async excludeInsecureDevices(): Promise<this> {
+    await this.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
+    this.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+    return this;
   }
 
   /** The last `lines` lines of the client's log. */

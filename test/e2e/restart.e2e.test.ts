@@ -3,27 +3,24 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BotProcess, type BotProcessConfig } from './bot-process';
-import { useHomeserver } from './harness';
+import { useHomeserver, useParticipants } from './harness';
 import { JsSdkUser } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later } = useParticipants(hs, logs);
 
 describe('scenario 5: restart on the SQLite store', () => {
   it('keeps every message readable across a process restart, without uploading keys again', async () => {
     const aliceUser = await hs().registerUser('alice');
     const botUser = await hs().registerUser('bot');
     const alice = await JsSdkUser.start(hs().baseUrl, aliceUser);
-    cleanup.push(() => alice.stop());
+    later(() => alice.stop());
     logs({ name: 'js-sdk alice', logTail: (n) => alice.logTail(n) });
 
     const dir = await mkdtemp(join(tmpdir(), 'mcn-e2e-restart-'));
-    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    later(() => rm(dir, { recursive: true, force: true }));
     const config: BotProcessConfig = {
       baseUrl: hs().baseUrl,
       accessToken: botUser.accessToken,
@@ -33,7 +30,7 @@ describe('scenario 5: restart on the SQLite store', () => {
 
     // First run: the bot joins on invite and the two talk.
     const first = await BotProcess.start('bot (first run)', config);
-    cleanup.push(() => first.stop());
+    later(() => first.stop());
     logs(first);
     const roomId = await alice.createEncryptedRoom([botUser.userId]);
     await alice.waitForMember(roomId, botUser.userId);
@@ -51,7 +48,7 @@ describe('scenario 5: restart on the SQLite store', () => {
 
     // Second run on the same store and sync token.
     const second = await BotProcess.start('bot (second run)', config);
-    cleanup.push(() => second.stop());
+    later(() => second.stop());
     logs(second);
     expect(second.identity).toEqual(first.identity);
     expect((await second.waitForDecrypted(a2)).body).toBe('while the bot was down');

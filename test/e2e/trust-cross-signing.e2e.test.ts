@@ -1,39 +1,13 @@
 // Cross-signing of our bot against Synapse, with a matrix-js-sdk user in "exclude insecure
 // devices" mode (OnlySignedDevicesIsolationMode, Element's MSC4153 setting) on the other side.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { OnlySignedDevicesIsolationMode } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EncryptedClient } from '../../src/client';
 import { HomeserverError } from '../../src/transport';
-import { openBot, syncUntil, syncUntilDecrypted, useHomeserver } from './harness';
+import { openBot, syncUntil, syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-/**
- * A js-sdk user in "exclude insecure devices" mode (OnlySignedDevicesIsolationMode). js-sdk
- * refuses to encrypt in that mode until its own account is cross-signed, so it bootstraps first.
- */
-async function strictJsUser(localpart: string): Promise<JsSdkUser> {
-  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
-  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
-  await u.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
-  u.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
-  return u;
-}
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'mcn-trust-'));
-  cleanup.push(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const { jsUser, tempDir, later } = useParticipants(hs, logs);
 
 /** Waits until the js-sdk user sees the bot's device as signed by its owner (or not). */
 async function waitForSignedByOwner(alice: JsSdkUser, userId: string, deviceId: string, signed: boolean): Promise<void> {
@@ -45,9 +19,9 @@ async function waitForSignedByOwner(alice: JsSdkUser, userId: string, deviceId: 
 
 describe('cross-signing: trusted by a client that excludes insecure devices', () => {
   it('before bootstrap the bot gets a withheld notice instead of the key; after it, the next message decrypts', async () => {
-    const alice = await strictJsUser('cs-alice');
+    const alice = await (await jsUser('cs-alice')).excludeInsecureDevices();
     const botUser = await hs().registerUser('cs-bot');
-    const store = { kind: 'sqlite' as const, path: await tempDir() };
+    const store = { kind: 'sqlite' as const, path: await tempDir('mcn-trust-') };
     let bot = await openBot(hs(), botUser, store);
     const roomId = await alice.createEncryptedRoom([bot.userId]);
     await bot.transport.joinRoom(roomId);
@@ -74,7 +48,7 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
       store,
       crossSigning: { bootstrap: 'if-missing' },
     });
-    cleanup.push(() => bot.close());
+    later(() => bot.close());
     // Synapse lets the first upload of an account's keys through without user-interactive auth (MSC3967).
     expect(bot.crossSigning).toEqual({
       created: true,
@@ -104,10 +78,10 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
   });
 
   it('replacing the identity needs user-interactive auth: refused without it and with a wrong password, done with the password', async () => {
-    const alice = await strictJsUser('cs-alice2');
+    const alice = await (await jsUser('cs-alice2')).excludeInsecureDevices();
     const botUser = await hs().registerUser('cs-bot2');
     const bot = await openBot(hs(), botUser);
-    cleanup.push(() => bot.close());
+    later(() => bot.close());
     expect(await bot.setUpCrossSigning()).toMatchObject({ created: true });
     const first = await bot.machine.getUserIdentity(bot.userId);
     expect(first).toMatchObject({ isOwn: true, isVerified: true });
@@ -141,11 +115,11 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
       store: { kind: 'memory' },
       crossSigning: { bootstrap: 'if-missing', signOwnDevices: true },
     });
-    cleanup.push(() => bot.close());
+    later(() => bot.close());
     // After one sync the next ones are incremental and report device-list changes.
     await bot.syncOnce({ timeoutMs: 0 });
     const other = await JsSdkUser.start(hs().baseUrl, await hs().login(botUser.userId, botUser.password));
-    cleanup.push(() => other.stop());
+    later(() => other.stop());
     logs({ name: `js-sdk ${other.user.userId}/${other.user.deviceId}`, logTail: (n) => other.logTail(n) });
     expect((await bot.machine.unsignedOwnDevices())).not.toContain(bot.deviceId);
     await waitFor('the bot to sign the new device', async () => {
@@ -158,14 +132,14 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
 
   it('a device whose keys were replaced from another device is told so instead of signing with stale keys', async () => {
     const botUser = await hs().registerUser('cs-bot4');
-    const store = { kind: 'sqlite' as const, path: await tempDir() };
+    const store = { kind: 'sqlite' as const, path: await tempDir('mcn-trust-') };
     const open = () => EncryptedClient.open({ baseUrl: hs().baseUrl, accessToken: botUser.accessToken, store, crossSigning: {} });
     let first = await open();
     expect(first.crossSigning?.created).toBe(true);
     await first.close();
     // Another device of the account replaces the identity (with the password).
     const other = await openBot(hs(), await hs().login(botUser.userId, botUser.password));
-    cleanup.push(() => other.close());
+    later(() => other.close());
     await other.setUpCrossSigning({ bootstrap: 'reset', auth: { type: 'password', password: botUser.password } });
     await expect(open()).rejects.toMatchObject({ name: 'MatrixCryptoError', code: 'CrossSigningKeyMissing', field: 'crossSigning' });
     // Resetting again from the first device makes it signed by a new identity.
@@ -175,7 +149,7 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
       store,
       crossSigning: { bootstrap: 'reset', auth: { type: 'password', password: botUser.password } },
     });
-    cleanup.push(() => first.close());
+    later(() => first.close());
     expect(first.crossSigning).toMatchObject({ created: true, signedDevice: true });
     expect(await first.machine.isOwnDeviceCrossSigned()).toBe(true);
   });

@@ -1,17 +1,14 @@
 // Secret storage interop with matrix-js-sdk (Rust crypto): what js-sdk stores we read, and the
 // reverse, on the same account.
 import { decodeRecoveryKey } from 'matrix-js-sdk/lib/crypto-api/recovery-key.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EncryptedClient } from '../../src/client';
-import { useHomeserver } from './harness';
+import { useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 import type { TestUser } from './synapse';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, client } = useParticipants(hs, logs);
 
 /** A js-sdk client whose secret storage callback answers with `recoveryKey()`. */
 async function jsClient(user: TestUser, recoveryKey: () => string | undefined): Promise<JsSdkUser> {
@@ -25,21 +22,12 @@ async function jsClient(user: TestUser, recoveryKey: () => string | undefined): 
     },
   });
   logs({ name: `js-sdk ${u.user.userId}/${u.user.deviceId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
+  later(() => u.stop());
   return u;
 }
 
 async function ourClient(user: TestUser, crossSigning?: Parameters<typeof EncryptedClient.open>[0]['crossSigning']): Promise<EncryptedClient> {
-  const c = await EncryptedClient.open({
-    baseUrl: hs().baseUrl,
-    accessToken: user.accessToken,
-    userId: user.userId,
-    deviceId: user.deviceId,
-    store: { kind: 'memory' },
-    ...(crossSigning ? { crossSigning } : {}),
-  });
-  cleanup.push(() => c.close());
-  return c;
+  return client(user, crossSigning ? { crossSigning } : {});
 }
 
 describe('secret storage interop with matrix-js-sdk', () => {

@@ -1,53 +1,13 @@
 // Secret storage and recovery against Synapse: a bot stores its cross-signing and backup keys
 // under a recovery key, loses its store, and comes back on a new device with the recovery key.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { OnlySignedDevicesIsolationMode } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EncryptedClient } from '../../src/client';
 import { SecretStorageKey } from '../../src/trust';
-import { syncUntilDecrypted, useHomeserver } from './harness';
-import { JsSdkUser, waitFor } from './js-sdk-user';
-import type { TestUser } from './synapse';
+import { syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
+import { waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-/**
- * A js-sdk user in "exclude insecure devices" mode (OnlySignedDevicesIsolationMode). js-sdk
- * refuses to encrypt in that mode until its own account is cross-signed, so it bootstraps first.
- */
-async function strictJsUser(localpart: string): Promise<JsSdkUser> {
-  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
-  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
-  await u.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
-  u.crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
-  return u;
-}
-
-async function sqliteStore(): Promise<{ kind: 'sqlite'; path: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'mcn-recovery-'));
-  cleanup.push(() => rm(dir, { recursive: true, force: true }));
-  return { kind: 'sqlite', path: dir };
-}
-
-async function open(user: TestUser, options: Partial<Parameters<typeof EncryptedClient.open>[0]> = {}): Promise<EncryptedClient> {
-  const client = await EncryptedClient.open({
-    baseUrl: hs().baseUrl,
-    accessToken: user.accessToken,
-    userId: user.userId,
-    deviceId: user.deviceId,
-    store: { kind: 'memory' },
-    ...options,
-  });
-  cleanup.push(() => client.close());
-  return client;
-}
+const { jsUser, tempDir, client: open } = useParticipants(hs, logs);
 
 /** The account data this library reads for recovery, as the server has it. */
 async function secretStorageOf(client: EncryptedClient): Promise<Record<string, unknown>> {
@@ -62,7 +22,7 @@ async function secretStorageOf(client: EncryptedClient): Promise<Record<string, 
 
 describe('secret storage and recovery', () => {
   it('a bot that lost its store comes back on a new device with the recovery key, cross-signed, and reads a message from before', async () => {
-    const alice = await strictJsUser('rec-alice');
+    const alice = await (await jsUser('rec-alice')).excludeInsecureDevices();
     const botUser = await hs().registerUser('rec-bot');
     const bot = await open(botUser, { crossSigning: { bootstrap: 'if-missing' } });
     const setup = await bot.setUpRecovery();
@@ -87,7 +47,7 @@ describe('secret storage and recovery', () => {
     // The store is gone (it was in memory): log in again, a new device with a new store.
     const again = await hs().login(botUser.userId, botUser.password);
     expect(again.deviceId).not.toBe(botUser.deviceId);
-    const store = await sqliteStore();
+    const store = { kind: 'sqlite' as const, path: await tempDir('mcn-recovery-') };
 
     const wrongKey = (await SecretStorageKey.create()).recoveryKey;
     await expect(open(again, { store, crossSigning: { bootstrap: 'if-missing', recoveryKey: wrongKey } })).rejects.toMatchObject({
@@ -162,7 +122,7 @@ describe('secret storage and recovery', () => {
 
   it('a device holding stale cross-signing keys and an old backup key recovers with the new recovery key', async () => {
     const botUser = await hs().registerUser('rec-stale');
-    const store = await sqliteStore();
+    const store = { kind: 'sqlite' as const, path: await tempDir('mcn-recovery-') };
     const first = await open(botUser, { store, crossSigning: { bootstrap: 'if-missing' } });
     const oldSetup = await first.setUpRecovery();
     const oldBackup = await first.machine.savedBackupDecryptionKey();

@@ -3,39 +3,27 @@
 // starts, each ends seeing the other's identity verified; a cancellation ends with its code.
 import { VerificationPhase, VerifierEvent, type ShowQrCodeCallbacks, type ShowSasCallbacks, type VerificationRequest } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/CryptoEvent.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EncryptedClient } from '../../src/client';
 import type { VerificationInfo, VerificationPolicy } from '../../src/trust';
-import { keepSyncing, useHomeserver } from './harness';
+import { keepSyncing, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, jsUser, client } = useParticipants(hs, logs);
 
 /**
  * A cross-signed js-sdk user and a cross-signed bot in an encrypted DM, each knowing the
  * other's identity; the bot syncs in the background and records every flow change.
  */
 async function dm(name: string, policy: Omit<VerificationPolicy, 'acceptFrom'> & { acceptAlice?: boolean } = {}) {
-  const alice = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(`${name}-alice`));
-  logs({ name: `js-sdk ${alice.user.userId}`, logTail: (n) => alice.logTail(n) });
-  cleanup.push(() => alice.stop());
+  const alice = await jsUser(`${name}-alice`);
   await alice.crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(null)) });
-  const botUser = await hs().registerUser(`${name}-bot`);
   const { acceptAlice, ...rest } = policy;
-  const bot = await EncryptedClient.open({
-    baseUrl: hs().baseUrl,
-    accessToken: botUser.accessToken,
-    userId: botUser.userId,
-    deviceId: botUser.deviceId,
-    store: { kind: 'memory' },
+  const bot = await client(await hs().registerUser(`${name}-bot`), {
     crossSigning: { bootstrap: 'if-missing' },
     verification: { ...rest, acceptFrom: acceptAlice ? [alice.user.userId] : [] },
   });
-  cleanup.push(() => bot.close());
   const seen: VerificationInfo[] = [];
   bot.on('verification', (v) => seen.push(v));
   const roomId = await alice.createEncryptedRoom([bot.userId], 'dm');
@@ -46,7 +34,7 @@ async function dm(name: string, policy: Omit<VerificationPolicy, 'acceptFrom'> &
   expect(await bot.machine.getUserIdentity(alice.user.userId)).not.toBeNull();
   await waitFor('js-sdk to know the bot identity', async () => ((await alice.crypto.userHasCrossSigningKeys(bot.userId, true)) ? true : undefined));
   const stop = keepSyncing(bot);
-  cleanup.push(stop);
+  later(stop);
   return { alice, bot, seen, roomId };
 }
 

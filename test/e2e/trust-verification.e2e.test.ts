@@ -2,33 +2,20 @@
 // driven from both sides, and the two ways a flow ends early: a cancellation and a mismatch.
 import { VerificationPhase, VerifierEvent, type ShowSasCallbacks, type VerificationRequest } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/CryptoEvent.js';
-import { afterEach, describe, expect, it } from 'vitest';
-import { EncryptedClient } from '../../src/client';
+import { describe, expect, it } from 'vitest';
 import type { VerificationInfo } from '../../src/trust';
-import { keepSyncing, useHomeserver } from './harness';
+import { keepSyncing, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, jsUser, client } = useParticipants(hs, logs);
 
 /** A js-sdk user and a bot who know each other's devices, the bot syncing in the background and recording every flow change. */
 async function meet(name: string, policy: { acceptFrom?: string[]; autoConfirmSas?: boolean } = {}) {
-  const alice = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(`${name}-alice`));
-  logs({ name: `js-sdk ${alice.user.userId}`, logTail: (n) => alice.logTail(n) });
-  cleanup.push(() => alice.stop());
-  const botUser = await hs().registerUser(`${name}-bot`);
-  const bot = await EncryptedClient.open({
-    baseUrl: hs().baseUrl,
-    accessToken: botUser.accessToken,
-    userId: botUser.userId,
-    deviceId: botUser.deviceId,
-    store: { kind: 'memory' },
+  const alice = await jsUser(`${name}-alice`);
+  const bot = await client(await hs().registerUser(`${name}-bot`), {
     verification: { ...policy, acceptFrom: (policy.acceptFrom ?? []).map((u) => (u === 'alice' ? alice.user.userId : u)) },
   });
-  cleanup.push(() => bot.close());
   const seen: VerificationInfo[] = [];
   bot.on('verification', (v) => seen.push(v));
   // A shared room makes each side track the other's devices.
@@ -42,7 +29,7 @@ async function meet(name: string, policy: { acceptFrom?: string[]; autoConfirmSa
     return devices.get(bot.userId)?.has(bot.deviceId) ? true : undefined;
   });
   const stop = keepSyncing(bot);
-  cleanup.push(stop);
+  later(stop);
   return { alice, bot, seen };
 }
 

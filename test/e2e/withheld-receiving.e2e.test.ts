@@ -2,29 +2,19 @@
 // scenario 2 (a js-sdk user shares only with verified devices: our error says m.unverified) and
 // scenario 6 (key requests between the bot user's devices: verified ones get the key, an
 // unverified one gets m.unverified).
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { EncryptedClient, TimelineEvent } from '../../src/client';
 import type { WithheldNotice } from '../../src/withheld';
-import { keepSyncing, openBot, syncUntil, syncUntilDecrypted, useHomeserver } from './harness';
+import { keepSyncing, openBot, syncUntil, syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 import type { TestUser } from './synapse';
 
 const { hs, logs, setup } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function jsUser(localpart: string): Promise<JsSdkUser> {
-  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
-  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
-  return u;
-}
+const { jsUser, later } = useParticipants(hs, logs);
 
 async function device(user: TestUser): Promise<EncryptedClient> {
   const c = await openBot(hs(), user);
-  cleanup.push(() => c.close());
+  later(() => c.close());
   return c;
 }
 
@@ -32,7 +22,7 @@ async function device(user: TestUser): Promise<EncryptedClient> {
 function collectNotices(c: EncryptedClient): WithheldNotice[] {
   const notices: WithheldNotice[] = [];
   const stop = c.machine.on('withheld', (n) => notices.push(n));
-  cleanup.push(async () => stop());
+  later(async () => stop());
   return notices;
 }
 

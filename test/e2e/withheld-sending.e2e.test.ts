@@ -1,32 +1,15 @@
 // Withheld notices we send, as independent recipients see them on Synapse:
 // scenario 3 (only trusted devices: the js-sdk client reports the key withheld for its unverified
 // device) and scenario 4 (m.no_olm once per device, re-armed after an Olm session).
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DecryptionFailureCode } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { EncryptedClient } from '../../src/client';
-import type { WithheldPolicy } from '../../src/withheld';
-import { openBot, useHomeserver } from './harness';
-import { JsSdkUser, waitFor } from './js-sdk-user';
+import { useHomeserver, useParticipants } from './harness';
+import { waitFor, type JsSdkUser } from './js-sdk-user';
 import { RawDevice } from './raw-device';
 
 const { hs, logs } = useHomeserver();
-const cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0)) await f();
-});
-
-async function jsUser(localpart: string): Promise<JsSdkUser> {
-  const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
-  logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
-  cleanup.push(() => u.stop());
-  return u;
-}
-
-async function bot(localpart: string, withheld?: WithheldPolicy): Promise<EncryptedClient> {
-  const c = await openBot(hs(), await hs().registerUser(localpart), { kind: 'memory' }, withheld);
-  cleanup.push(() => c.close());
-  return c;
-}
+const { jsUser, bot } = useParticipants(hs, logs);
 
 const ENCRYPTION = { type: 'm.room.encryption', state_key: '', content: { algorithm: 'm.megolm.v1.aes-sha2' } };
 

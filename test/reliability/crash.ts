@@ -23,6 +23,8 @@ import { join } from 'node:path';
 import type { StoreOptions } from '../../src/index';
 import { TestDevice, TestHomeserver } from '../../src/testing';
 import type { MatrixEvent } from '../../src/types';
+import type { OutgoingRequest } from '../../src/requests';
+import { ChildHomeserver, sleep } from '../helpers/child-bot';
 import { ALICE, BOB, type ToChild, type ToParent } from './crash-protocol';
 
 /** The store alice's device runs on: our engine on SQLite, or on the PostgreSQL server at `url`. */
@@ -112,7 +114,6 @@ function olmIndex(type: number, body: string): string {
   return `${prefix}ratchet ${ratchet} chain ${chain}`;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function runCrashSafety(
   kills: number,
@@ -133,15 +134,13 @@ export async function runCrashSafety(
   const reported = new Set<string>();
   const bySession = new Map<string, MatrixEvent>();
   const aliceEvents: MatrixEvent[] = [];
-  let batch: { id: number; changes: ReturnType<TestHomeserver['syncFor']> } | undefined;
-  let batchId = 0;
   let identity: string | undefined;
   const lives = new Map<MatrixEvent, number>();
   /** What the share before each of alice's messages gave bob's device, by message. */
   const shares = new Map<MatrixEvent, string>();
   let lifeNumber = 0;
 
-  function handleRequest(request: Extract<ToParent, { type: 'request' }>['request']): string {
+  function handleRequest(request: OutgoingRequest): string {
     if (request.type === 'keys_upload') {
       const body = JSON.parse(request.body) as { one_time_keys?: Record<string, unknown>; fallback_keys?: unknown; device_keys?: unknown };
       for (const [id, key] of Object.entries(body.one_time_keys ?? {})) {
@@ -173,10 +172,13 @@ export async function runCrashSafety(
     }
   }
 
+  const homeserver = new ChildHomeserver(hs, ALICE, deviceId, () => [...bySession.values()].slice(-3), handleRequest);
+
   function onMessage(child: ChildProcess, m: ToParent, life: LifeState) {
     const reply = (r: ToChild) => {
       if (child.connected) child.send(r);
     };
+    if (homeserver.answer(m, reply)) return;
     switch (m.type) {
       case 'opening':
         life.openingAt = Date.now();
@@ -197,20 +199,6 @@ export async function runCrashSafety(
         figures.decryptionsChecked += m.checked;
         figures.keysLost += m.failed.length;
         figures.failures.push(...m.failed.map((f) => `lost after restart: ${f}`));
-        break;
-      case 'request':
-        try {
-          reply({ type: 'response', id: m.id, body: handleRequest(m.request) });
-        } catch (err) {
-          reply({ type: 'response', id: m.id, body: '', error: (err as Error).message });
-        }
-        break;
-      case 'sync':
-        batch ??= { id: batchId++, changes: hs.syncFor(ALICE, deviceId) };
-        reply({ type: 'batch', id: m.id, batch: batch.id, changes: batch.changes, recentEvents: [...bySession.values()].slice(-3) });
-        break;
-      case 'ack':
-        if (batch?.id === m.id) batch = undefined;
         break;
       case 'received':
         life.looping = true;

@@ -37,7 +37,6 @@ use matrix_sdk_crypto::{
     AttachmentDecryptor, MediaEncryptionInfo, OlmMachine,
 };
 use ruma::{RoomId, UserId};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::{
@@ -108,39 +107,51 @@ impl From<WithheldError> for BundleError {
 
 /// One withheld entry of a received bundle, as reported: its record (the sharer is `sender`,
 /// the key it claims for the session's creator is `senderKey`) with the verdict on it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "node", napi_derive::napi(object, js_name = "NativeRoomKeyBundleEntry"))]
+#[derive(Clone, Debug)]
 pub struct BundleEntry {
-    /// Always `room`: bundle entries are room-scoped.
-    pub kind: &'static str,
-    #[serde(flatten)]
+    /// The entry as the withheld record it becomes (`source: 'key_bundle'`).
     pub record: WithheldRecord,
+    /// Whether it is kept (see the module's notes).
+    #[cfg_attr(feature = "node", napi(ts_type = "WithheldVerdict"))]
     pub verdict: Verdict,
 }
 
 /// What receiving a bundle did.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "node", napi_derive::napi(object, use_nullable = true, js_name = "NativeRoomKeyBundleOutcome"))]
+#[derive(Clone, Debug)]
 pub struct BundleOutcome {
+    /// The room.
     pub room_id: String,
+    /// The member who shared it.
     pub sender: String,
+    /// The Curve25519 key of the sharer's device.
     pub sender_key: String,
+    /// The sharer's device, when known.
     pub sender_device: Option<String>,
-    /// Whether the crate accepted the sharer's device (see the module's notes).
+    /// Whether the sharer's device is one the crate accepts for a bundle: cross-signed by its
+    /// owner (trusted on first use, or verified). When false, no key and no withheld entry was
+    /// kept.
     pub sharer_trusted: bool,
     /// Room keys in the bundle for its room.
-    pub room_keys: usize,
-    /// Of those, the sessions we did not hold before (or now hold from an earlier index).
-    pub imported: usize,
-    /// Room keys for another room, ignored.
-    pub other_room_keys: usize,
-    /// Room keys that are not valid room keys (a missing field, a bad key), skipped.
-    pub invalid_room_keys: usize,
+    pub room_keys: u32,
+    /// Of those, the sessions that we did not hold (or now hold from an earlier index).
+    pub imported: u32,
+    /// Room keys for another room: ignored.
+    pub other_room_keys: u32,
+    /// Entries of `room_keys` that are not valid room keys (a missing field, a bad key):
+    /// skipped, the rest imported.
+    pub invalid_room_keys: u32,
     /// The withheld entries, in the bundle's order.
     pub withheld: Vec<BundleEntry>,
-    /// Withheld entries that were not objects or lacked required fields, or that were
-    /// `m.no_olm` (which names no session).
-    pub malformed: usize,
+    /// Withheld entries skipped as malformed (not an object, a required field missing or too
+    /// long, or `m.no_olm`, which names no session).
+    pub malformed: u32,
+}
+
+/// A count for a report (a bundle cannot hold 2^32 entries; saturate rather than wrap).
+pub fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The sharer's device and whether the crate accepts it, as `receive_room_key_bundle` decides.
@@ -272,7 +283,7 @@ pub async fn receive(
             Verdict::Spoofed => Metrics::count(&metrics.spoofed),
             _ => Metrics::count(&metrics.unconfirmed),
         }
-        withheld.push(BundleEntry { kind: "room", record, verdict });
+        withheld.push(BundleEntry { record, verdict });
     }
     Ok(BundleOutcome {
         room_id: room.to_string(),
@@ -280,12 +291,12 @@ pub async fn receive(
         sender_key: sharer.key.clone(),
         sender_device: sharer.device.clone(),
         sharer_trusted: sharer.trusted,
-        room_keys: ours.len(),
-        imported,
-        other_room_keys,
-        invalid_room_keys,
+        room_keys: count(ours.len()),
+        imported: count(imported),
+        other_room_keys: count(other_room_keys),
+        invalid_room_keys: count(invalid_room_keys),
         withheld,
-        malformed,
+        malformed: count(malformed),
     })
 }
 

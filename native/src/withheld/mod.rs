@@ -257,105 +257,96 @@ impl Withheld {
     ) -> Result<ShareOutcome, WithheldError> {
         crate::store::batch::batched(
             &**machine.store(),
-            self.share_room_key_batched(machine, room_id, users, settings, policy_override),
+            async {
+                let policy = policy_override.unwrap_or_else(|| self.policy());
+                let crate_requests =
+                    machine.share_room_key(room_id, users.iter().map(|u| -> &ruma::UserId { u }).collect::<Vec<_>>().into_iter(), settings).await.map_err(WithheldError::olm)?;
+
+                let mut requests = Vec::new();
+                let mut withheld = Vec::new();
+                let mut plain: Vec<&ToDeviceRequest> = Vec::new();
+                let mut crate_no_olm = Vec::new();
+                let mut suppressed_requests: Vec<ruma::OwnedTransactionId> = Vec::new();
+                for r in &crate_requests {
+                    if r.event_type.to_string() != codes::WITHHELD_EVENT_TYPE {
+                        plain.push(r);
+                        requests.push((**r).clone());
+                        continue;
+                    }
+                    crate_no_olm.extend(share::crate_no_olm_devices(r)?);
+                    let txn = r.txn_id.to_string();
+                    let cached = self.filtered.lock().expect("filter cache").get(&txn).cloned();
+                    let kept = match cached {
+                        Some(kept) => kept,
+                        None => {
+                            let f = share::filter_crate_request(r, &policy)?;
+                            withheld.extend(f.recipients);
+                            if f.request.is_none() {
+                                // Nothing to send; mark it sent (below, after the ledger's entries are
+                                // held, so one transaction saves both) so the crate records the
+                                // (suppressed) notices and never re-issues them when the code is
+                                // enabled later.
+                                suppressed_requests.push(r.txn_id.clone());
+                            } else {
+                                self.filtered.lock().expect("filter cache").insert(txn, f.request.clone());
+                            }
+                            f.request
+                        }
+                    };
+                    if let Some(k) = kept {
+                        requests.push(k);
+                    }
+                }
+                let shared_with = share::key_recipients(&plain);
+
+                let rearmed = self.rearmed_devices(machine, users).await?;
+                let candidates = share::devices_without_olm(machine, room_id, crate_no_olm, rearmed, &shared_with).await?;
+                if !candidates.is_empty() {
+                    let mut ledger = self.no_olm.lock().await;
+                    let mut notify = Vec::new();
+                    let mut suppressed_users = Vec::new();
+                    for (u, d) in candidates {
+                        Self::load_user(machine, &mut ledger, u.as_str()).await?;
+                        if ledger.decide(u.as_str(), d.as_str()) == Decision::Skip {
+                            continue;
+                        }
+                        let sent = policy.allows(codes::NO_OLM);
+                        withheld.push(WithheldRecipient {
+                            user_id: u.to_string(),
+                            device_id: d.to_string(),
+                            code: codes::NO_OLM.to_owned(),
+                            sent,
+                        });
+                        if sent {
+                            notify.push((u, d));
+                        } else {
+                            ledger.record(u.as_str(), d.as_str(), self.now(), true);
+                            suppressed_users.push(u);
+                        }
+                    }
+                    suppressed_users.dedup();
+                    for u in suppressed_users {
+                        Self::save_user(machine, &mut ledger, u.as_str()).await?;
+                    }
+                    let keys = machine.identity_keys();
+                    for r in share::no_olm_requests(&notify, policy.reason(codes::NO_OLM), &keys.curve25519.to_base64(), machine.device_id().as_str())? {
+                        let devices = r
+                            .messages
+                            .iter()
+                            .flat_map(|(u, ds)| ds.keys().map(move |d| (u.to_string(), d.to_string())))
+                            .collect();
+                        self.own.lock().expect("own requests").insert(r.txn_id.to_string(), OwnRequest::NoOlm(devices));
+                        requests.push(r);
+                    }
+                }
+                for txn in suppressed_requests {
+                    machine.mark_request_as_sent(&txn, &ToDeviceResponse::new()).await.map_err(WithheldError::olm)?;
+                }
+                Ok(ShareOutcome { requests, shared_with, withheld })
+            },
             WithheldError::store,
         )
         .await
-    }
-
-    async fn share_room_key_batched(
-        &self,
-        machine: &OlmMachine,
-        room_id: &RoomId,
-        users: &[OwnedUserId],
-        settings: matrix_sdk_crypto::EncryptionSettings,
-        policy_override: Option<SendPolicy>,
-    ) -> Result<ShareOutcome, WithheldError> {
-        let policy = policy_override.unwrap_or_else(|| self.policy());
-        let crate_requests =
-            machine.share_room_key(room_id, users.iter().map(|u| -> &ruma::UserId { u }).collect::<Vec<_>>().into_iter(), settings).await.map_err(WithheldError::olm)?;
-
-        let mut requests = Vec::new();
-        let mut withheld = Vec::new();
-        let mut plain: Vec<&ToDeviceRequest> = Vec::new();
-        let mut crate_no_olm = Vec::new();
-        let mut suppressed_requests: Vec<ruma::OwnedTransactionId> = Vec::new();
-        for r in &crate_requests {
-            if r.event_type.to_string() != codes::WITHHELD_EVENT_TYPE {
-                plain.push(r);
-                requests.push((**r).clone());
-                continue;
-            }
-            crate_no_olm.extend(share::crate_no_olm_devices(r)?);
-            let txn = r.txn_id.to_string();
-            let cached = self.filtered.lock().expect("filter cache").get(&txn).cloned();
-            let kept = match cached {
-                Some(kept) => kept,
-                None => {
-                    let f = share::filter_crate_request(r, &policy)?;
-                    withheld.extend(f.recipients);
-                    if f.request.is_none() {
-                        // Nothing to send; mark it sent (below, after the ledger's entries are
-                        // held, so one transaction saves both) so the crate records the
-                        // (suppressed) notices and never re-issues them when the code is
-                        // enabled later.
-                        suppressed_requests.push(r.txn_id.clone());
-                    } else {
-                        self.filtered.lock().expect("filter cache").insert(txn, f.request.clone());
-                    }
-                    f.request
-                }
-            };
-            if let Some(k) = kept {
-                requests.push(k);
-            }
-        }
-        let shared_with = share::key_recipients(&plain);
-
-        let rearmed = self.rearmed_devices(machine, users).await?;
-        let candidates = share::devices_without_olm(machine, room_id, crate_no_olm, rearmed, &shared_with).await?;
-        if !candidates.is_empty() {
-            let mut ledger = self.no_olm.lock().await;
-            let mut notify = Vec::new();
-            let mut suppressed_users = Vec::new();
-            for (u, d) in candidates {
-                Self::load_user(machine, &mut ledger, u.as_str()).await?;
-                if ledger.decide(u.as_str(), d.as_str()) == Decision::Skip {
-                    continue;
-                }
-                let sent = policy.allows(codes::NO_OLM);
-                withheld.push(WithheldRecipient {
-                    user_id: u.to_string(),
-                    device_id: d.to_string(),
-                    code: codes::NO_OLM.to_owned(),
-                    sent,
-                });
-                if sent {
-                    notify.push((u, d));
-                } else {
-                    ledger.record(u.as_str(), d.as_str(), self.now(), true);
-                    suppressed_users.push(u);
-                }
-            }
-            suppressed_users.dedup();
-            for u in suppressed_users {
-                Self::save_user(machine, &mut ledger, u.as_str()).await?;
-            }
-            let keys = machine.identity_keys();
-            for r in share::no_olm_requests(&notify, policy.reason(codes::NO_OLM), &keys.curve25519.to_base64(), machine.device_id().as_str())? {
-                let devices = r
-                    .messages
-                    .iter()
-                    .flat_map(|(u, ds)| ds.keys().map(move |d| (u.to_string(), d.to_string())))
-                    .collect();
-                self.own.lock().expect("own requests").insert(r.txn_id.to_string(), OwnRequest::NoOlm(devices));
-                requests.push(r);
-            }
-        }
-        for txn in suppressed_requests {
-            machine.mark_request_as_sent(&txn, &ToDeviceResponse::new()).await.map_err(WithheldError::olm)?;
-        }
-        Ok(ShareOutcome { requests, shared_with, withheld })
     }
 
     /// Handle the "sent" of a request we created.

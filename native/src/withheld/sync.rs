@@ -62,52 +62,50 @@ impl Withheld {
         processed: &[ProcessedToDeviceEvent],
         room_keys: &[RoomKeyInfo],
     ) -> Result<SyncOutcome, WithheldError> {
-        crate::store::batch::batched(&**machine.store(), self.after_sync_batched(machine, processed, room_keys), WithheldError::store).await
-    }
-
-    async fn after_sync_batched(
-        &self,
-        machine: &OlmMachine,
-        processed: &[ProcessedToDeviceEvent],
-        room_keys: &[RoomKeyInfo],
-    ) -> Result<SyncOutcome, WithheldError> {
-        let senders = olm_senders(processed);
-        let mut seen: Vec<(&str, &str)> = Vec::new();
-        for (_, user, device, curve) in &senders {
-            if seen.contains(&(user.as_str(), curve.as_str())) {
-                continue;
-            }
-            seen.push((user, curve));
-            let device = match device {
-                Some(d) => Some(d.clone()),
-                // The crate leaves the device out for some events (m.room_key): find it by its key.
-                None => match UserId::parse(user) {
-                    Ok(user_id) => machine
-                        .get_user_devices(&user_id, None)
-                        .await
-                        .map_err(WithheldError::store)?
-                        .devices()
-                        .find(|d| d.curve25519_key().is_some_and(|k| k.to_base64() == *curve))
-                        .map(|d| d.device_id().to_string()),
-                    Err(_) => None,
-                },
-            };
-            if let Some(device) = device {
-                self.olm_session_established(machine, user, &device).await?;
-            }
-        }
-        let notices = inbound::process(machine, &self.metrics, processed, room_keys, self.now()).await?;
-        let mut no_olm_reactions = 0;
-        for n in &notices {
-            let (Notice::NoOlm(record), Verdict::Trusted) = (&n.notice, n.verdict) else { continue };
-            // A later message over Olm from the same device shows its channel to us works.
-            let channel_shown = senders.iter().any(|(i, user, _, curve)| *i > n.position && *user == record.sender && *curve == record.sender_key);
-            if !channel_shown && self.react_to_no_olm(machine, record).await? {
-                no_olm_reactions += 1;
-            }
-        }
-        let answers = self.answer_key_requests(machine, processed).await?;
-        Ok(SyncOutcome { notices, answers, no_olm_reactions })
+        crate::store::batch::batched(
+            &**machine.store(),
+            async {
+                let senders = olm_senders(processed);
+                let mut seen: Vec<(&str, &str)> = Vec::new();
+                for (_, user, device, curve) in &senders {
+                    if seen.contains(&(user.as_str(), curve.as_str())) {
+                        continue;
+                    }
+                    seen.push((user, curve));
+                    let device = match device {
+                        Some(d) => Some(d.clone()),
+                        // The crate leaves the device out for some events (m.room_key): find it by its key.
+                        None => match UserId::parse(user) {
+                            Ok(user_id) => machine
+                                .get_user_devices(&user_id, None)
+                                .await
+                                .map_err(WithheldError::store)?
+                                .devices()
+                                .find(|d| d.curve25519_key().is_some_and(|k| k.to_base64() == *curve))
+                                .map(|d| d.device_id().to_string()),
+                            Err(_) => None,
+                        },
+                    };
+                    if let Some(device) = device {
+                        self.olm_session_established(machine, user, &device).await?;
+                    }
+                }
+                let notices = inbound::process(machine, &self.metrics, processed, room_keys, self.now()).await?;
+                let mut no_olm_reactions = 0;
+                for n in &notices {
+                    let (Notice::NoOlm(record), Verdict::Trusted) = (&n.notice, n.verdict) else { continue };
+                    // A later message over Olm from the same device shows its channel to us works.
+                    let channel_shown = senders.iter().any(|(i, user, _, curve)| *i > n.position && *user == record.sender && *curve == record.sender_key);
+                    if !channel_shown && self.react_to_no_olm(machine, record).await? {
+                        no_olm_reactions += 1;
+                    }
+                }
+                let answers = self.answer_key_requests(machine, processed).await?;
+                Ok(SyncOutcome { notices, answers, no_olm_reactions })
+            },
+            WithheldError::store,
+        )
+        .await
     }
 
     /// Run the withheld steps after request `id` was sent and, unless it is ours alone, the
@@ -115,17 +113,20 @@ impl Withheld {
     /// session, our `m.no_olm` notices are recorded as sent, and a keys/claim response re-arms
     /// the `m.no_olm` rule of every notified device that now has an Olm session.
     pub async fn after_request_sent(&self, machine: &OlmMachine, id: &str, claim: Option<&ClaimResponse>) -> Result<(), WithheldError> {
-        crate::store::batch::batched(&**machine.store(), self.after_request_sent_batched(machine, id, claim), WithheldError::store).await
-    }
-
-    async fn after_request_sent_batched(&self, machine: &OlmMachine, id: &str, claim: Option<&ClaimResponse>) -> Result<(), WithheldError> {
-        if let OwnSent::Claim { user, device, then } = self.mark_own_request_sent(machine, id).await? {
-            self.after_claim(machine, &user, &device, then).await?;
-        }
-        if let Some(claim) = claim {
-            self.after_keys_claim(machine, claim).await?;
-        }
-        Ok(())
+        crate::store::batch::batched(
+            &**machine.store(),
+            async {
+                if let OwnSent::Claim { user, device, then } = self.mark_own_request_sent(machine, id).await? {
+                    self.after_claim(machine, &user, &device, then).await?;
+                }
+                if let Some(claim) = claim {
+                    self.after_keys_claim(machine, claim).await?;
+                }
+                Ok(())
+            },
+            WithheldError::store,
+        )
+        .await
     }
 
     /// A claim response creates Olm sessions: re-arm the `m.no_olm` rule of each device that
