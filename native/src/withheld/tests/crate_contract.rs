@@ -51,6 +51,14 @@ async fn crate_withheld_for(alice: &Device, server: &Mutex<Server>, strategy: Co
     out
 }
 
+/// Alice, who has queried Bob's device (Bob's machine is not needed once his keys are uploaded).
+async fn alice_knowing_bob(server: &Mutex<Server>) -> Device {
+    let alice = Device::new(server, ALICE, "ALICE").await;
+    let _bob = Device::new(server, BOB, "BOB").await;
+    alice.track(server, &[ALICE, BOB]).await;
+    alice
+}
+
 fn keys(v: &Value) -> BTreeSet<&str> {
     v.as_object().expect("object").keys().map(String::as_str).collect()
 }
@@ -58,9 +66,7 @@ fn keys(v: &Value) -> BTreeSet<&str> {
 #[tokio::test]
 async fn the_crates_room_notice_has_the_fields_the_layer_rewrites() {
     let server = Mutex::new(Server::default());
-    let alice = Device::new(&server, ALICE, "ALICE").await;
-    let _bob = Device::new(&server, BOB, "BOB").await;
-    alice.track(&server, &[ALICE, BOB]).await;
+    let alice = alice_knowing_bob(&server).await;
 
     let notices = crate_withheld_for(&alice, &server, CollectStrategy::OnlyTrustedDevices, BOB).await;
     assert_eq!(notices.len(), 1, "one notice for Bob's unverified device: {notices:?}");
@@ -76,9 +82,7 @@ async fn the_crates_room_notice_has_the_fields_the_layer_rewrites() {
 #[tokio::test]
 async fn the_crate_names_a_device_without_one_time_keys_once_in_a_no_olm_notice() {
     let server = Mutex::new(Server::default());
-    let alice = Device::new(&server, ALICE, "ALICE").await;
-    let _bob = Device::new(&server, BOB, "BOB").await;
-    alice.track(&server, &[ALICE, BOB]).await;
+    let alice = alice_knowing_bob(&server).await;
     server.lock().unwrap().exhaust(BOB, "BOB");
 
     let first = crate_withheld_for(&alice, &server, CollectStrategy::AllDevices, BOB).await;
@@ -106,9 +110,7 @@ async fn the_forwarding_switch_holds_its_setting() {
 #[tokio::test]
 async fn the_identity_based_strategy_withholds_the_devices_of_a_user_without_an_identity() {
     let server = Mutex::new(Server::default());
-    let alice = Device::new(&server, ALICE, "ALICE").await;
-    let _bob = Device::new(&server, BOB, "BOB").await;
-    alice.track(&server, &[ALICE, BOB]).await;
+    let alice = alice_knowing_bob(&server).await;
     // The strategy requires the sender's own identity; Bob has none.
     alice.machine.bootstrap_cross_signing(false).await.expect("bootstrap");
 
