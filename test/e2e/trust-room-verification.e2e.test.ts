@@ -1,13 +1,13 @@
 // In-room verification (requests and SAS as room events in an encrypted DM) and QR codes
 // between a matrix-js-sdk user and our bot (EncryptedClient), both cross-signed: either side
 // starts, each ends seeing the other's identity verified; a cancellation ends with its code.
-import { VerificationPhase, VerifierEvent, type ShowQrCodeCallbacks, type ShowSasCallbacks, type VerificationRequest } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/CryptoEvent.js';
+import { VerificationPhase, VerifierEvent, type ShowQrCodeCallbacks } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { describe, expect, it } from 'vitest';
 import { EncryptedClient } from '../../src/client';
 import type { VerificationInfo, VerificationPolicy } from '../../src/trust';
 import { keepSyncing, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
+import { flow, onRequest, phase, sasShown, within } from './verification-flow';
 
 const { hs, logs } = useHomeserver();
 const { later, jsUser, client } = useParticipants(hs, logs);
@@ -38,26 +38,10 @@ async function dm(name: string, policy: Omit<VerificationPolicy, 'acceptFrom'> &
   return { alice, bot, seen, roomId };
 }
 
-function onRequest(alice: JsSdkUser): Promise<VerificationRequest> {
-  return new Promise((resolve) => alice.client.once(CryptoEvent.VerificationRequestReceived, resolve));
-}
 
-async function phase(request: VerificationRequest, p: VerificationPhase): Promise<void> {
-  await waitFor(`js-sdk request phase ${VerificationPhase[p]}`, () => (request.phase === p ? true : undefined));
-}
 
-function sasShown(request: VerificationRequest): Promise<ShowSasCallbacks> {
-  return waitFor('js-sdk to show the SAS', () => request.verifier?.getShowSasCallbacks() ?? undefined);
-}
 
-/** A js-sdk promise that must settle within the usual wait. */
-function within<T>(what: string, p: Promise<T>): Promise<T> {
-  return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 20_000).unref())]);
-}
 
-function flow(seen: VerificationInfo[], flowId: string, p: VerificationInfo['phase']): Promise<VerificationInfo> {
-  return waitFor(`bot flow ${flowId} in phase ${p}`, () => seen.find((v) => v.flowId === flowId && v.phase === p));
-}
 
 /**
  * Both sides see the other's identity verified. The bot's signature of the user's identity

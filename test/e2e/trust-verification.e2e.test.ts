@@ -1,11 +1,11 @@
 // Interactive SAS verification between a matrix-js-sdk user and our bot (EncryptedClient),
 // driven from both sides, and the two ways a flow ends early: a cancellation and a mismatch.
-import { VerificationPhase, VerifierEvent, type ShowSasCallbacks, type VerificationRequest } from 'matrix-js-sdk/lib/crypto-api/index.js';
-import { CryptoEvent } from 'matrix-js-sdk/lib/crypto-api/CryptoEvent.js';
+import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { describe, expect, it } from 'vitest';
 import type { VerificationInfo } from '../../src/trust';
 import { keepSyncing, useHomeserver, useParticipants } from './harness';
-import { JsSdkUser, waitFor } from './js-sdk-user';
+import { waitFor } from './js-sdk-user';
+import { flow, onRequest, phase, sasShown } from './verification-flow';
 
 const { hs, logs } = useHomeserver();
 const { later, jsUser, client } = useParticipants(hs, logs);
@@ -33,26 +33,9 @@ async function meet(name: string, policy: { acceptFrom?: string[]; autoConfirmSa
   return { alice, bot, seen };
 }
 
-function onRequest(alice: JsSdkUser): Promise<VerificationRequest> {
-  return new Promise((resolve) => alice.client.once(CryptoEvent.VerificationRequestReceived, resolve));
-}
 
-async function phase(request: VerificationRequest, p: VerificationPhase): Promise<void> {
-  await waitFor(`js-sdk request phase ${VerificationPhase[p]}`, () => (request.phase === p ? true : undefined));
-}
 
-function sasShown(request: VerificationRequest): Promise<ShowSasCallbacks> {
-  return new Promise((resolve) => {
-    const verifier = request.verifier!;
-    const now = verifier.getShowSasCallbacks();
-    if (now) resolve(now);
-    else verifier.once(VerifierEvent.ShowSas, resolve);
-  });
-}
 
-function flow(seen: VerificationInfo[], flowId: string, p: VerificationInfo['phase']): Promise<VerificationInfo> {
-  return waitFor(`bot flow ${flowId} in phase ${p}`, () => seen.find((v) => v.flowId === flowId && v.phase === p));
-}
 
 describe('interactive verification with a js-sdk user', () => {
   it('the user starts; the bot accepts by policy and confirms after comparing; both see the other verified', async () => {
