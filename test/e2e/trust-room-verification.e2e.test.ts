@@ -7,7 +7,7 @@ import { EncryptedClient } from '../../src/client';
 import type { VerificationInfo, VerificationPolicy } from '../../src/trust';
 import { keepSyncing, useHomeserver, useParticipants } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
-import { flow, onRequest, phase, sasShown, within } from './verification-flow';
+import { acceptBotSas, flow, onRequest, phase, sasShown, within } from './verification-flow';
 
 const { hs, logs } = useHomeserver();
 const { later, jsUser, client } = useParticipants(hs, logs);
@@ -88,15 +88,7 @@ describe('in-room verification with a js-sdk user', () => {
     const request = await incoming;
     expect(request.transactionId).toBe(asked.flowId);
     expect(request.roomId).toBe(roomId);
-    await request.accept();
-    await flow(seen, asked.flowId, 'ready');
-    await bot.startSas(alice.user.userId, asked.flowId);
-    await waitFor('js-sdk verifier', () => request.verifier ?? undefined);
-    const done = request.verifier!.verify();
-    const sas = await sasShown(request);
-    await within('js-sdk to send its MAC', sas.confirm());
-    await within('js-sdk to finish', done);
-    await flow(seen, asked.flowId, 'done');
+    await acceptBotSas(request, bot, seen, alice.user.userId, asked.flowId);
     await bothVerified(alice, bot);
 
     // The user cancels the next request the bot makes.

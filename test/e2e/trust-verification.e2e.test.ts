@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { VerificationInfo } from '../../src/trust';
 import { keepSyncing, useHomeserver, useParticipants } from './harness';
 import { waitFor } from './js-sdk-user';
-import { flow, onRequest, phase, sasShown } from './verification-flow';
+import { acceptBotSas, flow, onRequest, phase, sasShown } from './verification-flow';
 
 const { hs, logs } = useHomeserver();
 const { later, jsUser, client } = useParticipants(hs, logs);
@@ -67,15 +67,7 @@ describe('interactive verification with a js-sdk user', () => {
     expect(asked).toMatchObject({ phase: 'created', weStarted: true, otherUserId: alice.user.userId });
     const request = await incoming;
     expect(request.transactionId).toBe(asked.flowId);
-    await request.accept();
-    await flow(seen, asked.flowId, 'ready');
-    await bot.startSas(alice.user.userId, asked.flowId);
-    await waitFor('js-sdk verifier', () => request.verifier ?? undefined);
-    const done = request.verifier!.verify();
-    const sas = await sasShown(request);
-    await sas.confirm();
-    await done;
-    await flow(seen, asked.flowId, 'done');
+    const sas = await acceptBotSas(request, bot, seen, alice.user.userId, asked.flowId);
     const compared = await flow(seen, asked.flowId, 'keys_exchanged');
     expect(compared.emoji?.map((e) => e.symbol)).toEqual(sas.sas.emoji?.map(([symbol]) => symbol));
     expect(compared.decimals).toEqual(sas.sas.decimal);

@@ -31,3 +31,27 @@ export function within<T>(what: string, p: Promise<T>): Promise<T> {
 export function flow(seen: VerificationInfo[], flowId: string, p: VerificationInfo['phase']): Promise<VerificationInfo> {
   return waitFor(`bot flow ${flowId} in phase ${p}`, () => seen.find((v) => v.flowId === flowId && v.phase === p));
 }
+
+/**
+ * A flow the bot requested and the js-sdk user received: the user accepts, the bot starts SAS,
+ * the user confirms (the bot confirms by its policy) and the bot reports the flow done. Returns
+ * the SAS the user was shown.
+ */
+export async function acceptBotSas(
+  request: VerificationRequest,
+  bot: { startSas(userId: string, flowId: string): Promise<unknown> },
+  seen: VerificationInfo[],
+  userId: string,
+  flowId: string,
+): Promise<ShowSasCallbacks> {
+  await request.accept();
+  await flow(seen, flowId, 'ready');
+  await bot.startSas(userId, flowId);
+  await waitFor('js-sdk verifier', () => request.verifier ?? undefined);
+  const done = request.verifier!.verify();
+  const sas = await sasShown(request);
+  await within('js-sdk to send its MAC', sas.confirm());
+  await within('js-sdk to finish', done);
+  await flow(seen, flowId, 'done');
+  return sas;
+}
