@@ -1,11 +1,11 @@
 /**
  * `npm run reliability [-- section... [--store sqlite,postgres]]`: the full-size reliability runs
- * behind the README's "Reliability" figures. Sections: hostile, crash, concurrency, memory, many,
+ * behind the figures in docs/reliability.md. Sections: hostile, crash, concurrency, memory, many,
  * flood (default: all). `--store` picks the crash section's backends (default `sqlite`; each is
  * recorded as its own entry, `crash` and `crash-postgres`); `postgres` uses the server named by
  * MCN_TEST_POSTGRES (`bash scripts/postgres.sh run npm run reliability -- crash --store postgres`)
  * or starts a throwaway one. Prints each section's figures as JSON lines (prefixed `figures`) and records them in
- * reliability-results.json (sections not run keep their last figures). Run the memory and
+ * bench/results/reliability.json (sections not run keep their last figures). Run the memory and
  * many-machine sections in a process of their own (`npm run reliability -- memory`) for RSS
  * figures that no earlier section inflated. The vitest suite (test/reliability) runs reduced
  * sizes of the same code and asserts behaviour; this script measures.
@@ -66,7 +66,7 @@ const sections: Record<string, () => Promise<Record<string, unknown>>> = {
   for (const s of stores) if (s !== 'sqlite' && s !== 'postgres') throw new Error(`--store: ${JSON.stringify(s)} is not sqlite or postgres`);
   const crash = stores.map((s) => (s === 'sqlite' ? 'crash' : 'crash-postgres'));
   const wanted = (args.length ? args : Object.keys(sections).filter((n) => n !== 'crash-postgres')).flatMap((n) => (n === 'crash' ? crash : [n]));
-  const file = join(process.cwd(), 'reliability-results.json');
+  const file = join(process.cwd(), 'bench/results/reliability.json');
   const results: Record<string, unknown> = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : {};
   for (const name of wanted) {
     const run = sections[name];

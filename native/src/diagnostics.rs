@@ -3,7 +3,7 @@
 //! The promise that "a Rust panic surfaces as a typed error and never aborts Node" must be tested
 //! against the real addon, on the real tokio runtime and through the real napi-rs trampolines.
 //! Fuzzing found no panic in this binding, and the one it found inside matrix-sdk-crypto (see the
-//! README's Reliability section) depends on the harness's state, not on one call a test could
+//! docs/reliability.md) depends on the harness's state, not on one call a test could
 //! make. These exports do nothing else, and exist only in debug builds (the ones the test suites
 //! load; `lib.rs`), never in the release build that ships. They are not part of the TypeScript API (`src/` never re-exports them) and
 //! their `__` names keep them out of the way of anyone reading the generated binding.

@@ -4,7 +4,7 @@
  * official bindings, matrix-bot-sdk among it, runs on this library unchanged.
  *
  * To use it under the official package's name, install the `matrix-crypto-node-compat` shim
- * through an npm alias (see the README's "Drop-in for the official bindings").
+ * through an npm alias (see docs/compat.md).
  *
  * @example
  * ```ts
