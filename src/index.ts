@@ -16,7 +16,7 @@ export type * from './bundles';
 export * from './transport';
 export { terminalProgressBar } from './progress';
 export type { ProgressCallback, ProgressBarOptions } from './progress';
-export { setLogger, formatLogRecord } from './logging';
+export { setLogger, formatLogRecord, flushLogs } from './logging';
 export type { LogLevel, LogRecord, LogSpan, LogSink, LoggerLike, LoggingOptions } from './logging';
 export * from './client';
 export * from './trust';

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { setLogSink, type LogRecord as NativeLogRecord } from '../native/index';
+import { flushLogSink, setLogSink, type LogRecord as NativeLogRecord } from '../native/index';
 import { MatrixCryptoError, nativeSync } from './errors';
 
 /** Severity of a {@link LogRecord}, most severe first. */
@@ -60,6 +60,21 @@ export interface LoggingOptions {
 }
 
 const LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
+
+/** The target of the native marker record that {@link flushLogs} waits for (never passed on). */
+const FLUSH_TARGET = 'matrix_crypto_node::flush';
+const flushes = new Map<string, () => void>();
+let flushCount = 0;
+
+function settleFlush(token: string): void {
+  const resolve = flushes.get(token);
+  flushes.delete(token);
+  resolve?.();
+}
+
+function settleAllFlushes(): void {
+  for (const token of [...flushes.keys()]) settleFlush(token);
+}
 
 function spanText(span: LogSpan): string {
   const fields = Object.entries(span.fields).map(([k, v]) => `${k}=${v}`);
@@ -127,12 +142,18 @@ export function setLogger(logger: LogSink | LoggerLike | null, options: LoggingO
   }
   if (logger === null) {
     nativeSync(() => setLogSink(null, 'off'));
+    settleAllFlushes();
     return;
   }
   const sink = toSink(logger);
+  settleAllFlushes();
   let warned = false;
   nativeSync(() =>
     setLogSink((record: NativeLogRecord) => {
+      if (record.target === FLUSH_TARGET) {
+        settleFlush(record.message);
+        return;
+      }
       try {
         sink(record as LogRecord);
       } catch (err) {
@@ -143,4 +164,25 @@ export function setLogger(logger: LogSink | LoggerLike | null, options: LoggingO
       }
     }, level),
   );
+}
+
+/**
+ * Resolves once every record the Rust core logged before this call has reached the logger set
+ * with {@link setLogger} (records arrive asynchronously, on the JS thread). Resolves at once
+ * when no logger is set, and when the logger is replaced or logging turned off before the
+ * records arrive.
+ * @example Read the records an operation logged
+ * ```ts
+ * const records: LogRecord[] = [];
+ * setLogger((r) => records.push(r), { level: 'warn' });
+ * await machine.receiveSyncChanges(changes);
+ * await flushLogs(); // records now holds every warning receiveSyncChanges logged
+ * ```
+ */
+export function flushLogs(): Promise<void> {
+  const token = String(++flushCount);
+  return new Promise((resolve) => {
+    flushes.set(token, resolve);
+    if (!nativeSync(() => flushLogSink(token))) settleFlush(token);
+  });
 }

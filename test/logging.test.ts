@@ -1,5 +1,5 @@
 import { describe, it, expect, vi, afterEach } from 'vitest';
-import { DecryptionError, formatLogRecord, setLogger, type LogRecord } from '../src/index';
+import { DecryptionError, flushLogs, formatLogRecord, setLogger, type LogRecord } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing/homeserver';
 
 /** An event Bob cannot decrypt (he never syncs the room key), and its session id. */
@@ -106,5 +106,27 @@ describe('setLogger', () => {
         timestamp: 0,
       }),
     ).toBe('matrix_sdk_crypto::machine: Failed code=m.unverified [outer > decrypt_room_event{room_id=!r:x}]');
+  });
+  it('flushLogs resolves once every record logged before it has been delivered', async () => {
+    const hs = new TestHomeserver();
+    const bob = await TestDevice.create(hs, '@bob:example.org', 'BOB');
+    const records: LogRecord[] = [];
+    setLogger((r) => records.push(r), { level: 'warn' });
+    const garbage = Array.from({ length: 200 }, (_, i) => i);
+    await bob.machine.receiveSyncChanges({ toDeviceEvents: garbage as never[] });
+    await flushLogs();
+    const skipped = records.filter((r) => r.target === 'matrix_crypto_node::sync');
+    expect(skipped).toHaveLength(200);
+    expect(skipped[199]!.message).toContain('toDeviceEvents[199]');
+    expect(records.some((r) => r.target === 'matrix_crypto_node::flush')).toBe(false);
+  });
+
+  it('flushLogs resolves at once without a logger, and when logging is turned off', async () => {
+    setLogger(null);
+    await flushLogs();
+    setLogger(() => {}, { level: 'warn' });
+    const pending = flushLogs();
+    setLogger(null);
+    await pending;
   });
 });

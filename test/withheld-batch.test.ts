@@ -55,12 +55,12 @@ describe('a to-device batch with entries that are not events', () => {
 
   it('logs each skipped entry', async () => {
     const { bob, changes } = await keyInFlight();
-    const { setLogger } = await import('../src/index');
+    const { flushLogs, setLogger } = await import('../src/index');
     const records: Array<{ level: string; target: string; message: string }> = [];
     setLogger((r) => records.push(r), { level: 'warn' });
     try {
       await bob.machine.receiveSyncChanges({ ...changes, toDeviceEvents: [7, ...changes.toDeviceEvents] as MatrixEvent[] });
-      await new Promise((r) => setTimeout(r, 50));
+      await flushLogs();
     } finally {
       setLogger(null);
     }

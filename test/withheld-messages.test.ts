@@ -1,7 +1,7 @@
 // What a decryption error says (its message, our log record) comes from our verdict, never from
 // a notice the crate was tricked into believing.
 import { afterEach, describe, expect, it } from 'vitest';
-import { setLogger, type LogRecord } from '../src/index';
+import { flushLogs, setLogger, type LogRecord } from '../src/index';
 import { ALICE, BOB, ROOM, decryptError, noticeRecipient, sendNotice } from './helpers/notice-recipient';
 
 afterEach(() => setLogger(null));
@@ -10,7 +10,7 @@ async function logged<T>(run: () => Promise<T>): Promise<{ result: T; records: L
   const records: LogRecord[] = [];
   setLogger((r) => records.push(r), { level: 'warn' });
   const result = await run();
-  await new Promise((r) => setTimeout(r, 50));
+  await flushLogs();
   setLogger(null);
   return { result, records };
 }

@@ -205,6 +205,28 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsLayer {
     }
 }
 
+/// The target of the marker record [`flush_log_sink`] queues. The TS layer consumes it; it never
+/// reaches the application's logger.
+const FLUSH_TARGET: &str = "matrix_crypto_node::flush";
+
+/// Queue a marker record carrying `token` behind every record queued so far. The sink delivers
+/// records in the order they were queued, so when the marker arrives every record logged before
+/// this call has been delivered. Returns `false` (nothing queued) when no sink is set.
+#[napi]
+pub fn flush_log_sink(token: String) -> napi::Result<bool> {
+    let sink = SINK.read().map_err(|_| internal("log sink lock poisoned"))?;
+    let Some(sink) = sink.as_ref() else { return Ok(false) };
+    let marker = LogRecord {
+        level: "trace".to_owned(),
+        target: FLUSH_TARGET.to_owned(),
+        message: token,
+        fields: BTreeMap::new(),
+        spans: Vec::new(),
+        timestamp: 0.0,
+    };
+    Ok(sink.call(marker, ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok)
+}
+
 /// Route `tracing` output at `level` or more severe to `sink`; `sink = null` or `level = "off"`
 /// turns logging off. The first call installs the process-wide subscriber.
 #[napi]
