@@ -28,7 +28,12 @@ export interface SyncChanges {
     /** Users who no longer share an encrypted room with us. */
     left?: string[];
   };
-  /** `device_one_time_keys_count`. */
+  /**
+   * `device_one_time_keys_count`: the server's counts of this device's unclaimed one-time keys.
+   * Given, an algorithm missing from it counts as zero keys (as in `/sync`), and the machine
+   * makes new keys to upload when they run low. Omitted, the counts are taken as unchanged
+   * since the last call (an appservice transaction without counts for the device).
+   */
   oneTimeKeyCounts?: Record<string, number>;
   /** `device_unused_fallback_key_types`; `undefined` when the server did not send it. */
   unusedFallbackKeys?: string[];

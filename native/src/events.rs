@@ -33,8 +33,10 @@ pub struct SyncChanges {
     pub to_device_events: Vec<Raw<AnyToDeviceEvent>>,
     #[serde(default)]
     pub changed_devices: ChangedDevices,
+    /// The server's one-time-key counts. `None` (the caller gave none) means "unchanged since
+    /// the last call"; a given map with an algorithm missing means zero keys of it, as in /sync.
     #[serde(default)]
-    pub one_time_key_counts: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    pub one_time_key_counts: Option<BTreeMap<OneTimeKeyAlgorithm, UInt>>,
     #[serde(default)]
     pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
     #[serde(default)]

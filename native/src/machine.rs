@@ -276,14 +276,27 @@ impl NativeMachine {
         let (mut processed, mut keys) = (Vec::new(), Vec::new());
         for (i, run) in runs.into_iter().enumerate() {
             let final_run = i == last;
+            let counts = changes.one_time_key_counts.as_ref().filter(|_| final_run);
             let sync = EncryptionSyncChanges {
                 to_device_events: run,
                 changed_devices: if final_run { &lists } else { &no_lists },
-                one_time_keys_counts: if final_run { &changes.one_time_key_counts } else { &no_counts },
+                one_time_keys_counts: counts.unwrap_or(&no_counts),
                 unused_fallback_keys: if final_run { changes.unused_fallback_keys.as_deref() } else { None },
                 next_batch_token: if final_run { changes.next_batch_token.clone() } else { None },
             };
-            let (p, k) = machine.receive_sync_changes(sync, &events::decryption_settings()).await.map_err(errors::olm)?;
+            let settings = events::decryption_settings();
+            // The crate's /sync call reads a missing count as zero keys on the server and makes
+            // new ones to upload. Without the server's counts (a run before the last, a caller
+            // that gave none, such as an appservice transaction without counts for this device)
+            // use its MSC4186 reading instead, in which a missing count means "unchanged":
+            // otherwise every such call would queue another 50 keys, until Synapse refuses the
+            // upload (over 500 keys a device), and the response it is part of fails.
+            let result = if counts.is_some() {
+                machine.receive_sync_changes(sync, &settings).await
+            } else {
+                machine.receive_sync_changes_msc4186(sync, &settings).await
+            };
+            let (p, k) = result.map_err(errors::olm)?;
             processed.extend(p);
             keys.extend(k);
         }
