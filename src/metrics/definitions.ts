@@ -120,7 +120,7 @@ export const DEFINITIONS = {
   },
   matrix_crypto_olm_sessions_created_total: {
     type: 'counter',
-    help: 'Olm sessions created: direction="outbound" counts the one-time and fallback keys a claim returned; direction="inbound" the pre-key messages decrypted.',
+    help: 'Olm sessions created: direction="outbound" counts the one-time and fallback keys claims returned (one session each); direction="inbound" the decrypted pre-key messages with a base key not seen before (one per session).',
     labels: { direction: ['outbound', 'inbound'] },
   },
   matrix_crypto_one_time_keys_uploaded_total: {

@@ -12,6 +12,8 @@ import type { MetricsRecorder } from './recorder';
 
 /** How many sessions with undecryptable events are remembered, oldest forgotten first. */
 const MAX_WAITING_SESSIONS = 10_000;
+/** How many inbound Olm sessions' base keys are remembered, oldest forgotten first. */
+const MAX_BASE_KEYS = 10_000;
 
 const OLM = 'm.olm.v1.curve25519-aes-sha2';
 
@@ -26,6 +28,11 @@ export class MachineMetrics {
   private readonly uploads = new Map<string, number>();
   /** The latest one-time-key count the homeserver reported for this machine. */
   private keysLeft = 0;
+  /**
+   * The base keys of the pre-key messages decrypted: each inbound Olm session has its own, and a
+   * sender repeats pre-key messages of one session until it hears back.
+   */
+  private readonly baseKeys = new Set<string>();
 
   /**
    * @param trackDecryptions - whether decryptions, undecryptable events and late keys are
@@ -95,7 +102,11 @@ export class MachineMetrics {
     if (objects.length === result.toDeviceEvents.length) {
       let inbound = 0;
       objects.forEach((e, i) => {
-        if (result.toDeviceEvents[i]!.kind === 'decrypted' && isPreKeyMessage(e, ourCurveKey)) inbound++;
+        const baseKey = result.toDeviceEvents[i]!.kind === 'decrypted' ? preKeyBaseKey(e, ourCurveKey) : undefined;
+        if (baseKey === undefined || this.baseKeys.has(baseKey)) return;
+        if (this.baseKeys.size >= MAX_BASE_KEYS) this.baseKeys.delete(this.baseKeys.values().next().value!);
+        this.baseKeys.add(baseKey);
+        inbound++;
       });
       r.add('matrix_crypto_olm_sessions_created_total', { direction: 'inbound' }, inbound);
     }
@@ -178,9 +189,31 @@ export function recordDecryptionError(recorder: MetricsRecorder, error: Decrypti
   recorder.add('matrix_crypto_decryption_errors_total', { code: error.code, withheld: error.withheld?.code ?? 'none' });
 }
 
-function isPreKeyMessage(event: MatrixEvent, ourCurveKey: string): boolean {
-  const content = event.content as { algorithm?: unknown; ciphertext?: Record<string, { type?: unknown }> } | undefined;
-  return event.type === 'm.room.encrypted' && content?.algorithm === OLM && content.ciphertext?.[ourCurveKey]?.type === 0;
+/**
+ * The base key of an Olm pre-key message to us (the sender's ephemeral key, one per session), or
+ * `undefined` for any other event. The message is version byte 3, then protobuf fields:
+ * 1 one-time key, 2 base key, 3 identity key, 4 the message.
+ */
+function preKeyBaseKey(event: MatrixEvent, ourCurveKey: string): string | undefined {
+  const content = event.content as { algorithm?: unknown; ciphertext?: Record<string, { type?: unknown; body?: unknown }> } | undefined;
+  const ciphertext = content?.ciphertext?.[ourCurveKey];
+  if (event.type !== 'm.room.encrypted' || content?.algorithm !== OLM || ciphertext?.type !== 0 || typeof ciphertext.body !== 'string') return undefined;
+  const bytes = Buffer.from(ciphertext.body, 'base64');
+  if (bytes[0] !== 3) return undefined;
+  for (let i = 1; i + 1 < bytes.length; ) {
+    const field = bytes[i]! >> 3;
+    if ((bytes[i]! & 7) !== 2) return undefined;
+    let length = 0;
+    let shift = 0;
+    for (i++; i < bytes.length; i++, shift += 7) {
+      length |= (bytes[i]! & 0x7f) << shift;
+      if (bytes[i]! < 0x80) break;
+    }
+    i++;
+    if (field === 2) return bytes.subarray(i, i + length).toString('base64');
+    i += length;
+  }
+  return undefined;
 }
 
 function safeParse(text: string): Record<string, any> | undefined {
