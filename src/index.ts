@@ -22,4 +22,4 @@ export * from './client';
 export * from './trust';
 export * from './appservice';
 export type { CounterSnapshot, HistogramSample, HistogramSnapshot, MetricSample, MetricsOptions, MetricsSnapshot, PrometheusRegistry } from './metrics/recorder';
-export type { MetricName } from './metrics/definitions';
+export type { HistogramMetricName, MetricName, ValueMetricName } from './metrics/definitions';

@@ -1,6 +1,8 @@
 // Metrics of OlmMachine, HomeserverTransport and EncryptedClient: every figure moves with its
 // event by exact counts, label values stay in their closed sets, the prom-client exposition
 // parses, and a registry that is not one is refused naming the option.
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
 import {
@@ -14,6 +16,7 @@ import {
   type MetricsOptions,
 } from '../src/index';
 import { TestDevice, TestHomeserver } from '../src/testing';
+import { DEFINITIONS } from '../src/metrics/definitions';
 import { observed, parseExposition, value } from './helpers/metrics';
 
 const ALICE = '@alice:example.org';
@@ -131,6 +134,24 @@ describe('OlmMachine metrics', () => {
   });
 });
 
+describe('Olm session metrics', () => {
+  it('count one outbound session per claimed key and one inbound session per base key', async () => {
+    const hs = new TestHomeserver();
+    const alice = await device(hs, ALICE, 'ALICE');
+    const bobs = await Promise.all(['B1', 'B2', 'B3', 'B4', 'B5'].map((id) => device(hs, BOB, id)));
+    // Two messages in two rooms before any answer: every room key goes in a pre-key message.
+    await alice.sendMessage('!one:example.org', [ALICE, BOB]);
+    await alice.sendMessage('!two:example.org', [ALICE, BOB]);
+    expect(value(alice.machine.metrics(), 'matrix_crypto_olm_sessions_created_total', { direction: 'outbound' })).toBe(5);
+    for (const b of bobs) {
+      const sync = await b.sync();
+      expect(sync.roomKeyUpdates).toHaveLength(2);
+      expect(b.machine.metrics().matrix_crypto_olm_sessions_created_total.samples).toEqual([{ labels: { direction: 'inbound' }, value: 1 }]);
+    }
+    for (const d of [alice, ...bobs]) await d.machine.close();
+  });
+});
+
 describe('one prom-client registry for several machines', () => {
   it('adds every machine to the same series, and the exposition parses', async () => {
     const registry = new Registry();
@@ -191,6 +212,15 @@ describe('one prom-client registry for several machines', () => {
     await expect(
       AppserviceCrypto.open({ homeserverUrl: 'https://hs.invalid', registration, storeRoot: '/nonexistent/never-created', metrics: { registry: new Map() as never } }),
     ).rejects.toMatchObject({ code: 'InvalidArgument', field: 'options.metrics.registry' });
+  });
+});
+
+describe('docs/metrics.md', () => {
+  it('documents every metric with its type and labels', async () => {
+    const docs = await readFile(resolve(__dirname, '../docs/metrics.md'), 'utf8');
+    const rows = new Map([...docs.matchAll(/^\| `(matrix_crypto_[a-z_]+)` \| (\w+) \| ([^|]+) \|/gm)].map((m) => [m[1], [m[2], m[3]!.trim()]]));
+    const defined = Object.entries(DEFINITIONS).map(([name, d]) => [name, [d.type, Object.keys(d.labels).map((l) => `\`${l}\``).join(', ') || '—']]);
+    expect([...rows.entries()]).toEqual(defined);
   });
 });
 

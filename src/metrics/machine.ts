@@ -143,10 +143,7 @@ export class MachineMetrics {
       const counts = (safeParse(response) as { one_time_key_counts?: Record<string, unknown> } | undefined)?.one_time_key_counts;
       if (typeof counts?.signed_curve25519 === 'number') this.setKeysLeft(counts.signed_curve25519);
     } else if (type === 'keys_claim') {
-      const claimed = (safeParse(response) as { one_time_keys?: Record<string, Record<string, Record<string, unknown>>> } | undefined)?.one_time_keys;
-      let keys = 0;
-      for (const devices of Object.values(claimed ?? {})) for (const k of Object.values(devices ?? {})) keys += Object.keys(k ?? {}).length;
-      this.recorder.add('matrix_crypto_olm_sessions_created_total', { direction: 'outbound' }, keys);
+      this.recorder.add('matrix_crypto_olm_sessions_created_total', { direction: 'outbound' }, claimedKeys(response));
     }
   }
 
@@ -214,6 +211,18 @@ function preKeyBaseKey(event: MatrixEvent, ourCurveKey: string): string | undefi
     i += length;
   }
   return undefined;
+}
+
+/**
+ * The keys in a `keys/claim` answer: the occurrences of a `"signed_curve25519:<key id>"` name
+ * (the only algorithm the crate claims). Counted in the text rather than parsed: at 10,000
+ * devices the answer is megabytes, which the native side parses already.
+ */
+function claimedKeys(response: string): number {
+  const needle = '"signed_curve25519:';
+  let n = 0;
+  for (let at = response.indexOf(needle); at !== -1; at = response.indexOf(needle, at + needle.length)) n++;
+  return n;
 }
 
 function safeParse(text: string): Record<string, any> | undefined {

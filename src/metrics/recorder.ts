@@ -7,7 +7,7 @@
  * @module
  */
 import { MatrixCryptoError } from '../errors';
-import { DEFINITIONS, type MetricName } from './definitions';
+import { DEFINITIONS, type HistogramMetricName, type MetricName } from './definitions';
 
 /**
  * The parts of a prom-client `Registry` this library uses. Pass the registry itself (prom-client
@@ -83,7 +83,7 @@ export interface HistogramSnapshot {
  * Every metric of this library with its current figures, by metric name: what `metrics()`
  * returns, with or without prom-client. See docs/metrics.md for what each one means.
  */
-export type MetricsSnapshot = { [K in MetricName]: (typeof DEFINITIONS)[K]['type'] extends 'histogram' ? HistogramSnapshot : CounterSnapshot };
+export type MetricsSnapshot = { [K in MetricName]: K extends HistogramMetricName ? HistogramSnapshot : CounterSnapshot };
 
 interface Series {
   labels: Record<string, string>;
