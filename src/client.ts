@@ -78,7 +78,7 @@ export interface EncryptedClientOpenOptions {
   /** The machine's withheld policy; default: every code, with default reasons. */
   withheld?: WithheldPolicy;
   /** Further transport options (retries, back-off, a custom `fetch`, ...). */
-  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken'>;
+  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'metrics'>;
   /** See {@link EncryptedClientOptions.shareSettings}. */
   shareSettings?: ShareSettings;
   /** See {@link EncryptedClientOptions.syncToken}. */

@@ -33,6 +33,7 @@ export interface HealthOptions {
   /**
    * More readiness conditions by name, besides the built-in `store` and `homeserver`: e.g. a
    * standby that must not take traffic, `{ leader: () => ({ ok: isLeader(), detail: 'standby' }) }`.
+   * A check named `store` or `homeserver` replaces the built-in one.
    */
   checks?: Record<string, ReadinessCheck>;
 }

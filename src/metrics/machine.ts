@@ -152,7 +152,10 @@ export class MachineMetrics {
     const r = this.recorder;
     r.add('matrix_crypto_room_key_shares_total', {});
     r.add('matrix_crypto_room_key_share_devices_total', {}, result.sharedWith.length);
-    for (const w of result.withheld) r.add('matrix_crypto_room_key_withheld_total', { code: w.code });
+    // Summed per code first: a share to 10,000 devices must not cost 10,000 label lookups.
+    const byCode = new Map<string, number>();
+    for (const w of result.withheld) byCode.set(w.code, (byCode.get(w.code) ?? 0) + 1);
+    for (const [code, n] of byCode) r.add('matrix_crypto_room_key_withheld_total', { code }, n);
     let bytes = 0;
     for (const req of result.requests) bytes += Buffer.byteLength(req.body);
     r.add('matrix_crypto_room_key_share_request_bytes_total', {}, bytes);
