@@ -203,6 +203,7 @@ function jsonArg(field: string, value: unknown): string {
 export class OlmMachine {
   readonly #inner: NativeMachine;
   readonly #metrics: MachineMetrics;
+  #closeCounted = false;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
   static {
@@ -321,9 +322,11 @@ export class OlmMachine {
    * store opened again, right away). Reopen the same store with {@link OlmMachine.open}.
    */
   async close(): Promise<void> {
-    const wasOpen = !this.#inner.isClosed;
+    // Counted once, by the first call (calls may overlap).
+    const first = !this.#closeCounted && !this.#inner.isClosed;
+    this.#closeCounted = true;
     await this.#metrics.time('close', () => native(() => this.#inner.close()));
-    if (wasOpen) this.#metrics.closed();
+    if (first) this.#metrics.closed();
   }
 
   /**
