@@ -29,11 +29,13 @@
 
 import { SerialQueues } from './queues';
 import { DecryptionError, MatrixCryptoError } from './errors';
-import { OlmMachine, type ShareResult, type StoreOptions } from './machine';
+import { machineRecorder, OlmMachine, type ShareResult, type StoreOptions } from './machine';
+import { internalMetrics, mergeSnapshots, recorderFor, type MetricsOptions, type MetricsSnapshot } from './metrics/recorder';
 import type { OutgoingRequest, RoomMessageRequest } from './requests';
 import {
   HomeserverTransport,
   toSyncChanges,
+  transportRecorder,
   type HomeserverTransportOptions,
   type RoomEvent,
   type SyncResponse,
@@ -76,7 +78,7 @@ export interface EncryptedClientOpenOptions {
   /** The machine's withheld policy; default: every code, with default reasons. */
   withheld?: WithheldPolicy;
   /** Further transport options (retries, back-off, a custom `fetch`, ...). */
-  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken'>;
+  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'metrics'>;
   /** See {@link EncryptedClientOptions.shareSettings}. */
   shareSettings?: ShareSettings;
   /** See {@link EncryptedClientOptions.syncToken}. */
@@ -95,6 +97,12 @@ export interface EncryptedClientOpenOptions {
   };
   /** See {@link EncryptedClientOptions.verification}. */
   verification?: VerificationPolicy;
+  /**
+   * Metrics of the machine and the transport: `{ registry }` to register them in a prom-client
+   * `Registry` (shared with everything else opened with it). Either way
+   * {@link EncryptedClient.metrics} returns the figures; see docs/metrics.md.
+   */
+  metrics?: MetricsOptions;
 }
 
 /** Options of the {@link EncryptedClient} constructor. */
@@ -374,10 +382,12 @@ export class EncryptedClient {
    * @throws {@link MatrixCryptoError} when the store cannot be opened (see {@link OlmMachine.open}).
    */
   static async open(options: EncryptedClientOpenOptions): Promise<EncryptedClient> {
+    const metrics = internalMetrics(recorderFor(options.metrics, 'metrics'));
     const transport = new HomeserverTransport({
       ...options.transport,
       baseUrl: options.baseUrl,
       accessToken: options.accessToken,
+      metrics,
     });
     let { userId, deviceId } = options;
     if (userId === undefined || deviceId === undefined) {
@@ -391,6 +401,7 @@ export class EncryptedClient {
       deviceId,
       store: options.store,
       ...(options.withheld ? { withheld: options.withheld } : {}),
+      metrics,
     });
     const client = new EncryptedClient({
       machine,
@@ -721,6 +732,16 @@ export class EncryptedClient {
       // Ids are never reused; keep the set small.
       if (this.sentRoomMessages.size > 256) this.sentRoomMessages.delete(this.sentRoomMessages.values().next().value!);
     });
+  }
+
+  /**
+   * The metrics of the machine and the transport (see docs/metrics.md): with `metrics: { registry }`
+   * at {@link open}, the figures of everything recording into that registry.
+   */
+  metrics(): MetricsSnapshot {
+    const machine = machineRecorder(this.machine);
+    const transport = transportRecorder(this.transport);
+    return machine === transport ? machine.snapshot() : mergeSnapshots(machine.snapshot(), transport.snapshot());
   }
 
   /** Closes the machine (see {@link OlmMachine.close}); the transport holds no resources. */

@@ -21,3 +21,5 @@ export type { LogLevel, LogRecord, LogSpan, LogSink, LoggerLike, LoggingOptions 
 export * from './client';
 export * from './trust';
 export * from './appservice';
+export type { CounterSnapshot, HistogramSample, HistogramSnapshot, MetricSample, MetricsOptions, MetricsSnapshot, PrometheusRegistry } from './metrics/recorder';
+export type { HistogramMetricName, MetricName, ValueMetricName } from './metrics/definitions';

@@ -7,6 +7,8 @@ import { openMachine, type NativeMachine, type NativeRequest, type ReceivedNotic
 import { MatrixCryptoError, native, nativeSync } from './errors';
 import { deleteAccount, listAccounts, nativeStoreOptions, type StoreAccount, type StoreDatabase, type StoreOptions } from './store';
 import { ProgressRelay, type ProgressCallback } from './progress';
+import { MachineMetrics } from './metrics/machine';
+import { MetricsRecorder, recorderFor, type MetricsOptions, type MetricsSnapshot } from './metrics/recorder';
 import type { OutgoingRequest, RequestType } from './requests';
 import { SecretStorageKey, type AccountDataSecret, type SecretsImport } from './trust/secret-storage';
 import type { VerificationCancelCode, VerificationInfo, VerificationMethodKind, VerificationQrCode, VerificationStep } from './trust/verification';
@@ -41,6 +43,8 @@ import type {
 import type { ReceivedRoomKeyBundle, RoomKeyBundleResult, RoomKeyBundleUpload, RoomKeyBundleWithheldEntry } from './bundles';
 
 let wrap: (inner: NativeMachine) => OlmMachine;
+let openWith: (options: OpenOptions, metrics: (recorder: MetricsRecorder) => MachineMetrics) => Promise<OlmMachine>;
+let recorderOf: (machine: OlmMachine) => MetricsRecorder;
 
 /**
  * This library's machine over a native machine that is already open: how the compat layer, which
@@ -50,6 +54,22 @@ let wrap: (inner: NativeMachine) => OlmMachine;
  */
 export function wrapNativeMachine(inner: NativeMachine): OlmMachine {
   return wrap(inner);
+}
+
+/**
+ * {@link OlmMachine.open} for an AppserviceCrypto's machines: they record into the manager's
+ * recorder (its `metrics` option), without counting decryptions, which the manager counts per
+ * event it hands to the bridge. Not exported from the package.
+ *
+ * @internal
+ */
+export function openUncountedDecryptions(options: OpenOptions): Promise<OlmMachine> {
+  return openWith(options, (recorder) => new MachineMetrics(recorder, false));
+}
+
+/** The recorder a machine reports into. Not exported from the package. @internal */
+export function machineRecorder(machine: OlmMachine): MetricsRecorder {
+  return recorderOf(machine);
 }
 
 export type { StoreOptions } from './store';
@@ -73,6 +93,12 @@ export interface OpenOptions {
    * device per hour, persisted). Default: `true`.
    */
   reactToNoOlm?: boolean;
+  /**
+   * Metrics: `{ registry }` to register them in a prom-client `Registry` (shared by every
+   * machine opened with it). Either way {@link OlmMachine.metrics} returns the figures; see
+   * docs/metrics.md.
+   */
+  metrics?: MetricsOptions;
 }
 
 /** What {@link OlmMachine.shareRoomKey} returns. */
@@ -176,15 +202,24 @@ function jsonArg(field: string, value: unknown): string {
  */
 export class OlmMachine {
   readonly #inner: NativeMachine;
+  readonly #metrics: MachineMetrics;
+  #closeCounted = false;
   readonly #withheldListeners = new Set<(notice: WithheldNotice) => void>();
 
   static {
-    wrap = (inner) => new OlmMachine(inner);
+    wrap = (inner) => {
+      const machine = new OlmMachine(inner, new MachineMetrics(new MetricsRecorder()));
+      machine.#metrics.opened();
+      return machine;
+    };
+    openWith = (options, metrics) => OlmMachine.#open(options, metrics);
+    recorderOf = (machine) => machine.#metrics.recorder;
   }
 
   /** Hidden: machines come from {@link OlmMachine.open}. */
-  private constructor(inner: NativeMachine) {
+  private constructor(inner: NativeMachine, metrics: MachineMetrics) {
     this.#inner = inner;
+    this.#metrics = metrics;
   }
 
   /**
@@ -195,6 +230,10 @@ export class OlmMachine {
    *   another account.
    */
   static async open(options: OpenOptions): Promise<OlmMachine> {
+    return OlmMachine.#open(options, (recorder) => new MachineMetrics(recorder));
+  }
+
+  static async #open(options: OpenOptions, withMetrics: (recorder: MetricsRecorder) => MachineMetrics): Promise<OlmMachine> {
     if (options === null || typeof options !== 'object') {
       throw new MatrixCryptoError('InvalidArgument', 'options: must be an object', 'options');
     }
@@ -213,16 +252,20 @@ export class OlmMachine {
     if (options.reactToNoOlm !== undefined && typeof options.reactToNoOlm !== 'boolean') {
       throw new MatrixCryptoError('InvalidArgument', 'reactToNoOlm: must be a boolean', 'reactToNoOlm');
     }
-    const inner = await native(() =>
-      openMachine({
-        userId,
-        deviceId,
-        ...nativeStore,
-        withheldPolicy,
-        reactToNoOlm: options.reactToNoOlm,
-      }),
+    const metrics = withMetrics(recorderFor(options.metrics, 'metrics'));
+    const inner = await metrics.time('open', () =>
+      native(() =>
+        openMachine({
+          userId,
+          deviceId,
+          ...nativeStore,
+          withheldPolicy,
+          reactToNoOlm: options.reactToNoOlm,
+        }),
+      ),
     );
-    return new OlmMachine(inner);
+    metrics.opened();
+    return new OlmMachine(inner, metrics);
   }
 
   /**
@@ -279,7 +322,19 @@ export class OlmMachine {
    * store opened again, right away). Reopen the same store with {@link OlmMachine.open}.
    */
   async close(): Promise<void> {
-    await native(() => this.#inner.close());
+    // Counted once, by the first call (calls may overlap).
+    const first = !this.#closeCounted && !this.#inner.isClosed;
+    this.#closeCounted = true;
+    await this.#metrics.time('close', () => native(() => this.#inner.close()));
+    if (first) this.#metrics.closed();
+  }
+
+  /**
+   * This machine's metrics (see docs/metrics.md): with `metrics: { registry }` at
+   * {@link open}, the figures of everything recording into that registry.
+   */
+  metrics(): MetricsSnapshot {
+    return this.#metrics.recorder.snapshot();
   }
 
   /**
@@ -288,7 +343,7 @@ export class OlmMachine {
    */
   async receiveSyncChanges(changes: SyncChanges): Promise<SyncResult> {
     const json = jsonArg('changes', changes ?? {});
-    const out = await native(() => this.#inner.receiveSyncChanges(json));
+    const out = await this.#metrics.time('receive_sync_changes', () => native(() => this.#inner.receiveSyncChanges(json)));
     const result: SyncResult = {
       toDeviceEvents: JSON.parse(out.toDeviceEvents) as SyncResult['toDeviceEvents'],
       roomKeyUpdates: out.roomKeyUpdates,
@@ -296,6 +351,9 @@ export class OlmMachine {
       keyRequestAnswers: out.keyRequestAnswers,
       skippedToDeviceEvents: out.skippedToDeviceEvents,
     };
+    // `changes` may be a JSON string despite its type (jsonArg accepts one).
+    const input = typeof (changes as unknown) === 'string' ? (JSON.parse(changes as unknown as string) as SyncChanges) : (changes ?? {});
+    this.#metrics.sync(input, result, this.identityKeys.curve25519);
     for (const notice of result.withheldNotices) {
       for (const listener of this.#withheldListeners) {
         try {
@@ -443,8 +501,9 @@ export class OlmMachine {
    * {@link markRequestAsSent}. Call after every sync and after {@link shareRoomKey}.
    */
   async outgoingRequests(): Promise<OutgoingRequest[]> {
-    const list = await native(() => this.#inner.outgoingRequests());
-    return list.map(toRequest);
+    const list = (await this.#metrics.time('outgoing_requests', () => native(() => this.#inner.outgoingRequests()))).map(toRequest);
+    this.#metrics.handedOut(list);
+    return list;
   }
 
   /**
@@ -476,13 +535,14 @@ export class OlmMachine {
       throw new MatrixCryptoError('InvalidArgument', 'request: must be a request object or its id', 'request');
     }
     const body = jsonArg('response', response);
-    await native(() => this.#inner.markRequestAsSent(id, type, body));
+    await this.#metrics.time('mark_request_as_sent', () => native(() => this.#inner.markRequestAsSent(id, type, body)));
+    this.#metrics.sent(id, type, body);
   }
 
   /** Track the device lists of these users (everyone in the encrypted rooms we send to). */
   async updateTrackedUsers(users: string[]): Promise<void> {
     const list = requireStringArray('users', users);
-    await native(() => this.#inner.updateTrackedUsers(list));
+    await this.#metrics.time('update_tracked_users', () => native(() => this.#inner.updateTrackedUsers(list)));
   }
 
   /**
@@ -491,7 +551,7 @@ export class OlmMachine {
    */
   async getMissingSessions(users: string[]): Promise<KeysClaimRequest | null> {
     const list = requireStringArray('users', users);
-    const r = await native(() => this.#inner.getMissingSessions(list));
+    const r = await this.#metrics.time('get_missing_sessions', () => native(() => this.#inner.getMissingSessions(list)));
     return r ? (toRequest(r) as KeysClaimRequest) : null;
   }
 
@@ -505,8 +565,10 @@ export class OlmMachine {
     requireString('roomId', roomId);
     const list = requireStringArray('users', users);
     const s = jsonArg('settings', settings);
-    const result = await native(() => this.#inner.shareRoomKey(roomId, list, s));
-    return { requests: result.requests.map(toRequest) as ToDeviceRequest[], sharedWith: result.sharedWith, withheld: result.withheld };
+    const result = await this.#metrics.time('share_room_key', () => native(() => this.#inner.shareRoomKey(roomId, list, s)));
+    const share = { requests: result.requests.map(toRequest) as ToDeviceRequest[], sharedWith: result.sharedWith, withheld: result.withheld };
+    this.#metrics.share(share);
+    return share;
   }
 
   /** The machine-wide withheld policy (see {@link setWithheldPolicy}). */
@@ -559,7 +621,7 @@ export class OlmMachine {
     requireString('roomId', roomId);
     requireString('eventType', eventType);
     const json = jsonArg('content', content);
-    return JSON.parse(await native(() => this.#inner.encryptRoomEvent(roomId, eventType, json)));
+    return JSON.parse(await this.#metrics.time('encrypt_room_event', () => native(() => this.#inner.encryptRoomEvent(roomId, eventType, json))));
   }
 
   /**
@@ -571,7 +633,14 @@ export class OlmMachine {
   async decryptRoomEvent(event: MatrixEvent | string, roomId: string): Promise<DecryptedRoomEvent> {
     requireString('roomId', roomId);
     const json = jsonArg('event', event);
-    const out = await native(() => this.#inner.decryptRoomEvent(json, roomId));
+    let out;
+    try {
+      out = await this.#metrics.time('decrypt_room_event', () => native(() => this.#inner.decryptRoomEvent(json, roomId)));
+    } catch (err) {
+      this.#metrics.decryption(roomId, event, err);
+      throw err;
+    }
+    this.#metrics.decryption(roomId, event, undefined);
     return { event: JSON.parse(out.event) as MatrixEvent, ...out.encryptionInfo };
   }
 

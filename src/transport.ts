@@ -24,6 +24,8 @@
  * @module
  */
 
+import type { ENDPOINTS } from './metrics/definitions';
+import { recorderFor, type MetricsOptions, type MetricsRecorder, type MetricsSnapshot } from './metrics/recorder';
 import type { OutgoingRequest, RequestType } from './requests';
 import type { MatrixEvent, SyncChanges } from './types';
 
@@ -95,6 +97,12 @@ export interface HomeserverTransportOptions {
     /** The device of that user to act as; it must exist on the homeserver. */
     deviceId?: string;
   };
+  /**
+   * Metrics of the requests (by endpoint template and status): `{ registry }` to register them in
+   * a prom-client `Registry`. Either way {@link HomeserverTransport.metrics} returns the figures;
+   * see docs/metrics.md.
+   */
+  metrics?: MetricsOptions;
 }
 
 /** Per-call options. */
@@ -332,6 +340,34 @@ interface Call {
 
 const CLIENT_V3 = '/_matrix/client/v3';
 
+/** The endpoint template of each call type: the metrics' bounded `endpoint` label (no ids). */
+const ENDPOINT_OF: { readonly [K in TransportCallType]: (typeof ENDPOINTS)[number] } = {
+  keys_upload: '/keys/upload',
+  keys_query: '/keys/query',
+  keys_claim: '/keys/claim',
+  to_device: '/sendToDevice/{eventType}/{txnId}',
+  signature_upload: '/keys/signatures/upload',
+  room_message: '/rooms/{roomId}/send/{eventType}/{txnId}',
+  keys_backup: '/room_keys/keys',
+  sync: '/sync',
+  create_room: '/createRoom',
+  join_room: '/join/{roomIdOrAlias}',
+  send_room_event: '/rooms/{roomId}/send/{eventType}/{txnId}',
+  joined_members: '/rooms/{roomId}/joined_members',
+  room_messages: '/rooms/{roomId}/messages',
+  whoami: '/account/whoami',
+  signing_keys_upload: '/keys/device_signing/upload',
+  get_account_data: '/user/{userId}/account_data/{type}',
+  set_account_data: '/user/{userId}/account_data/{type}',
+  get_state_event: '/rooms/{roomId}/state/{eventType}/{stateKey}',
+  get_backup_version: '/room_keys/version',
+  create_backup_version: '/room_keys/version',
+  get_backup_keys: '/room_keys/keys',
+  put_device: '/devices/{deviceId}',
+  delete_device: '/devices/{deviceId}',
+  register: '/register',
+};
+
 /** URL-encodes one path segment (room ids, event types, transaction ids). */
 function seg(s: string): string {
   return encodeURIComponent(s);
@@ -393,6 +429,11 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/** The recorder a transport reports into. Not exported from the package. @internal */
+export function transportRecorder(transport: HomeserverTransport): MetricsRecorder {
+  return transport['recorder'];
+}
+
 /**
  * Sends {@link OutgoingRequest}s and a few helper calls to a Matrix homeserver, with retries.
  *
@@ -409,8 +450,13 @@ export class HomeserverTransport {
   private readonly fetchImpl: typeof fetch;
   private readonly onRetry: ((info: RetryInfo) => void) | undefined;
   private readonly masquerade: HomeserverTransportOptions['masquerade'];
+  private readonly recorder: MetricsRecorder;
 
-  /** Creates a transport; no request is made until a method is called. */
+  /**
+   * Creates a transport; no request is made until a method is called.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `metrics.registry` when it is not a prom-client `Registry`.
+   */
   constructor(options: HomeserverTransportOptions) {
     if (!options.baseUrl) throw new TypeError('HomeserverTransport: baseUrl is required');
     if (!options.accessToken) throw new TypeError('HomeserverTransport: accessToken is required');
@@ -427,6 +473,15 @@ export class HomeserverTransport {
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.onRetry = options.onRetry;
     this.masquerade = options.masquerade;
+    this.recorder = recorderFor(options.metrics, 'metrics');
+  }
+
+  /**
+   * The request metrics (see docs/metrics.md): with `metrics: { registry }`, the figures of
+   * everything recording into that registry.
+   */
+  metrics(): MetricsSnapshot {
+    return this.recorder.snapshot();
   }
 
   /**
@@ -754,6 +809,11 @@ export class HomeserverTransport {
     return url;
   }
 
+  private countRequest(endpoint: string, method: string, status: string, start: number): void {
+    this.recorder.add('matrix_crypto_homeserver_requests_total', { endpoint, method, status });
+    this.recorder.observe('matrix_crypto_homeserver_request_duration_seconds', { endpoint }, (performance.now() - start) / 1000);
+  }
+
   /** Exponential back-off with "equal jitter": half fixed, half random. */
   private backoff(retry: number): number {
     const exp = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (retry - 1));
@@ -769,9 +829,14 @@ export class HomeserverTransport {
       const timeout = AbortSignal.timeout(call.timeoutMs ?? this.requestTimeoutMs);
       const signal = call.signal ? AbortSignal.any([call.signal, timeout]) : timeout;
       let failure: { error: unknown; status?: number; delayMs?: number | undefined };
+      const endpoint = ENDPOINT_OF[call.requestType];
+      const start = performance.now();
+      let status = 'network_error';
       try {
         const res = await this.fetchImpl(url, { method: call.method, headers, body: call.body ?? null, signal });
         const text = await res.text();
+        status = String(res.status);
+        this.countRequest(endpoint, call.method, status, start);
         if (res.ok) return text;
         const parsed = parseErrorBody(text);
         const retryAfterMs =
@@ -788,6 +853,7 @@ export class HomeserverTransport {
         failure = { error, status: res.status, delayMs: retryAfterMs };
       } catch (err) {
         if (err instanceof HomeserverError) throw err;
+        if (status === 'network_error') this.countRequest(endpoint, call.method, status, start);
         // The caller's abort is final; our own per-attempt timeout is a retryable network error.
         if (call.signal?.aborted) throw abortReason(call.signal);
         failure = { error: err };

@@ -20,5 +20,6 @@ export type {
 export { AppserviceError } from './errors';
 export type { AppserviceErrorCode } from './errors';
 export { serveAppservice } from './server';
+export type { HealthOptions, ReadinessCheck, ReadinessCheckResult, ReadinessReport } from './health';
 export type { AppserviceServer, ServeAppserviceOptions } from './server';
 export type { TransactionBody, TransactionDeviceLists, TransactionToDeviceEvent } from './transaction';

@@ -9,7 +9,9 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SendEncryptedResult, TimelineEvent } from '../client';
 import { DecryptionError, MatrixCryptoError } from '../errors';
-import { OlmMachine, type ShareResult, type StoreOptions } from '../machine';
+import { openUncountedDecryptions, type OlmMachine, type ShareResult, type StoreOptions } from '../machine';
+import { AppserviceMetrics } from '../metrics/appservice';
+import { internalMetrics, recorderFor, type MetricsOptions, type MetricsSnapshot, type PrometheusRegistry } from '../metrics/recorder';
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
 import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
@@ -90,7 +92,14 @@ export interface AppserviceCryptoOptions {
   /** The display name of new devices. Default `matrix-crypto-node bridge`. */
   deviceDisplayName?: (userId: string) => string;
   /** Further transport options (retries, back-off, a custom `fetch`, ...), for every device. */
-  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'masquerade'>;
+  transport?: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'masquerade' | 'metrics'>;
+  /**
+   * Metrics of the manager, its machines and their requests: `{ registry }` to register them in
+   * a prom-client `Registry` (shared with everything else opened with it; {@link serveAppservice}
+   * then serves it at `GET /metrics`). Either way {@link AppserviceCrypto.metrics} returns the
+   * figures; see docs/metrics.md.
+   */
+  metrics?: MetricsOptions;
 }
 
 /** A bridged user's device. */
@@ -244,6 +253,9 @@ export class AppserviceCrypto {
   private readonly shareSettings: ShareSettings;
   private readonly displayName: (userId: string) => string;
   private readonly transportOptions: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'masquerade'>;
+  private readonly metricsOf: AppserviceMetrics;
+  /** When the homeserver last answered one of our requests (status below 500), ms since the epoch. */
+  private answeredAt: number | null = null;
   private readonly namespace: RegExp[];
   private readonly appTransport: HomeserverTransport;
   /** Open devices, least recently used first. */
@@ -262,6 +274,8 @@ export class AppserviceCrypto {
   private readonly holders = new Map<string, Set<string>>();
   /** Undecryptable events waiting for their room key, by `roomId|sessionId`. */
   private readonly waiting = new Map<string, RoomEvent[]>();
+  /** When the first event of each `waiting` entry failed, ms since the epoch. */
+  private readonly waitingSince = new Map<string, number>();
   private waitingCount = 0;
   private transactions: Promise<void> = Promise.resolve();
   /** No new public call is accepted. */
@@ -290,8 +304,14 @@ export class AppserviceCrypto {
     const requests = new Limiter(requestConcurrency);
     const baseFetch = options.transport?.fetch ?? globalThis.fetch.bind(globalThis);
     // One limiter around every device's fetch: back-off waits happen outside it.
-    const limitedFetch: typeof fetch = (input, init) => requests.run(() => baseFetch(input, init));
-    this.transportOptions = { ...options.transport, fetch: limitedFetch };
+    const limitedFetch: typeof fetch = (input, init) =>
+      requests.run(async () => {
+        const res = await baseFetch(input, init);
+        if (res.status < 500) this.answeredAt = Date.now();
+        return res;
+      });
+    this.metricsOf = new AppserviceMetrics(recorderFor(options.metrics, 'options.metrics'));
+    this.transportOptions = { ...options.transport, fetch: limitedFetch, metrics: internalMetrics(this.metricsOf.recorder) };
     this.namespace = (options.registration.namespaces?.users ?? []).map((ns, i) => {
       try {
         return new RegExp(`^(?:${ns.regex})$`);
@@ -331,6 +351,7 @@ export class AppserviceCrypto {
         throw new MatrixCryptoError('InvalidArgument', `options.${f}: must be a function`, `options.${f}`);
       }
     }
+    recorderFor(options.metrics, 'options.metrics');
     const state = await AppserviceState.open(options.storeRoot);
     return new AppserviceCrypto(options, state);
   }
@@ -338,6 +359,47 @@ export class AppserviceCrypto {
   /** The hs_token of the registration (what {@link serveAppservice} checks). */
   get hsToken(): string {
     return this.registration.hs_token;
+  }
+
+  /**
+   * The metrics of the manager, its machines and their requests (see docs/metrics.md): with
+   * `metrics: { registry }` at {@link open}, the figures of everything recording into that registry.
+   */
+  metrics(): MetricsSnapshot {
+    return this.metricsOf.recorder.snapshot();
+  }
+
+  /** The prom-client registry given as `metrics.registry` at {@link open}, or `null`. */
+  get metricsRegistry(): PrometheusRegistry | null {
+    return this.metricsOf.recorder.registry;
+  }
+
+  /** Whether {@link close} was called (the store root and the machines are then closed). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /**
+   * When the homeserver last answered a request of this manager (any device, any status below
+   * 500), in milliseconds since the epoch; `null` if it never did in this process.
+   */
+  get homeserverAnsweredAt(): number | null {
+    return this.answeredAt;
+  }
+
+  /**
+   * Asks the homeserver who the appservice is (`GET /account/whoami` with the `as_token`) and
+   * resolves whether it answered (any status below 500) within `timeoutMs` (default 5,000), retries
+   * included. An answer updates {@link homeserverAnsweredAt}.
+   */
+  async pingHomeserver(timeoutMs = 5000): Promise<boolean> {
+    positiveInt('timeoutMs', timeoutMs, 5000);
+    try {
+      await this.appTransport.whoami({ signal: AbortSignal.timeout(timeoutMs) });
+      return true;
+    } catch (err) {
+      return err instanceof HomeserverError && err.status < 500;
+    }
   }
 
   /** How many machines are open now. */
@@ -499,12 +561,25 @@ export class AppserviceCrypto {
   async processTransaction(txnId: string, body: unknown, options: ProcessTransactionOptions = {}): Promise<TransactionResult> {
     nonEmpty('txnId', txnId);
     this.assertOpen();
-    const run = this.transactions.then(() => this.process(txnId, body, options));
+    const run = this.transactions.then(() => this.timed(txnId, body, options));
     this.transactions = run.then(
       () => undefined,
       () => undefined,
     );
     return run;
+  }
+
+  /** {@link process}, counted and timed. */
+  private async timed(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
+    const start = performance.now();
+    try {
+      const result = await this.process(txnId, body, options);
+      this.metricsOf.transaction(start, result.duplicate ? 'duplicate' : 'processed', result.devices.length);
+      return result;
+    } catch (err) {
+      this.metricsOf.transaction(start, 'failed', 0);
+      throw err;
+    }
   }
 
   private async process(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
@@ -596,6 +671,7 @@ export class AppserviceCrypto {
     await this.state.recordTransaction(txnId);
     // Only once the transaction is done: a retry hands the same events over again.
     late.commit();
+    this.metricsOf.handedOver([...events, ...late.items]);
     for (const item of events) if (item.kind === 'undecryptable') this.wait(item);
     return result;
   }
@@ -628,14 +704,22 @@ export class AppserviceCrypto {
   private wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): void {
     if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') return;
     const k = `${item.roomId}|${item.error.sessionId ?? ''}`;
-    if (!this.waiting.has(k)) this.waiting.set(k, []);
+    if (!this.waiting.has(k)) {
+      this.waiting.set(k, []);
+      this.waitingSince.set(k, Date.now());
+    }
     this.waiting.get(k)!.push(item.event);
     this.waitingCount++;
+    this.metricsOf.waiting(1);
     while (this.waitingCount > 1000) {
       const [oldest, list] = this.waiting.entries().next().value as [string, RoomEvent[]];
       list.shift();
       this.waitingCount--;
-      if (list.length === 0) this.waiting.delete(oldest);
+      this.metricsOf.waiting(-1);
+      if (list.length === 0) {
+        this.waiting.delete(oldest);
+        this.waitingSince.delete(oldest);
+      }
     }
   }
 
@@ -661,9 +745,15 @@ export class AppserviceCrypto {
       if (decrypted.size === 0) return;
       for (const [k, list] of this.waiting) {
         const still = list.filter((e) => !decrypted.has(e));
+        if (still.length === list.length) continue;
         this.waitingCount -= list.length - still.length;
+        this.metricsOf.waiting(still.length - list.length);
+        this.metricsOf.lateKey(this.waitingSince.get(k)!);
         if (still.length) this.waiting.set(k, still);
-        else this.waiting.delete(k);
+        else {
+          this.waiting.delete(k);
+          this.waitingSince.delete(k);
+        }
       }
     };
     return { items, commit };
@@ -853,11 +943,12 @@ export class AppserviceCrypto {
     if (!rec) throw new AppserviceError('NotInNamespace', `${userId} has no device; call deviceFor first`, { userId });
     await this.closing.get(userId);
     const policy = this.withheldPolicy?.(userId);
-    const machine = await OlmMachine.open({
+    const machine = await openUncountedDecryptions({
       userId,
       deviceId: rec.deviceId,
       store: this.storeFor(userId, rec.deviceId),
       ...(policy ? { withheld: policy } : {}),
+      metrics: internalMetrics(this.metricsOf.recorder),
     });
     const transport = this.masquerading({ userId, deviceId: rec.deviceId });
     const device = new BridgedDevice(machine, transport);
@@ -884,6 +975,7 @@ export class AppserviceCrypto {
       if (this.open.size <= this.maxOpen) break;
       if (this.pins.has(userId) || this.closing.has(userId)) continue;
       this.open.delete(userId);
+      this.metricsOf.evicted();
       const done = device.machine.close().finally(() => this.closing.delete(userId));
       this.closing.set(userId, done);
       await done.catch(() => undefined);

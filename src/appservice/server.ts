@@ -2,13 +2,14 @@
  * {@link serveAppservice}: a small `node:http` server for the homeserver → appservice API, for
  * bridges that do not have one already. It answers transactions (through
  * {@link AppserviceCrypto.processTransaction}), pings and, with a callback, user queries;
- * everything else gets 404 `M_UNRECOGNIZED`.
+ * health probes and metrics; everything else gets 404 `M_UNRECOGNIZED`.
  *
  * @module
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import { healthOptions, readiness, type HealthOptions } from './health';
 import type { AppserviceCrypto, TransactionResult } from './manager';
 
 /** Options of {@link serveAppservice}. */
@@ -31,6 +32,8 @@ export interface ServeAppserviceOptions {
   onError?: (error: unknown, txnId: string | undefined) => void;
   /** Largest accepted request body in bytes. Default 64 MiB. */
   maxBodyBytes?: number;
+  /** The readiness conditions of `GET /health/ready` (see {@link HealthOptions} for the defaults). */
+  health?: HealthOptions;
 }
 
 /** A running appservice HTTP server. */
@@ -84,10 +87,18 @@ function sameToken(a: string, b: string): boolean {
  * `POST /_matrix/app/v1/ping` and `GET /_matrix/app/v1/users/{userId}`. Every request must carry
  * the registration's `hs_token` (401 `M_UNAUTHORIZED` without one, 403 `M_FORBIDDEN` for a
  * wrong one). A transaction that fails is answered 500, so the homeserver retries it.
+ *
+ * Without the token (for probes and scrapers): `GET /health/live` answers 200
+ * `{ status: 'live' }` while the process serves; `GET /health/ready` answers 200 or 503 with a
+ * {@link ReadinessReport} (see {@link HealthOptions}); `GET /metrics` answers the text
+ * exposition of the prom-client registry the `AppserviceCrypto` was opened with (404 without one).
+ *
+ * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad `health` option.
  */
 export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAppserviceOptions): Promise<AppserviceServer> {
   const host = options.host ?? '127.0.0.1';
   const maxBody = options.maxBodyBytes ?? 64 * 1024 * 1024;
+  const health = healthOptions(options.health);
   const server = createServer((req, res) => {
     void handle(req, res).catch((err: unknown) => {
       options.onError?.(err, undefined);
@@ -96,6 +107,18 @@ export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAp
   });
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://appservice');
+    if (req.method === 'GET' && url.pathname === '/health/live') return reply(res, 200, { status: 'live' });
+    if (req.method === 'GET' && url.pathname === '/health/ready') {
+      const report = await readiness(crypto, health);
+      return reply(res, report.status === 'ready' ? 200 : 503, { ...report });
+    }
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      const registry = crypto.metricsRegistry;
+      if (!registry) return reply(res, 404, { errcode: 'M_NOT_FOUND', error: 'no metrics registry: open the AppserviceCrypto with metrics: { registry }' });
+      const text = await registry.metrics();
+      res.writeHead(200, { 'Content-Type': registry.contentType, 'Content-Length': Buffer.byteLength(text) });
+      return void res.end(text);
+    }
     const token = presentedToken(req, url);
     if (token === undefined) return reply(res, 401, { errcode: 'M_UNAUTHORIZED', error: 'missing hs_token' });
     if (!sameToken(token, crypto.hsToken)) return reply(res, 403, { errcode: 'M_FORBIDDEN', error: 'wrong hs_token' });
