@@ -62,7 +62,8 @@ export const MAUTRIX_GO_STORES: StoreKind[] = ['memory', 'sqlite', 'postgres'];
 /**
  * Build the mautrix-go scenario (`bench/go`, pure-Go Olm with `-tags goolm`) into
  * `target/bench-go/`, or use the binary `MCN_BENCH_GO_BINARY` names; the reason it cannot run
- * when `go` is not on PATH. Its modules come from the Go module proxy as go.sum pins them.
+ * when `go` is not on PATH. Its modules come from the Go module proxy as go.mod and go.sum pin
+ * them (a build that would change either fails).
  */
 export function buildGo(): { binary: string } | { skip: string } {
   if (process.env.MCN_BENCH_GO_BINARY) return { binary: process.env.MCN_BENCH_GO_BINARY };
@@ -72,11 +73,8 @@ export function buildGo(): { binary: string } | { skip: string } {
     return { skip: 'go is not installed (install Go 1.26 or later to include mautrix-go)' };
   }
   const binary = join(process.env.CARGO_TARGET_DIR ?? join(root, 'target'), 'bench-go', 'mautrix-bench');
-  execFileSync('go', ['build', '-tags', 'goolm', '-o', binary, '.'], {
-    cwd: join(__dirname, 'go'),
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, GOFLAGS: process.env.GOFLAGS ?? '-mod=mod' },
-  });
+  // No VCS stamp: the binary is a bench tool, and a git worktree's checkout can make go's stamping fail.
+  execFileSync('go', ['build', '-buildvcs=false', '-tags', 'goolm', '-o', binary, '.'], { cwd: join(__dirname, 'go'), stdio: ['ignore', 'ignore', 'inherit'] });
   return { binary };
 }
 

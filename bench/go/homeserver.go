@@ -133,24 +133,22 @@ func (t transport) serve(req *http.Request) ([]byte, error) {
 // upload keeps a real device's keys so the other machine can query and claim them.
 func (hs *homeserver) upload(user id.UserID, raw []byte) ([]byte, error) {
 	var body struct {
-		DeviceKeys *struct {
-			DeviceID id.DeviceID `json:"device_id"`
-		} `json:"device_keys"`
+		DeviceKeys  json.RawMessage            `json:"device_keys"`
 		OneTimeKeys map[string]json.RawMessage `json:"one_time_keys"`
 	}
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return nil, fmt.Errorf("keys/upload body: %w", err)
 	}
-	var full struct {
-		DeviceKeys json.RawMessage `json:"device_keys"`
-	}
-	if err := json.Unmarshal(raw, &full); err != nil {
-		return nil, err
-	}
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	if body.DeviceKeys != nil {
-		fragment, err := json.Marshal(map[id.DeviceID]json.RawMessage{body.DeviceKeys.DeviceID: full.DeviceKeys})
+	if len(body.DeviceKeys) > 0 && string(body.DeviceKeys) != "null" {
+		var keys struct {
+			DeviceID id.DeviceID `json:"device_id"`
+		}
+		if err := json.Unmarshal(body.DeviceKeys, &keys); err != nil {
+			return nil, fmt.Errorf("keys/upload device_keys: %w", err)
+		}
+		fragment, err := json.Marshal(map[id.DeviceID]json.RawMessage{keys.DeviceID: body.DeviceKeys})
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +156,7 @@ func (hs *homeserver) upload(user id.UserID, raw []byte) ([]byte, error) {
 		// One signed one-time key is all a keys/claim hands out, as with the fixtures.
 		for keyID, key := range body.OneTimeKeys {
 			if strings.HasPrefix(keyID, "signed_curve25519:") {
-				fragment, err := json.Marshal(map[id.DeviceID]map[string]json.RawMessage{body.DeviceKeys.DeviceID: {keyID: key}})
+				fragment, err := json.Marshal(map[id.DeviceID]map[string]json.RawMessage{keys.DeviceID: {keyID: key}})
 				if err != nil {
 					return nil, err
 				}

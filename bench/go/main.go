@@ -116,6 +116,7 @@ func main() {
 	if err := json.Unmarshal(text, &f); err != nil {
 		fail("fixtures: %v", err)
 	}
+	// The fixtures are parsed: let the collector have the file's text before the run.
 	text = nil
 	ctx := context.Background()
 	out := json.NewEncoder(os.Stdout)

@@ -185,16 +185,14 @@ func oneRep(ctx context.Context, f *fixtures, setup setup, rep int, progress fun
 	// (finding the devices without a session and asking for their keys, then encrypting the
 	// room key for every device and sending it), both without the homeserver's own time.
 	progress("olm_sessions")
-	var claimReturned time.Time
 	share, m, err := measure(hs, func() error { return sender.mach.ShareGroupSession(ctx, room, users) })
 	if err != nil {
 		return 0, nil, fmt.Errorf("share_new: %w", err)
 	}
-	claimReturned = m.claimReturned
-	if m.claims != 1 || claimReturned.IsZero() {
+	if m.claims != 1 || m.claimReturned.IsZero() {
 		return 0, nil, fmt.Errorf("share_new: %d keys/claim requests, expected 1", m.claims)
 	}
-	olm := sender.clock.lastAdded().Sub(claimReturned)
+	olm := sender.clock.lastAdded().Sub(m.claimReturned)
 	if olm <= 0 {
 		return 0, nil, errors.New("olm_sessions: no Olm session was stored after the keys/claim answer")
 	}
