@@ -1,6 +1,6 @@
 /**
  * Runs the whole benchmark: fixtures per size, then every implementation in its own process
- * (Node workers, the Rust scenario on the crate, the floor), merged into one result set.
+ * (Node workers, the Rust scenario on the crate, mautrix-go, the floor), merged into one result set.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -54,6 +54,28 @@ function buildRust(release: boolean): string {
   execFileSync('cargo', args, { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
   const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, 'target');
   return join(targetDir, triple, release ? 'release' : 'debug', 'matrix-crypto-node-bench');
+}
+
+/** The stores mautrix-go runs on (its crypto.MemoryStore and its SQL store on SQLite and PostgreSQL). */
+export const MAUTRIX_GO_STORES: StoreKind[] = ['memory', 'sqlite', 'postgres'];
+
+/**
+ * Build the mautrix-go scenario (`bench/go`, pure-Go Olm with `-tags goolm`) into
+ * `target/bench-go/`, or use the binary `MCN_BENCH_GO_BINARY` names; the reason it cannot run
+ * when `go` is not on PATH. Its modules come from the Go module proxy as go.mod and go.sum pin
+ * them (a build that would change either fails).
+ */
+export function buildGo(): { binary: string } | { skip: string } {
+  if (process.env.MCN_BENCH_GO_BINARY) return { binary: process.env.MCN_BENCH_GO_BINARY };
+  try {
+    execFileSync('go', ['version'], { stdio: 'ignore' });
+  } catch {
+    return { skip: 'go is not installed (install Go 1.26 or later to include mautrix-go)' };
+  }
+  const binary = join(process.env.CARGO_TARGET_DIR ?? join(root, 'target'), 'bench-go', 'mautrix-bench');
+  // No VCS stamp: the binary is a bench tool, and a git worktree's checkout can make go's stamping fail.
+  execFileSync('go', ['build', '-buildvcs=false', '-tags', 'goolm', '-o', binary, '.'], { cwd: join(__dirname, 'go'), stdio: ['ignore', 'ignore', 'inherit'] });
+  return { binary };
 }
 
 class Progress {
@@ -138,6 +160,9 @@ export async function runBench(options: BenchOptions): Promise<Results> {
   const plan: { n: number; devicesPerUser: number; jobs: Job[] }[] = [];
   // Every run needs the binary: it generates the fixtures.
   const rustBinary = buildRust(options.release);
+  const goBuild = wanted('mautrix-go') ? buildGo() : undefined;
+  if (goBuild && 'skip' in goBuild) skipped.push({ impl: 'mautrix-go', reason: goBuild.skip });
+  const goBinary = goBuild && 'binary' in goBuild ? goBuild.binary : undefined;
 
   const worker = (impl: WorkerArgs['impl'], store: StoreKind, n: number, devicesPerUser: number, reps: number, pin: boolean, suffix = ''): Job => ({
     label: `${impl}${pin ? ' (1 CPU)' : ''} ${store} N=${n}x${devicesPerUser}${suffix}`,
@@ -192,6 +217,19 @@ export async function runBench(options: BenchOptions): Promise<Results> {
           }
           if (wanted('matrix-crypto-node')) jobs.push(worker('matrix-crypto-node', store, n, devicesPerUser, 1, false, of));
           if (wanted('official-node') && typeof official !== 'string' && official.stores.includes(store)) jobs.push(worker('official-node', store, n, devicesPerUser, 1, false, of));
+          if (goBinary && MAUTRIX_GO_STORES.includes(store)) {
+            jobs.push({
+              label: `mautrix-go ${store} N=${n}x${devicesPerUser}${of}`,
+              run: async (fixtures, workdir, onLine) =>
+                JSON.parse(
+                  await child(
+                    goBinary,
+                    ['--fixtures', fixtures, '--store', store, '--n', String(n), '--devices-per-user', String(devicesPerUser), '--reps', '1', '--workdir', workdir],
+                    onLine,
+                  ),
+                ) as Run[],
+            });
+          }
         }
         if (wanted('matrix-crypto-node') && options.singleCore && devicesPerUser === 1 && options.stores.includes('sqlite')) {
           jobs.push(worker('matrix-crypto-node', 'sqlite', n, devicesPerUser, 1, true, of));

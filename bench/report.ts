@@ -15,6 +15,21 @@ interface Series {
   pick: (r: Run, cpus: number) => boolean;
 }
 
+/** Marks mautrix-go's columns: the footnote under each table says why (see `oneRequestNote`). */
+const ONE_REQUEST = '¹';
+
+/**
+ * The footnote for mautrix-go's figures: it sends the room key to all N devices in one
+ * to-device request, where the others send batches; the size of that request in this run.
+ */
+function oneRequestNote(results: Results, dpu: number): string | undefined {
+  const shares = results.runs.filter((r) => r.impl === 'mautrix-go' && r.devicesPerUser === dpu && r.phase === 'share_new');
+  if (shares.length === 0) return undefined;
+  const n = Math.max(...shares.map((r) => r.n));
+  const bytes = Math.max(...shares.filter((r) => r.n === n).map((r) => r.toDeviceBytes));
+  return `${ONE_REQUEST} mautrix-go sends a share's to-device messages to all N devices in one request (here ${fmt(bytes / 1e6)} MB at N = ${n.toLocaleString('en-US')}); the other implementations return them in batches. Its olm_sessions is the part of its one ShareGroupSession call from the keys/claim answer to the last Olm session stored, and its share_new the rest of that call.`;
+}
+
 function seriesFor(results: Results): Series[] {
   const all: Series[] = [
     { label: 'matrix-crypto-node SQLite', color: '#1f5fbf', pick: (r, c) => r.impl === 'matrix-crypto-node' && r.store === 'sqlite' && r.cores === c },
@@ -24,6 +39,10 @@ function seriesFor(results: Results): Series[] {
     { label: 'rust-crate memory', color: '#2e8b3a', dash: '6 4', pick: (r) => r.impl === 'rust-crate' && r.store === 'memory' },
     { label: 'official-node SQLite', color: '#e08a00', pick: (r) => r.impl === 'official-node' && r.store === 'sqlite' },
     { label: 'official-node memory', color: '#e08a00', dash: '6 4', pick: (r) => r.impl === 'official-node' && r.store === 'memory' },
+    { label: 'matrix-crypto-node PostgreSQL', color: '#1f5fbf', dash: '1 3', pick: (r, c) => r.impl === 'matrix-crypto-node' && r.store === 'postgres' && r.cores === c },
+    { label: `mautrix-go SQLite${ONE_REQUEST}`, color: '#7b1fa2', pick: (r) => r.impl === 'mautrix-go' && r.store === 'sqlite' },
+    { label: `mautrix-go memory${ONE_REQUEST}`, color: '#7b1fa2', dash: '6 4', pick: (r) => r.impl === 'mautrix-go' && r.store === 'memory' },
+    { label: `mautrix-go PostgreSQL${ONE_REQUEST}`, color: '#7b1fa2', dash: '1 3', pick: (r) => r.impl === 'mautrix-go' && r.store === 'postgres' },
     { label: 'wasm (memory)', color: '#c62828', pick: (r) => r.impl === 'wasm' },
     { label: 'floor, 1 core', color: '#555555', pick: (r) => r.impl === 'floor' && r.cores === 1 },
     { label: 'floor, all cores', color: '#555555', dash: '6 4', pick: (r, c) => r.impl === 'floor' && r.cores === c && c > 1 },
@@ -72,7 +91,16 @@ function usTable(results: Results, dpu: number): string {
   const series = seriesFor(results);
   const ns = [...new Set(results.runs.filter((r) => r.devicesPerUser === dpu).map((r) => r.n))].sort((a, b) => a - b);
   if (ns.length === 0) return '';
-  const head = ['phase', 'N', ...series.map((s) => s.label), 'wasm ÷ ours (SQLite)', 'ours ÷ rust-crate (SQLite, paired)', `ours (SQLite) ÷ floor/${cpus}`];
+  const mautrix = results.runs.some((r) => r.impl === 'mautrix-go' && r.devicesPerUser === dpu);
+  const head = [
+    'phase',
+    'N',
+    ...series.map((s) => s.label),
+    'wasm ÷ ours (SQLite)',
+    ...(mautrix ? ['mautrix-go ÷ ours (memory, paired)', 'mautrix-go ÷ ours (SQLite, paired)'] : []),
+    'ours ÷ rust-crate (SQLite, paired)',
+    `ours (SQLite) ÷ floor/${cpus}`,
+  ];
   const rows = [`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i < 2 ? '---' : '---:')).join(' | ')} |`];
   for (const phase of PHASES) {
     for (const n of ns) {
@@ -81,10 +109,16 @@ function usTable(results: Results, dpu: number): string {
       const w = other(results, 'wasm', undefined, n, dpu, phase)?.usPerDevice;
       const overhead = pairedRatio(ours(results, 'sqlite', n, dpu, phase), other(results, 'rust-crate', 'sqlite', n, dpu, phase));
       const fl = other(results, 'floor', undefined, n, dpu, phase, 1)?.usPerDevice;
-      rows.push(`| ${phase} | ${n.toLocaleString('en-US')} | ${cells.join(' | ')} | ${fmtRatio(ratio(w, o))} | ${fmtRatio(overhead)} | ${fmtRatio(ratio(o, fl === undefined ? undefined : fl / cpus))} |`);
+      const versus = mautrix
+        ? ['memory', 'sqlite'].map((store) => fmtRatio(pairedRatio(other(results, 'mautrix-go', store, n, dpu, phase), ours(results, store, n, dpu, phase))))
+        : [];
+      rows.push(
+        `| ${[phase, n.toLocaleString('en-US'), ...cells, fmtRatio(ratio(w, o)), ...versus, fmtRatio(overhead), fmtRatio(ratio(o, fl === undefined ? undefined : fl / cpus))].join(' | ')} |`,
+      );
     }
   }
-  return rows.join('\n');
+  const note = oneRequestNote(results, dpu);
+  return [...rows, ...(note ? ['', note] : [])].join('\n');
 }
 
 function detailTable(results: Results): string {
@@ -93,9 +127,9 @@ function detailTable(results: Results): string {
     '| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |',
   ];
   const cpus = results.machine.cpus;
-  for (const r of results.runs.filter((x) => (x.impl === 'matrix-crypto-node' && x.cores === cpus) || x.impl === 'wasm' || x.impl === 'official-node')) {
+  for (const r of results.runs.filter((x) => (x.impl === 'matrix-crypto-node' && x.cores === cpus) || x.impl === 'wasm' || x.impl === 'official-node' || x.impl === 'mautrix-go')) {
     rows.push(
-      `| ${r.impl} | ${r.store} | ${r.n.toLocaleString('en-US')} | ${r.devicesPerUser} | ${r.phase} | ${fmt(r.wallMs)} (${fmt(r.minMs)}–${fmt(r.maxMs)}) | ${fmt(r.peakRssMb)} | ${fmt(r.toDeviceBytes / 1e6)} | ${fmt(r.maxEventLoopDelayMs ?? undefined)} |`,
+      `| ${r.impl}${r.impl === 'mautrix-go' ? ONE_REQUEST : ''} | ${r.store} | ${r.n.toLocaleString('en-US')} | ${r.devicesPerUser} | ${r.phase} | ${fmt(r.wallMs)} (${fmt(r.minMs)}–${fmt(r.maxMs)}) | ${fmt(r.peakRssMb)} | ${fmt(r.toDeviceBytes / 1e6)} | ${fmt(r.maxEventLoopDelayMs ?? undefined)} |`,
     );
   }
   return rows.join('\n');
@@ -198,6 +232,10 @@ export function markdown(results: Results): string {
     '',
     detailTable(results),
     '',
+    ...dpus.flatMap((dpu) => {
+      const note = oneRequestNote(results, dpu);
+      return note && results.runs.some((r) => r.impl === 'mautrix-go' && r.devicesPerUser === dpu) ? [note, ''] : [];
+    }).slice(0, 2),
     ...(skipped.length ? ['## Not run', '', ...skipped, ''] : []),
   ].join('\n');
 }

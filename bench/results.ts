@@ -1,6 +1,6 @@
 /** The shape of bench/results/latest.json. */
 
-export type ImplName = 'matrix-crypto-node' | 'wasm' | 'official-node' | 'rust-crate' | 'floor';
+export type ImplName = 'matrix-crypto-node' | 'wasm' | 'official-node' | 'rust-crate' | 'mautrix-go' | 'floor';
 export type PhaseName = 'keys_query' | 'olm_sessions' | 'share_new' | 'share_existing' | 'encrypt_decrypt' | 'share_withheld';
 
 /** One implementation, store, size and phase: medians over `reps` repetitions. */

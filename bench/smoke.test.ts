@@ -3,7 +3,7 @@
  * No timing is asserted (benchmarks are not tests).
  */
 import { describe, expect, it } from 'vitest';
-import { runBench } from './driver';
+import { buildGo, runBench } from './driver';
 import { markdown, svg, targets } from './report';
 import type { ImplName, PhaseName, Results } from './results';
 
@@ -15,6 +15,9 @@ describe('npm run bench, smoke size', () => {
 
   it('runs every implementation through every phase', { timeout: 600_000 }, async () => {
     results = await runBench({
+      // mautrix-go is not in the smoke run: building it compiles SQLite through cgo, more than a
+      // minute of CI on a cold cache. `npm run bench` includes it when go is installed.
+      impls: ['matrix-crypto-node', 'rust-crate', 'wasm', 'official-node', 'floor'],
       ns: [20],
       devicesPerUser: [1],
       stores: ['memory', 'sqlite'],
@@ -77,5 +80,34 @@ describe('npm run bench, smoke size', () => {
     expect(plot.startsWith('<svg')).toBe(true);
     for (const phase of PHASES) expect(plot).toContain(`>${phase}</text>`);
     expect(plot).toContain('<polyline');
+  });
+
+  it('puts mautrix-go in the tables and the plot, with the footnote on its one to-device request', () => {
+    // Its runs have our runs' shape; relabelled copies exercise the report without a Go build.
+    const go = results.runs.filter((r) => r.impl === 'matrix-crypto-node' && r.store !== 'postgres').map((r) => ({ ...r, impl: 'mautrix-go' as const }));
+    const withGo: Results = { ...results, runs: [...results.runs, ...go] };
+    const md = markdown(withGo);
+    expect(md).toContain('| mautrix-go SQLite¹ | mautrix-go memory¹ |');
+    expect(md).toContain('mautrix-go ÷ ours (SQLite, paired)');
+    const shareBytes = go.find((r) => r.store === 'sqlite' && r.phase === 'share_new')!.toDeviceBytes;
+    const note = /¹ mautrix-go sends a share's to-device messages to all N devices in one request \(here ([0-9.]+) MB at N = 20\)/.exec(md);
+    expect(note, md).not.toBeNull();
+    expect(Number(note![1])).toBeCloseTo(shareBytes / 1e6, 2);
+    expect(md).toMatch(/\| mautrix-go¹ \| sqlite \| 20 \| 1 \| share_new \|/);
+    expect(markdown(results)).not.toContain('mautrix-go');
+    expect(svg(withGo)).toContain('>mautrix-go SQLite¹</text>');
+  });
+
+  it('skips mautrix-go with a reason when go is not installed', () => {
+    const path = process.env.PATH;
+    const binary = process.env.MCN_BENCH_GO_BINARY;
+    delete process.env.MCN_BENCH_GO_BINARY;
+    process.env.PATH = '/nonexistent';
+    try {
+      expect(buildGo()).toEqual({ skip: expect.stringContaining('go is not installed') });
+    } finally {
+      process.env.PATH = path;
+      if (binary !== undefined) process.env.MCN_BENCH_GO_BINARY = binary;
+    }
   });
 });
