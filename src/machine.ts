@@ -14,6 +14,7 @@ import type {
   BackupImportResult,
   CrossSigningStatus,
   DecryptedRoomEvent,
+  DecryptOptions,
   DeviceInfo,
   UserIdentityInfo,
   ExportedRoomKey,
@@ -563,15 +564,20 @@ export class OlmMachine {
   }
 
   /**
-   * Decrypt an `m.room.encrypted` room event.
+   * Decrypt an `m.room.encrypted` room event. By default every sender's device is decrypted
+   * and the result says how far to trust it; `options.trustRequirement` refuses devices their
+   * owner did not cross-sign (MSC4153).
    *
    * @throws {@link DecryptionError} with a `code` that says why (`MissingRoomKey`,
-   *   `UnknownMessageIndex`, ...).
+   *   `UnknownMessageIndex`, `SenderIdentityNotTrusted` when the sender's device falls short of
+   *   `options.trustRequirement`, ...).
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad option, e.g. `options.trustRequirement`.
    */
-  async decryptRoomEvent(event: MatrixEvent | string, roomId: string): Promise<DecryptedRoomEvent> {
+  async decryptRoomEvent(event: MatrixEvent | string, roomId: string, options?: DecryptOptions): Promise<DecryptedRoomEvent> {
     requireString('roomId', roomId);
     const json = jsonArg('event', event);
-    const out = await native(() => this.#inner.decryptRoomEvent(json, roomId));
+    const opts = options === undefined ? undefined : jsonArg('options', options);
+    const out = await native(() => this.#inner.decryptRoomEvent(json, roomId, opts));
     return { event: JSON.parse(out.event) as MatrixEvent, ...out.encryptionInfo };
   }
 
