@@ -143,27 +143,43 @@ export function setLogger(logger: LogSink | LoggerLike | null, options: LoggingO
   if (logger === null) {
     nativeSync(() => setLogSink(null, 'off'));
     settleAllFlushes();
+    jsSink = null;
     return;
   }
   const sink = toSink(logger);
   settleAllFlushes();
   let warned = false;
+  const deliver = (record: LogRecord): void => {
+    try {
+      sink(record);
+    } catch (err) {
+      if (!warned) {
+        warned = true;
+        process.emitWarning(`matrix-crypto-node: the logger passed to setLogger threw: ${String(err)}`);
+      }
+    }
+  };
   nativeSync(() =>
     setLogSink((record: NativeLogRecord) => {
-      if (record.target === FLUSH_TARGET) {
-        settleFlush(record.message);
-        return;
-      }
-      try {
-        sink(record as LogRecord);
-      } catch (err) {
-        if (!warned) {
-          warned = true;
-          process.emitWarning(`matrix-crypto-node: the logger passed to setLogger threw: ${String(err)}`);
-        }
-      }
+      if (record.target === FLUSH_TARGET) settleFlush(record.message);
+      else deliver(record as LogRecord);
     }, level),
   );
+  jsSink = { deliver, upTo: LEVELS.indexOf(level) };
+}
+
+/** Where records of the TypeScript layer go: the logger of the last {@link setLogger}, if any. */
+let jsSink: { deliver: (record: LogRecord) => void; upTo: number } | null = null;
+
+/**
+ * Logs a record of the TypeScript layer (e.g. the appservice manager) to the same logger as the
+ * Rust core's, under a `matrix_crypto_node::...` target.
+ *
+ * @internal
+ */
+export function logRecord(level: LogLevel, target: string, message: string, fields: Record<string, string> = {}): void {
+  if (jsSink === null || LEVELS.indexOf(level) > jsSink.upTo) return;
+  jsSink.deliver({ level, target, message, fields, spans: [], timestamp: Date.now() });
 }
 
 /**

@@ -16,6 +16,7 @@ import type {
   BackupImportResult,
   CrossSigningStatus,
   DecryptedRoomEvent,
+  DecryptOptions,
   DeviceInfo,
   UserIdentityInfo,
   ExportedRoomKey,
@@ -625,17 +626,22 @@ export class OlmMachine {
   }
 
   /**
-   * Decrypt an `m.room.encrypted` room event.
+   * Decrypt an `m.room.encrypted` room event. By default every sender's device is decrypted
+   * and the result says how far to trust it; `options.trustRequirement` refuses devices their
+   * owner did not cross-sign (MSC4153).
    *
    * @throws {@link DecryptionError} with a `code` that says why (`MissingRoomKey`,
-   *   `UnknownMessageIndex`, ...).
+   *   `UnknownMessageIndex`, `SenderIdentityNotTrusted` when the sender's device falls short of
+   *   `options.trustRequirement`, ...).
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad option, e.g. `options.trustRequirement`.
    */
-  async decryptRoomEvent(event: MatrixEvent | string, roomId: string): Promise<DecryptedRoomEvent> {
+  async decryptRoomEvent(event: MatrixEvent | string, roomId: string, options?: DecryptOptions): Promise<DecryptedRoomEvent> {
     requireString('roomId', roomId);
     const json = jsonArg('event', event);
+    const opts = options === undefined ? undefined : jsonArg('options', options);
     let out;
     try {
-      out = await this.#metrics.time('decrypt_room_event', () => native(() => this.#inner.decryptRoomEvent(json, roomId)));
+      out = await this.#metrics.time('decrypt_room_event', () => native(() => this.#inner.decryptRoomEvent(json, roomId, opts)));
     } catch (err) {
       this.#metrics.decryption(roomId, event, err);
       throw err;

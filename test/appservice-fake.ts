@@ -2,7 +2,9 @@
 // to-device inboxes) behind a `fetch` that speaks the client-server API as an appservice sees it
 // (as_token, `user_id` / `device_id` masquerading, MSC4190 device creation), and builds the
 // transactions Synapse would push (MSC4203 to-device events with `to_user_id` / `to_device_id`,
-// MSC3202 key counts).
+// MSC3202 key counts). Cross-signing keys and signatures are uploaded as the device and returned
+// in `/keys/query`; like Synapse, no user-interactive auth is asked of the appservice unless
+// `signingKeysNeedAuth` is set.
 import { TestHomeserver } from '../src/testing';
 import type { OutgoingRequest } from '../src/requests';
 import type { TransactionBody } from '../src/appservice';
@@ -36,6 +38,10 @@ export class FakeAppserviceHomeserver {
   noMsc4190 = false;
   /** Fail the next request matching this predicate with HTTP 400 (once each time it is set). */
   failNext: ((call: FakeCall) => boolean) | undefined;
+  /** Fail every request matching this predicate with HTTP 400, until it is unset. */
+  failWhile: ((call: FakeCall) => boolean) | undefined;
+  /** Answer `/keys/device_signing/upload` with a user-interactive auth challenge (a homeserver without the MSC4190 waiver). */
+  signingKeysNeedAuth = false;
   /** Delay of every answer, in ms (to let concurrent requests overlap). */
   delayMs = 0;
   inFlight = 0;
@@ -57,6 +63,7 @@ export class FakeAppserviceHomeserver {
         this.failNext = undefined;
         return json(400, { errcode: 'M_UNKNOWN', error: 'scripted failure' });
       }
+      if (this.failWhile?.(call)) return json(400, { errcode: 'M_UNKNOWN', error: 'scripted failure' });
       return this.answer(call, body);
     } finally {
       this.inFlight--;
@@ -102,6 +109,14 @@ export class FakeAppserviceHomeserver {
     if (p === '/keys/upload') request = { type: 'keys_upload', id: 'x', body };
     else if (p === '/keys/query') request = { type: 'keys_query', id: 'x', body };
     else if (p === '/keys/claim') request = { type: 'keys_claim', id: 'x', body };
+    else if (p === '/keys/signatures/upload') request = { type: 'signature_upload', id: 'x', body };
+    else if (p === '/keys/device_signing/upload') {
+      if (this.signingKeysNeedAuth) {
+        return json(401, { session: 'uia', flows: [{ stages: ['m.login.password'] }], params: {} });
+      }
+      const handled = this.hs.handle(user, call.deviceId, { type: 'signing_keys_upload', id: 'x', body });
+      return new Response(handled, { status: 200, headers: { 'Content-Type': 'application/json' } });
+    }
     else if (toDevice) request = { type: 'to_device', id: 'x', body, eventType: decodeURIComponent(toDevice[1]!), txnId: toDevice[2]! };
     else return json(404, { errcode: 'M_UNRECOGNIZED', error: `not faked: ${call.method} ${call.path}` });
     return new Response(this.hs.handle(user, call.deviceId, request), { status: 200, headers: { 'Content-Type': 'application/json' } });

@@ -61,8 +61,9 @@ impl ChangedDevices {
     }
 }
 
-/// The settings every decryption uses: this library reports trust in the result instead of
-/// refusing to decrypt, so applications decide what to show.
+/// The settings of a decryption without a trust requirement (and of every to-device
+/// decryption): this library reports trust in the result instead of refusing to decrypt, so
+/// applications decide what to show. `decryptRoomEvent`'s `trustRequirement` asks for more.
 pub fn decryption_settings() -> DecryptionSettings {
     DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use matrix_sdk_crypto::{CollectStrategy, EncryptionSettings, OlmMachine};
+use matrix_sdk_crypto::{CollectStrategy, DecryptionSettings, EncryptionSettings, OlmMachine, TrustRequirement};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use ruma::{
@@ -99,14 +99,24 @@ impl NativeMachine {
         Ok(result.content.json().get().to_owned())
     }
 
-    /// Decrypt an `m.room.encrypted` room event.
+    /// Decrypt an `m.room.encrypted` room event. `options_json` is the JSON of
+    /// `{ trustRequirement? }` (the trust in the sender's device required to decrypt).
     #[napi]
-    pub async fn decrypt_room_event(&self, event_json: String, room_id: String) -> Result<events::NativeDecryptedRoomEvent> {
+    pub async fn decrypt_room_event(
+        &self,
+        event_json: String,
+        room_id: String,
+        options_json: Option<String>,
+    ) -> Result<events::NativeDecryptedRoomEvent> {
         let machine = self.machine()?;
         let room_id = ids::room_id("roomId", &room_id)?;
         let raw: Raw<matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent> =
             parse_json("event", &event_json)?;
-        let result = machine.decrypt_room_event(&raw, &room_id, &events::decryption_settings()).await;
+        let settings = match options_json {
+            Some(json) => decryption_settings(parse_json("options", &json)?)?,
+            None => events::decryption_settings(),
+        };
+        let result = machine.decrypt_room_event(&raw, &room_id, &settings).await;
         let decrypted = match result {
             Ok(d) => d,
             Err(matrix_sdk_crypto::MegolmError::Store(e)) => return Err(errors::store(e)),
@@ -218,6 +228,31 @@ fn encryption_settings(settings: ShareSettings) -> Result<EncryptionSettings> {
                 return Err(invalid(
                     "settings.sharingStrategy",
                     format!("{other:?} is not one of all_devices, only_trusted_devices, identity_based, error_on_verified_user_problem"),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DecryptOptions {
+    trust_requirement: Option<String>,
+}
+
+/// The crate's settings for one decryption; without a requirement, [`events::decryption_settings`].
+fn decryption_settings(options: DecryptOptions) -> Result<DecryptionSettings> {
+    let mut out = events::decryption_settings();
+    if let Some(t) = options.trust_requirement {
+        out.sender_device_trust_requirement = match t.as_str() {
+            "untrusted" => TrustRequirement::Untrusted,
+            "cross_signed_or_legacy" => TrustRequirement::CrossSignedOrLegacy,
+            "cross_signed" => TrustRequirement::CrossSigned,
+            other => {
+                return Err(invalid(
+                    "options.trustRequirement",
+                    format!("{other:?} is not one of untrusted, cross_signed_or_legacy, cross_signed"),
                 ))
             }
         };

@@ -51,6 +51,14 @@ export class BridgedDevice {
     });
   }
 
+  /**
+   * Runs `task` in the request queue, so that no drain sends the machine's requests meanwhile
+   * (a task that sends requests of its own, such as cross-signing the device).
+   */
+  exclusive<T>(task: () => Promise<T>): Promise<T> {
+    return this.queues.run('outgoing', task);
+  }
+
   /** Claims one-time keys for devices of `users` without an Olm session (and those the machine asks for). */
   claimMissing(users: string[]): Promise<boolean> {
     return this.queues.run('claim', async () => {

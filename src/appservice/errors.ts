@@ -11,6 +11,12 @@ export type AppserviceErrorCode =
    * answered `PUT /_matrix/client/v3/devices/{deviceId}` with "not found" or "unrecognised".
    */
   | 'DeviceManagementUnsupported'
+  /**
+   * The device of a bridged user could not be cross-signed: the homeserver demands
+   * user-interactive auth to publish the user's cross-signing keys (Synapse waives it for
+   * appservices), or it did not keep the device's signature.
+   */
+  | 'CrossSigningFailed'
   /** The user is neither the appservice's sender nor in its user namespace. */
   | 'NotInNamespace'
   /**

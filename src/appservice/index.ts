@@ -17,6 +17,7 @@ export type {
   TransactionDeviceResult,
   TransactionResult,
 } from './manager';
+export type { BridgedUserTrust } from './trust';
 export { AppserviceError } from './errors';
 export type { AppserviceErrorCode } from './errors';
 export { serveAppservice } from './server';

@@ -15,10 +15,12 @@ import { internalMetrics, recorderFor, type MetricsOptions, type MetricsSnapshot
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
 import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
+import { BridgeCrossSigning } from './cross-signing';
 import { BridgedDevice } from './device';
 import { AppserviceError } from './errors';
 import { AppserviceState, type DeviceRecord } from './state';
 import { deviceKey, routeTransaction, type DeviceShare } from './transaction';
+import { TrustSettings, type BridgedUserTrust } from './trust';
 
 /** The parts of an appservice registration file the crypto layer reads. */
 export interface AppserviceRegistration {
@@ -89,6 +91,12 @@ export interface AppserviceCryptoOptions {
   withheldPolicy?: (userId: string) => WithheldPolicy | undefined;
   /** Default settings of every room-key share; per-call settings override them field by field. */
   shareSettings?: ShareSettings;
+  /**
+   * What a bridged user's device requires of the devices it talks to (room-key sharing strategy,
+   * decryption trust requirement): one value for every user, or a function of the user. The
+   * defaults work with every client in use today; see {@link BridgedUserTrust}.
+   */
+  trust?: BridgedUserTrust | ((userId: string) => BridgedUserTrust | undefined);
   /** The display name of new devices. Default `matrix-crypto-node bridge`. */
   deviceDisplayName?: (userId: string) => string;
   /** Further transport options (retries, back-off, a custom `fetch`, ...), for every device. */
@@ -251,6 +259,8 @@ export class AppserviceCrypto {
   private readonly decryptionCandidates: number;
   private readonly withheldPolicy: ((userId: string) => WithheldPolicy | undefined) | undefined;
   private readonly shareSettings: ShareSettings;
+  private readonly trust: TrustSettings;
+  private readonly crossSigning = new BridgeCrossSigning();
   private readonly displayName: (userId: string) => string;
   private readonly transportOptions: Omit<HomeserverTransportOptions, 'baseUrl' | 'accessToken' | 'masquerade'>;
   private readonly metricsOf: AppserviceMetrics;
@@ -300,6 +310,7 @@ export class AppserviceCrypto {
     this.decryptionCandidates = positiveInt('options.limits.decryptionCandidates', limits.decryptionCandidates, 3);
     this.withheldPolicy = options.withheldPolicy;
     this.shareSettings = options.shareSettings ?? {};
+    this.trust = new TrustSettings(options.trust);
     this.displayName = options.deviceDisplayName ?? (() => 'matrix-crypto-node bridge');
     const requests = new Limiter(requestConcurrency);
     const baseFetch = options.transport?.fetch ?? globalThis.fetch.bind(globalThis);
@@ -402,6 +413,15 @@ export class AppserviceCrypto {
     }
   }
 
+  /**
+   * How many bridged users' cross-signing identities this manager replaced because their
+   * device's store held no private keys of the published identity (the store was lost, or the
+   * identity was created elsewhere), since it opened. Each is also logged as a warning.
+   */
+  get crossSigningResets(): number {
+    return this.crossSigning.resets;
+  }
+
   /** How many machines are open now. */
   get openMachineCount(): number {
     return this.open.size;
@@ -437,12 +457,17 @@ export class AppserviceCrypto {
   /**
    * The device of a bridged user, created on first need: a new device id is recorded, the
    * device is created on the homeserver with MSC4190 (`PUT /_matrix/client/v3/devices/{id}`
-   * as the user, no login), its machine is opened and its keys uploaded as the device. Later
-   * calls (and later processes on the same store root) return the same device.
+   * as the user, no login), its machine is opened and its keys uploaded as the device, and it
+   * is cross-signed by the user: the user's cross-signing identity is created (or replaced, when
+   * the published one's private keys are not in the device's store), kept in the device's store
+   * and published, and the device's signature uploaded. Later calls (and later processes on the
+   * same store root) return the same device.
    *
    * @throws {@link AppserviceError} `NotInNamespace` for a user the appservice may not act as;
    *   `DeviceManagementUnsupported` when the homeserver does not support MSC4190 (nothing is
    *   uploaded; the call can be retried once the homeserver is upgraded).
+   *   `CrossSigningFailed` when the homeserver demands user-interactive auth to publish the
+   *   user's cross-signing keys or does not keep the device's signature.
    * @throws {@link HomeserverError} when the homeserver refuses the creation or the key upload
    *   otherwise (the call can be retried).
    */
@@ -462,7 +487,10 @@ export class AppserviceCrypto {
     let rec = this.state.devices.get(userId);
     if (rec?.created) {
       // Created by an earlier process: upload whatever is still pending (usually nothing).
-      await this.using(userId, (d) => d.drain());
+      await this.using(userId, async (d) => {
+        await d.drain();
+        await this.crossSigning.ensure(d);
+      });
       this.uploaded.add(userId);
       return { userId, deviceId: rec.deviceId };
     }
@@ -488,7 +516,10 @@ export class AppserviceCrypto {
       throw err;
     }
     await this.state.recordDevice(userId, deviceId, true);
-    await this.using(userId, (d) => d.drain());
+    await this.using(userId, async (d) => {
+      await d.drain();
+      await this.crossSigning.ensure(d);
+    });
     this.uploaded.add(userId);
     return { userId, deviceId };
   }
@@ -523,6 +554,7 @@ export class AppserviceCrypto {
     }
     await this.state.recordDeleted(userId);
     this.uploaded.delete(userId);
+    this.crossSigning.forget(userId);
     return true;
   }
 
@@ -818,9 +850,11 @@ export class AppserviceCrypto {
     }
     if (event.type !== 'm.room.encrypted') return { kind: 'plaintext', roomId, event, decryptedBy: null };
     await this.deviceFor(userId);
+    const trustRequirement = this.trust.of(userId).decryptionTrustRequirement;
     return this.using(userId, async (d) => {
       try {
-        return { kind: 'decrypted', roomId, event, decrypted: await d.machine.decryptRoomEvent(event, roomId), decryptedBy: userId };
+        const decrypted = await d.machine.decryptRoomEvent(event, roomId, trustRequirement ? { trustRequirement } : undefined);
+        return { kind: 'decrypted', roomId, event, decrypted, decryptedBy: userId };
       } catch (err) {
         if (err instanceof DecryptionError) return { kind: 'undecryptable', roomId, event, error: err, decryptedBy: userId };
         throw err;
@@ -848,7 +882,9 @@ export class AppserviceCrypto {
       throw new MatrixCryptoError('InvalidArgument', 'content: must be an object', 'content');
     }
     await this.deviceFor(userId);
-    return this.using(userId, (d) => d.encrypt(roomId, type, content, { ...this.shareSettings, ...options.shareSettings }));
+    const { sharingStrategy } = this.trust.of(userId);
+    const settings = { ...this.shareSettings, ...(sharingStrategy ? { sharingStrategy } : {}), ...options.shareSettings };
+    return this.using(userId, (d) => d.encrypt(roomId, type, content, settings));
   }
 
   /**
@@ -964,6 +1000,8 @@ export class AppserviceCrypto {
         throw err;
       }
     }
+    // A device of an older store root (created before devices were signed) is signed now.
+    if (rec.created) await this.crossSigning.onOpen(device);
     this.open.set(userId, device);
     return device;
   }

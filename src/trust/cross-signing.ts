@@ -89,6 +89,18 @@ async function drain(machine: OlmMachine, transport: HomeserverTransport): Promi
   }
 }
 
+/**
+ * Queries our own keys (the machine learns them) and returns the master key the homeserver
+ * publishes for our account, or `null` when it has none.
+ */
+export async function queryOwnMasterKey(machine: OlmMachine, transport: HomeserverTransport): Promise<string | null> {
+  const request = machine.queryOwnKeys();
+  const response = await transport.send(request);
+  await machine.markRequestAsSent(request, response);
+  const master = (JSON.parse(response) as { master_keys?: Record<string, { keys?: Record<string, string> }> }).master_keys?.[machine.userId];
+  return Object.values(master?.keys ?? {})[0] ?? null;
+}
+
 /** Parses the 401 body of a UIA challenge, or returns `undefined` when it is not one. */
 function challengeOf(err: unknown): UiaChallenge | undefined {
   if (!(err instanceof HomeserverError) || err.status !== 401) return undefined;
@@ -160,11 +172,11 @@ export async function setUpCrossSigning(
   }
   await drain(machine, transport);
   // The store's view of our identity can be old (it was replaced from another device while we
-  // were away): read it fresh.
-  await sendAndMark(machine, transport, machine.queryOwnKeys());
+  // were away): read it fresh. Whether one is published is the homeserver's answer, not the
+  // store's: a bootstrap whose upload failed leaves an identity in the store that no one has seen.
+  const published = await queryOwnMasterKey(machine, transport);
   let status = await machine.crossSigningStatus();
   const held = status.hasMaster && status.hasSelfSigning && status.hasUserSigning;
-  const published = await machine.getUserIdentity(machine.userId);
   let created = false;
   if (mode === 'reset' || !published) {
     // Without `reset`, keys this device holds but never published are published again.

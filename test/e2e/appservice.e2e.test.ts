@@ -1,7 +1,8 @@
 // Scenario: an encrypting appservice (AppserviceCrypto behind serveAppservice) and a
 // matrix-js-sdk user on a real Synapse. The appservice's puppets get devices through MSC4190,
-// their to-device events and key counts come in transactions (MSC4203 / MSC3202), and every
-// request goes out masquerading as the puppet's device.
+// cross-signed by their users, their to-device events and key counts come in transactions
+// (MSC4203 / MSC3202), and every request goes out masquerading as the puppet's device. The
+// js-sdk users exclude insecure devices (MSC4153, OnlySignedDevicesIsolationMode), as Element does.
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -19,6 +20,9 @@ import {
 } from '../../src/index';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 import { APPSERVICE_EXPERIMENTAL_FEATURES, appserviceRegistration, startSynapse, type Homeserver } from './synapse';
+
+/** The appservice's own user (its registration's sender_localpart). */
+const BOT = '@bridgebot:localhost';
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -39,6 +43,8 @@ class Bridge {
   readonly events: AppserviceTimelineEvent[] = [];
   /** Events handed over again, decrypted, when a later transaction brought their key. */
   readonly late: AppserviceTimelineEvent[] = [];
+  /** Every withheld notice a bridged device received, with the device's user. */
+  readonly notices: Array<{ userId: string; code: string; sender: string }> = [];
   /** Transaction ids as the homeserver pushed them (retries included), and the answer. */
   readonly pushes: Array<{ txnId: string; ok: boolean }> = [];
   /**
@@ -66,7 +72,12 @@ class Bridge {
     });
     this.server = await serveAppservice(this.crypto, {
       port: this.port,
+      // Printed as they happen: the cause of a transaction answered 500.
+      onError: (err, txnId) => console.error(`bridge: transaction ${txnId} answered 500:`, err, (err as Error)?.cause ?? ''),
       onEvents: (result) => {
+        for (const d of result.devices) {
+          for (const n of d.result.withheldNotices) this.notices.push({ userId: d.userId, code: n.code, sender: n.sender });
+        }
         if (this.failNextTransactionFrom !== null && result.events.some((e) => e.event.sender === this.failNextTransactionFrom)) {
           this.failNextTransactionFrom = null;
           this.pushes.push({ txnId: result.txnId, ok: false });
@@ -151,11 +162,21 @@ async function newBridge(maxOpenMachines?: number): Promise<Bridge> {
   return bridge;
 }
 
+/** A js-sdk user that excludes insecure devices (strict MSC4153 mode, as Element). */
 async function jsUser(localpart: string): Promise<JsSdkUser> {
   const u = await JsSdkUser.start(hs.baseUrl, await hs.registerUser(localpart));
   logs.push({ name: `js-sdk ${u.user.userId}`, tail: () => u.logTail(40) });
   cleanup.push(() => u.stop());
-  return u;
+  return u.excludeInsecureDevices();
+}
+
+/** Asserts that the js-sdk user sees each user's bridged device as signed by its owner. */
+async function expectSignedByOwner(bridge: Bridge, alice: JsSdkUser, users: string[]): Promise<void> {
+  await alice.crypto.getUserDeviceInfo(users, true);
+  for (const u of users) {
+    const status = await alice.crypto.getDeviceVerificationStatus(u, bridge.crypto.deviceIdOf(u)!);
+    expect({ user: u, signedByOwner: status?.signedByOwner }).toEqual({ user: u, signedByOwner: true });
+  }
 }
 
 /** Runs `task` for every item, `concurrency` at a time. */
@@ -168,10 +189,10 @@ async function eachLimited<T>(items: T[], concurrency: number, task: (item: T) =
   );
 }
 
-/** Registers puppets and gives each a device (MSC4190). */
+/** Registers puppets (the bridge's own user exists already) and gives each a device (MSC4190). */
 async function createPuppets(bridge: Bridge, puppets: string[]): Promise<void> {
   await eachLimited(puppets, 8, async (p) => {
-    await bridge.crypto.registerUser(p.slice(1, p.indexOf(':')));
+    if (p !== BOT) await bridge.crypto.registerUser(p.slice(1, p.indexOf(':')));
     await bridge.crypto.deviceFor(p);
   });
 }
@@ -184,24 +205,28 @@ async function joinPuppets(bridge: Bridge, alice: JsSdkUser, roomId: string, pup
   for (const p of puppets) await alice.waitForMember(roomId, p);
 }
 
-describe('an encrypting appservice with three puppets and a js-sdk user', () => {
+describe('an encrypting appservice with three puppets, its own user and a strict js-sdk user', () => {
   it('messages both ways for every puppet; late joiner, blacklist, retried transaction, restart', async () => {
     const bridge = await newBridge();
     const alice = await jsUser('as_alice');
     const puppets = ['@puppet_one:localhost', '@puppet_two:localhost', '@puppet_three:localhost'];
-    await createPuppets(bridge, puppets);
-    const roomId = await alice.createEncryptedRoom(puppets, 'bridged');
-    await joinPuppets(bridge, alice, roomId, puppets);
+    // The puppets and the bridge's own user: every device the appservice creates.
+    const speakers = [...puppets, BOT];
+    await createPuppets(bridge, speakers);
+    const roomId = await alice.createEncryptedRoom(speakers, 'bridged');
+    await joinPuppets(bridge, alice, roomId, speakers);
 
-    // Devices were created with MSC4190 and their keys uploaded as the device.
-    const keys = await alice.client.downloadKeysForUsers(puppets);
-    for (const p of puppets) {
+    // Devices were created with MSC4190, their keys uploaded as the device, and each is
+    // cross-signed by its user, as the js-sdk sees it.
+    const keys = await alice.client.downloadKeysForUsers(speakers);
+    for (const p of speakers) {
       expect(Object.keys(keys.device_keys?.[p] ?? {})).toEqual([bridge.crypto.deviceIdOf(p)]);
     }
+    await expectSignedByOwner(bridge, alice, speakers);
 
     // User -> puppets: the room key comes in transactions, to every puppet's device.
     const hello = await alice.sendText(roomId, 'hello puppets');
-    for (const p of puppets) {
+    for (const p of speakers) {
       const got = await bridge.decryptedBy(p, roomId, hello);
       expect(got.kind === 'decrypted' && got.decrypted.event.content).toMatchObject({ body: 'hello puppets' });
       expect(got.kind === 'decrypted' && got.decrypted).toMatchObject({ sender: alice.user.userId, senderDevice: alice.user.deviceId });
@@ -210,10 +235,10 @@ describe('an encrypting appservice with three puppets and a js-sdk user', () => 
     const [first] = await bridge.delivered(hello);
     const forBridge = first!.kind === 'decrypted' ? first : bridge.late.find((e) => e.event.event_id === hello);
     expect(forBridge).toMatchObject({ kind: 'decrypted', decrypted: { event: { content: { body: 'hello puppets' } } } });
-    expect(puppets).toContain(forBridge!.decryptedBy);
+    expect(speakers).toContain(forBridge!.decryptedBy);
 
     // Puppets -> user.
-    for (const p of puppets) {
+    for (const p of speakers) {
       const sent = await bridge.crypto.sendEncrypted(p, roomId, 'm.room.message', { msgtype: 'm.text', body: `hi from ${p}` });
       expect(sent.share.sharedWith).toContainEqual({ userId: alice.user.userId, deviceId: alice.user.deviceId });
       const seen = await alice.waitForDecrypted(roomId, sent.eventId);
@@ -259,7 +284,7 @@ describe('an encrypting appservice with three puppets and a js-sdk user', () => 
     const failedTxn = bridge.pushes.find((p) => !p.ok)!.txnId;
     expect(bridge.pushes.filter((p) => p.txnId === failedTxn).map((p) => p.ok)).toEqual([false, true]);
     expect(deliveries).toHaveLength(1);
-    for (const p of [...puppets, late]) {
+    for (const p of [...speakers, late]) {
       const got = await bridge.decryptedBy(p, roomId, retried);
       expect(got.kind === 'decrypted' && got.decrypted.event.content.body).toBe('through a retried transaction');
     }
@@ -268,17 +293,20 @@ describe('an encrypting appservice with three puppets and a js-sdk user', () => 
     await bridge.stop();
     const whileDown = await alice.sendText(roomId, 'while the bridge was down');
     await bridge.start();
-    for (const p of puppets) {
+    for (const p of speakers) {
       const got = await bridge.decryptedBy(p, roomId, whileDown, 60_000);
       expect(got.kind === 'decrypted' && got.decrypted.event.content.body).toBe('while the bridge was down');
     }
-    for (const p of puppets) {
+    for (const p of speakers) {
       const sent = await bridge.crypto.sendEncrypted(p, roomId, 'm.room.message', { msgtype: 'm.text', body: `back: ${p}` });
       expect((await alice.waitForDecrypted(roomId, sent.eventId)).content.body).toBe(`back: ${p}`);
     }
-    // Same devices after the restart.
-    const after = await alice.client.downloadKeysForUsers(puppets);
-    for (const p of puppets) expect(Object.keys(after.device_keys?.[p] ?? {})).toEqual([bridge.crypto.deviceIdOf(p)]);
+    // Same devices after the restart, still signed; no device was refused a key as unverified.
+    const after = await alice.client.downloadKeysForUsers(speakers);
+    for (const p of speakers) expect(Object.keys(after.device_keys?.[p] ?? {})).toEqual([bridge.crypto.deviceIdOf(p)]);
+    await expectSignedByOwner(bridge, alice, [...speakers, late]);
+    expect(bridge.notices.filter((n) => n.code === 'm.unverified')).toEqual([]);
+    expect(bridge.crypto.crossSigningResets).toBe(0);
   }, 240_000);
 
   it('deletes a puppet device on request', async () => {
@@ -312,6 +340,8 @@ describe('200 puppets in one room', () => {
       // The cap, plus the machines pinned by operations still running (transactions process 8 devices at once).
       expect(bridge.crypto.openMachineCount).toBeLessThanOrEqual(50 + 8);
     }
+    await expectSignedByOwner(bridge, alice, puppets);
+    expect(bridge.notices.filter((n) => n.code === 'm.unverified')).toEqual([]);
   }, 300_000);
 });
 
