@@ -28,7 +28,7 @@
  *
  * @module
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { SyncResponse } from '../transport';
 import type { MatrixEvent, SyncResult } from '../types';
 import type { AppserviceState, DeviceRecord } from './state';
@@ -100,7 +100,7 @@ export interface InboxDrainResult {
 /** What the drain needs from the manager. @internal */
 export interface InboxHost {
   readonly state: AppserviceState;
-  /** `GET /sync` as the device, with {@link INBOX_FILTER} and `timeout=0`. */
+  /** `GET /sync` as the device, with {@link inboxFilter} and `timeout=0`. */
   sync(rec: DeviceRecord, since: string | undefined): Promise<SyncResponse>;
   /** Runs `task` in the device's delivery turn (transactions feed it in the same turns). */
   serial<T>(userId: string, task: () => Promise<T>): Promise<T>;
@@ -110,12 +110,22 @@ export interface InboxHost {
   feed(rec: DeviceRecord, share: DeviceShare): Promise<SyncResult>;
 }
 
-/** The filter of a drain's `/sync`: no room, presence or account data; to-device events come regardless. @internal */
-export const INBOX_FILTER = {
-  room: { rooms: [], account_data: { not_types: ['*'] }, ephemeral: { not_types: ['*'] }, state: { not_types: ['*'] }, timeline: { not_types: ['*'] } },
-  presence: { not_types: ['*'] },
-  account_data: { not_types: ['*'] },
-};
+/**
+ * The filter of a drain's `/sync`: no room, presence or account data (to-device events come
+ * regardless). It carries a field of its own with a fresh value per request, which servers
+ * ignore (filters allow unknown fields), because Synapse caches a `/sync` answer for two minutes
+ * under its query parameters (`sync_response_cache_duration`): a drain repeating the previous
+ * drain's `since` would get the earlier, emptier answer, and miss what arrived since.
+ * @internal
+ */
+export function inboxFilter(): Record<string, unknown> {
+  return {
+    room: { rooms: [], account_data: { not_types: ['*'] }, ephemeral: { not_types: ['*'] }, state: { not_types: ['*'] }, timeline: { not_types: ['*'] } },
+    presence: { not_types: ['*'] },
+    account_data: { not_types: ['*'] },
+    'net.matrix_crypto_node.request': randomUUID(),
+  };
+}
 
 /** At most this many batches per device and drain (100 events each: 10,000 events); the next drain continues. */
 const MAX_BATCHES = 100;

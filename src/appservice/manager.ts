@@ -17,7 +17,7 @@ import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
 import { BridgedDevice } from './device';
 import { AppserviceError } from './errors';
-import { drainDevice, INBOX_FILTER, toDeviceDigest, type InboxDrainOptions, type InboxDrainResult, type InboxHost } from './inbox';
+import { drainDevice, inboxFilter, toDeviceDigest, type InboxDrainOptions, type InboxDrainResult, type InboxHost } from './inbox';
 import { AppserviceState, type DeviceRecord } from './state';
 import { deviceKey, routeTransaction, type DeviceShare, type MalformedTransactionPart } from './transaction';
 
@@ -978,7 +978,7 @@ export class AppserviceCrypto {
         this.masquerading({ userId: rec.userId, deviceId: rec.deviceId }).sync({
           ...(since === undefined ? {} : { since }),
           timeoutMs: 0,
-          filter: INBOX_FILTER,
+          filter: inboxFilter(),
           setPresence: 'offline',
         }),
       serial: (userId, task) => this.deliveries.run(userId, task),
@@ -1018,7 +1018,7 @@ export class AppserviceCrypto {
     const late = await this.retryWaiting(fed);
     late.commit();
     result.lateDecryptions = late.items;
-    if (result.toDeviceEvents > 0 || result.failed.length > 0 || result.malformed > 0) {
+    if (recs.length > 0) {
       this.logger?.info(
         `appservice: inbox drain (${reason}) of ${recs.length} device(s) in ${Date.now() - started} ms: ${result.toDeviceEvents} new to-device event(s), ` +
           `${result.duplicates} duplicate(s), ${result.malformed} malformed, ${result.failed.length} device(s) failed` +
