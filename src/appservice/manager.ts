@@ -250,6 +250,15 @@ class Limiter {
   }
 }
 
+/** The least time between two drains asked for by successful transactions while recovering. */
+const RECOVERY_DRAIN_GAP_MS = 5_000;
+/**
+ * How long after the start or a failed transaction a drain that finds nothing new ends the
+ * recovery (before, the homeserver may still be sending the transactions it queued, which carry
+ * no to-device events).
+ */
+const RECOVERY_MS = 30_000;
+
 /** Whether a failure is one a retry of the transaction can fix for every device, so its share must not be set aside. */
 function retryFixes(err: unknown): boolean {
   if (err instanceof AppserviceError) return err.code === 'Closed';
@@ -361,10 +370,16 @@ export class AppserviceCrypto {
   private drainAgain = false;
   /**
    * After the start and after a failed transaction, until a transaction brings to-device events
-   * again: the homeserver may still send transactions it queued while we failed, which carry no
-   * to-device events, so each success is followed by a drain.
+   * again or a drain finds nothing new `RECOVERY_MS` after: the homeserver may still send
+   * transactions it queued while we failed, which carry no to-device events, so successes are
+   * followed by drains (at most one every `RECOVERY_DRAIN_GAP_MS`).
    */
   private recovering = true;
+  /** When the manager last started recovering (at open, or at a failed transaction). */
+  private recoveringSince = Date.now();
+  /** When the last drain after a successful transaction started, and the timer of the next. */
+  private lastRecoveryDrain = 0;
+  private recoveryTimer: NodeJS.Timeout | undefined;
   private drainTimer: NodeJS.Timeout | undefined;
   private readonly counters: AppserviceDeliveryCounters = {
     malformedParts: 0,
@@ -704,7 +719,10 @@ export class AppserviceCrypto {
       }
       return result;
     } catch (err) {
-      if (this.drainOptions !== false) this.recovering = true;
+      if (this.drainOptions !== false && !this.recovering) {
+        this.recovering = true;
+        this.recoveringSince = Date.now();
+      }
       throw err;
     }
   }
@@ -924,8 +942,21 @@ export class AppserviceCrypto {
   }
 
   /** Asks for a background drain of every device; one runs at a time, and one more if asked meanwhile. */
-  private scheduleDrain(reason: string): void {
+  private scheduleDrain(reason: 'start' | 'recovery' | 'periodic'): void {
     if (this.drainOptions === false || this.closed) return;
+    if (reason === 'recovery') {
+      // A burst of transactions (the homeserver catching up) asks for a drain each: at most
+      // one every RECOVERY_DRAIN_GAP_MS.
+      const wait = this.lastRecoveryDrain + RECOVERY_DRAIN_GAP_MS - Date.now();
+      if (wait > 0) {
+        this.recoveryTimer ??= setTimeout(() => {
+          this.recoveryTimer = undefined;
+          this.scheduleDrain('recovery');
+        }, wait).unref();
+        return;
+      }
+      this.lastRecoveryDrain = Date.now();
+    }
     if (this.drainRunning) {
       this.drainAgain = true;
       return;
@@ -935,6 +966,10 @@ export class AppserviceCrypto {
         this.drainAgain = false;
         try {
           const result = await this.drainAll(undefined, reason);
+          // Nothing left behind long after the start or the failure: the homeserver pushes live again.
+          if (reason === 'recovery' && result.toDeviceEvents === 0 && result.failed.length === 0 && Date.now() - this.recoveringSince >= RECOVERY_MS) {
+            this.recovering = false;
+          }
           if (result.lateDecryptions.length > 0) {
             const take = this.drainOptions === false ? undefined : this.drainOptions.onLateDecryptions;
             if (take) await take(result.lateDecryptions);
@@ -1211,6 +1246,7 @@ export class AppserviceCrypto {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.drainTimer);
+    clearTimeout(this.recoveryTimer);
     await this.transactions;
     await this.drainRunning;
     await Promise.allSettled([...this.creating.values(), ...this.opening.values(), ...this.closing.values()]);
