@@ -314,6 +314,20 @@ describe('inbox drain', () => {
     expect(drains.at(-1)).toMatchObject({ total: 2, toDeviceEvents: 2 });
   });
 
+  it('while recovering, a burst of successful transactions asks for one drain, not one each', async () => {
+    const { fake, open, crypto } = await setup();
+    await crypto.close();
+    const drains: InboxDrainProgress[] = [];
+    const c = await open({ inboxDrain: { atStart: false, intervalMs: 0, onProgress: (p) => drains.push(p) } });
+    const before = fake.syncs.length;
+    fake.delayMs = 20; // the first drain is still running when the other transactions succeed
+    for (let i = 0; i < 5; i++) await c.processTransaction(`burst-${i}`, { events: [] });
+    await until('the first recovery drain', () => (drains.some((p) => p.done === p.total) ? true : undefined));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(drains.filter((p) => p.done === p.total)).toHaveLength(1);
+    expect(fake.syncs.length - before).toBe(2);
+  });
+
   it('drains at most transactionConcurrency devices and requestConcurrency requests at once', async () => {
     const { fake, crypto } = await setup({ requestConcurrency: 2, transactionConcurrency: 3 });
     const puppets = Array.from({ length: 10 }, (_, i) => `@puppet_${i}:example.org`);
