@@ -56,6 +56,8 @@ async function main(): Promise<void> {
     storeRoot: root,
     limits: { maxOpenMachines: cap },
     transport: { fetch: fake.fetch, maxRetries: 0 },
+    // Transactions alone are measured: no inbox drain runs beside them.
+    inboxDrain: false,
   });
   const puppets = Array.from({ length: users }, (_, i) => `@puppet_${i}:example.org`);
   const figures: Record<string, number | string> = { users, active, cap, batch, node: process.version };

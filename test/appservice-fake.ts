@@ -5,6 +5,9 @@
 // MSC3202 key counts). Cross-signing keys and signatures are uploaded as the device and returned
 // in `/keys/query`; like Synapse, no user-interactive auth is asked of the appservice unless
 // `signingKeysNeedAuth` is set.
+// As in Synapse, a device's to-device events stay in its inbox after a push
+// until the device acknowledges them through `/sync` (`since` = the `next_batch` that returned
+// them); a sync returns at most `syncLimit` of them.
 import { TestHomeserver } from '../src/testing';
 import type { OutgoingRequest } from '../src/requests';
 import type { TransactionBody } from '../src/appservice';
@@ -46,12 +49,21 @@ export class FakeAppserviceHomeserver {
   delayMs = 0;
   inFlight = 0;
   maxInFlight = 0;
+  /** Inbox events of each device a push has carried already (a prefix of the inbox). */
+  private readonly pushed = new Map<string, number>();
+  /** Inbox events of each device deleted by acknowledgements so far. */
+  private readonly acknowledged = new Map<string, number>();
+  /** Most to-device events one `/sync` returns (Synapse: 100). */
+  syncLimit = 100;
+  /** Every `/sync` as a device, in order. */
+  readonly syncs: Array<{ userId: string; deviceId: string; since: string | null; timeout: string | null; filter: unknown }> = [];
 
   readonly fetch: typeof fetch = async (input, init) => {
     const url = new URL(String(input));
     const method = init?.method ?? 'GET';
     const body = typeof init?.body === 'string' ? init.body : '{}';
     const call: FakeCall = { method, path: url.pathname, userId: url.searchParams.get('user_id'), deviceId: url.searchParams.get('device_id') };
+    const query = url.searchParams;
     this.calls.push(call);
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
@@ -64,13 +76,13 @@ export class FakeAppserviceHomeserver {
         return json(400, { errcode: 'M_UNKNOWN', error: 'scripted failure' });
       }
       if (this.failWhile?.(call)) return json(400, { errcode: 'M_UNKNOWN', error: 'scripted failure' });
-      return this.answer(call, body);
+      return this.answer(call, body, query);
     } finally {
       this.inFlight--;
     }
   };
 
-  private answer(call: FakeCall, body: string): Response {
+  private answer(call: FakeCall, body: string, query: URLSearchParams): Response {
     const user = call.userId ?? '@bridgebot:example.org';
     const p = call.path.replace('/_matrix/client/v3', '');
     const device = /^\/devices\/([^/]+)$/.exec(p);
@@ -104,6 +116,7 @@ export class FakeAppserviceHomeserver {
     if (!call.deviceId || !this.devices.get(user)?.has(call.deviceId)) {
       return json(400, { errcode: 'M_UNKNOWN_DEVICE', error: `no device ${call.deviceId} for ${user}` });
     }
+    if (p === '/sync' && call.method === 'GET') return this.sync(user, call.deviceId, query);
     let request: OutgoingRequest;
     const toDevice = /^\/sendToDevice\/([^/]+)\/([^/]+)$/.exec(p);
     if (p === '/keys/upload') request = { type: 'keys_upload', id: 'x', body };
@@ -122,9 +135,38 @@ export class FakeAppserviceHomeserver {
     return new Response(this.hs.handle(user, call.deviceId, request), { status: 200, headers: { 'Content-Type': 'application/json' } });
   }
 
+  /** `GET /sync` as a device: deletes what `since` acknowledges, returns the next events of its inbox. */
+  private sync(userId: string, deviceId: string, query: URLSearchParams): Response {
+    const k = `${userId}|${deviceId}`;
+    const since = query.get('since');
+    const filter = query.get('filter');
+    this.syncs.push({ userId, deviceId, since, timeout: query.get('timeout'), filter: filter === null ? null : JSON.parse(filter) });
+    const inbox = this.hs.inbox.get(k) ?? [];
+    const gone = this.acknowledged.get(k) ?? 0;
+    const upTo = since === null ? 0 : Number(/^fake_(\d+)$/.exec(since)?.[1] ?? NaN);
+    if (Number.isNaN(upTo)) return json(400, { errcode: 'M_INVALID_PARAM', error: `bad since ${since}` });
+    const remove = Math.max(0, Math.min(inbox.length, upTo - gone));
+    inbox.splice(0, remove);
+    this.hs.inbox.set(k, inbox);
+    this.acknowledged.set(k, gone + remove);
+    this.pushed.set(k, Math.max(0, (this.pushed.get(k) ?? 0) - remove));
+    const events = inbox.slice(0, this.syncLimit);
+    return json(200, {
+      next_batch: `fake_${gone + remove + events.length}`,
+      to_device: { events },
+      device_one_time_keys_count: { signed_curve25519: this.hs.oneTimeKeyCount(userId, deviceId) },
+    });
+  }
+
+  /** The to-device events waiting in a device's inbox (pushed or not, not yet acknowledged). */
+  inboxOf(userId: string, deviceId: string): number {
+    return this.hs.inbox.get(`${userId}|${deviceId}`)?.length ?? 0;
+  }
+
   /**
-   * The transaction Synapse would push now: the to-device inboxes of `devices` (drained) under
-   * `field`, their one-time-key counts, and `events`.
+   * The transaction Synapse would push now: the to-device events of `devices` not pushed yet
+   * (they stay in the inbox until acknowledged) under `field`, their one-time-key counts, and
+   * `events`.
    */
   transaction(
     devices: Array<{ userId: string; deviceId: string }>,
@@ -135,8 +177,9 @@ export class FakeAppserviceHomeserver {
     const counts: Record<string, Record<string, Record<string, number>>> = {};
     for (const { userId, deviceId } of devices) {
       const k = `${userId}|${deviceId}`;
-      for (const e of this.hs.inbox.get(k) ?? []) toDevice.push({ ...e, to_user_id: userId, to_device_id: deviceId });
-      this.hs.inbox.set(k, []);
+      const inbox = this.hs.inbox.get(k) ?? [];
+      for (const e of inbox.slice(this.pushed.get(k) ?? 0)) toDevice.push({ ...e, to_user_id: userId, to_device_id: deviceId });
+      this.pushed.set(k, inbox.length);
       counts[userId] = { ...counts[userId], [deviceId]: { signed_curve25519: this.hs.oneTimeKeyCount(userId, deviceId) } };
     }
     return {

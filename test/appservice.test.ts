@@ -29,6 +29,8 @@ async function setup(limits: AppserviceCryptoOptions['limits'] = {}, fake = new 
       storeRoot: root,
       limits,
       transport: { fetch: fake.fetch, maxRetries: 0 },
+      // The drains are tested on their own (test/appservice-delivery.test.ts); here transactions alone feed the machines.
+      inboxDrain: false,
       ...extra,
     });
     cleanup.push(() => c.close());
@@ -173,7 +175,18 @@ describe('transactions', () => {
     const first = await crypto.processTransaction('7', body, { onResult: (r) => void seen.push(r.txnId) });
     const again = await crypto.processTransaction('7', body, { onResult: (r) => void seen.push(r.txnId) });
     expect(first.events).toHaveLength(3);
-    expect(again).toEqual({ txnId: '7', duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0 });
+    expect(again).toEqual({
+      txnId: '7',
+      duplicate: true,
+      events: [],
+      lateDecryptions: [],
+      devices: [],
+      unroutedToDeviceEvents: 0,
+      unrouted: [],
+      duplicateToDeviceEvents: 0,
+      malformed: [],
+      setAside: [],
+    });
     expect(seen).toEqual(['7']);
   });
 
@@ -239,23 +252,6 @@ describe('transactions', () => {
     }
     // Done: a later retry of the same id is a duplicate, and nothing is fed twice.
     expect((await second.processTransaction('h1', { events: body.events })).duplicate).toBe(true);
-  });
-
-  it('rejects malformed bodies naming the field', async () => {
-    const { crypto } = await setup();
-    const bad = async (body: unknown) => (await crypto.processTransaction('x', body).catch((e: unknown) => e)) as MatrixCryptoError;
-    expect(await bad(null)).toMatchObject({ code: 'InvalidArgument', field: 'body' });
-    expect(await bad({ events: 3 })).toMatchObject({ code: 'InvalidArgument', field: 'body.events' });
-    expect(await bad({ 'de.sorunome.msc2409.to_device': [{ type: 'm.dummy', to_user_id: A }] })).toMatchObject({
-      field: 'body["de.sorunome.msc2409.to_device"][0].to_device_id',
-    });
-    expect(await bad({ 'org.matrix.msc3202.device_one_time_keys_count': { [A]: { D: { signed_curve25519: -1 } } } })).toMatchObject({
-      field: `body["org.matrix.msc3202.device_one_time_keys_count"]["${A}"]["D"]`,
-    });
-    expect(await bad({ 'org.matrix.msc3202.device_lists': { changed: [1] } })).toMatchObject({ field: 'body["org.matrix.msc3202.device_lists"].changed' });
-    await expect(crypto.processTransaction('', {})).rejects.toMatchObject({ field: 'txnId' });
-    // A malformed transaction is not recorded: a correct body under the same id is processed.
-    expect((await crypto.processTransaction('x', { events: [] })).duplicate).toBe(false);
   });
 });
 
@@ -375,12 +371,13 @@ describe('serveAppservice', () => {
       fetch(`http://127.0.0.1:${server.port}${path}`, { method: 'PUT', headers: { 'Content-Type': 'application/json', ...headers }, body: data });
     expect((await put('/_matrix/app/v1/transactions/1', {})).status).toBe(401);
     expect(await (await put('/_matrix/app/v1/transactions/1', { Authorization: 'Bearer nope' })).json()).toMatchObject({ errcode: 'M_FORBIDDEN' });
-    expect((await put('/_matrix/app/v1/transactions/1', undefined, '{not json')).status).toBe(400);
     expect((await put('/_matrix/app/v1/transactions/1')).status).toBe(500);
     expect(handled).toEqual([]);
     expect((await put('/_matrix/app/v1/transactions/1')).status).toBe(200);
     expect((await put(`/transactions/1?access_token=${HS_TOKEN}`, {})).status).toBe(200);
     expect(handled).toEqual(['over http']);
+    // Not JSON: answered 200 (a retry would bring the same bytes), reported as a malformed body.
+    expect((await put('/_matrix/app/v1/transactions/2', undefined, '{not json')).status).toBe(200);
     expect((await put('/_matrix/app/v1/rooms/x')).status).toBe(404);
   });
 });

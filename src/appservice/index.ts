@@ -7,6 +7,7 @@
 export { AppserviceCrypto, defaultDeviceStore } from './manager';
 export type {
   AppserviceCryptoOptions,
+  AppserviceDeliveryCounters,
   AppserviceEncryptOptions,
   AppserviceEncryptResult,
   AppserviceLimits,
@@ -14,13 +15,16 @@ export type {
   AppserviceTimelineEvent,
   BridgedDeviceInfo,
   ProcessTransactionOptions,
+  SetAsideDevice,
   TransactionDeviceResult,
   TransactionResult,
+  UnroutedToDeviceEvents,
 } from './manager';
 export type { BridgedUserTrust } from './trust';
+export type { InboxDrainFailure, InboxDrainOptions, InboxDrainProgress, InboxDrainResult } from './inbox';
 export { AppserviceError } from './errors';
 export type { AppserviceErrorCode } from './errors';
 export { serveAppservice } from './server';
 export type { HealthOptions, ReadinessCheck, ReadinessCheckResult, ReadinessReport } from './health';
 export type { AppserviceServer, ServeAppserviceOptions } from './server';
-export type { TransactionBody, TransactionDeviceLists, TransactionToDeviceEvent } from './transaction';
+export type { MalformedTransactionPart, TransactionBody, TransactionDeviceLists, TransactionToDeviceEvent } from './transaction';

@@ -9,17 +9,20 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SendEncryptedResult, TimelineEvent } from '../client';
 import { DecryptionError, MatrixCryptoError } from '../errors';
-import { openUncountedDecryptions, type OlmMachine, type ShareResult, type StoreOptions } from '../machine';
+import type { LoggerLike } from '../logging';
+import { openUncountedDecryptions, OlmMachine, type ShareResult, type StoreOptions } from '../machine';
 import { AppserviceMetrics } from '../metrics/appservice';
 import { internalMetrics, recorderFor, type MetricsOptions, type MetricsSnapshot, type PrometheusRegistry } from '../metrics/recorder';
+import { SerialQueues } from '../queues';
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
 import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
 import { BridgeCrossSigning } from './cross-signing';
 import { BridgedDevice } from './device';
 import { AppserviceError } from './errors';
+import { drainDevice, inboxFilter, toDeviceDigest, type InboxDrainOptions, type InboxDrainResult, type InboxHost } from './inbox';
 import { AppserviceState, type DeviceRecord } from './state';
-import { deviceKey, routeTransaction, type DeviceShare } from './transaction';
+import { deviceKey, routeTransaction, type DeviceShare, type MalformedTransactionPart } from './transaction';
 import { TrustSettings, type BridgedUserTrust } from './trust';
 
 /** The parts of an appservice registration file the crypto layer reads. */
@@ -65,6 +68,14 @@ export interface AppserviceLimits {
    * turn to decrypt an event when none of them is known to hold its room key. Default 3.
    */
   decryptionCandidates?: number;
+  /**
+   * How many times in a row one device's part of a transaction may fail before its share is
+   * set aside (persisted, replayed when the device works again) and the transaction is answered
+   * 200 without it, so one broken device (e.g. a corrupt store) cannot hold back the others.
+   * Failures a retry can fix for every device (the appservice's state cannot be written, another
+   * process holds a device's store) are never set aside. Default 3.
+   */
+  deviceAttempts?: number;
 }
 
 /** Options of {@link AppserviceCrypto.open}. */
@@ -108,6 +119,55 @@ export interface AppserviceCryptoOptions {
    * figures; see docs/metrics.md.
    */
   metrics?: MetricsOptions;
+  /**
+   * When each device's pending to-device events are drained from the homeserver (at start, after
+   * a failed transaction, every 30 minutes; see {@link InboxDrainOptions}); `false` turns the
+   * automatic drains off. Default: all on.
+   */
+  inboxDrain?: InboxDrainOptions | false;
+  /**
+   * Receives the manager's own log lines: skipped malformed parts of transactions, set-aside
+   * shares, to-device events for unknown devices, inbox drain progress (`console` works).
+   * Default: none.
+   */
+  logger?: LoggerLike;
+}
+
+/** To-device events of a transaction for a recipient the manager does not serve: reported, never stored. */
+export interface UnroutedToDeviceEvents extends BridgedDeviceInfo {
+  /** How many. */
+  count: number;
+  /**
+   * `not-in-namespace`: the user is neither the appservice's sender nor in its namespace;
+   * `unknown-device`: the user has no device of that id created by this manager.
+   */
+  reason: 'not-in-namespace' | 'unknown-device';
+}
+
+/** A device whose share of a transaction was set aside after {@link AppserviceLimits.deviceAttempts} failures. */
+export interface SetAsideDevice extends BridgedDeviceInfo {
+  /** The last failure. */
+  error: unknown;
+}
+
+/** Counters of how transactions and inbox drains went, since the manager opened. */
+export interface AppserviceDeliveryCounters {
+  /** Malformed parts of transactions skipped. */
+  malformedParts: number;
+  /** To-device events for users outside the namespace or unknown devices, not stored. */
+  unroutedToDeviceEvents: number;
+  /** To-device events skipped because their device had processed them already. */
+  duplicateToDeviceEvents: number;
+  /** Device shares set aside after repeated failures. */
+  setAsideShares: number;
+  /** Set-aside shares replayed to their recovered device. */
+  replayedShares: number;
+  /** Inbox drains run (each over many devices). */
+  drains: number;
+  /** Devices whose inbox drain failed. */
+  failedDeviceDrains: number;
+  /** New to-device events that inbox drains fed to machines. */
+  drainedToDeviceEvents: number;
 }
 
 /** A bridged user's device. */
@@ -152,6 +212,18 @@ export interface TransactionResult {
   devices: TransactionDeviceResult[];
   /** To-device events for devices this manager does not know (not created by it), left unread. */
   unroutedToDeviceEvents: number;
+  /** The same, per recipient and reason. */
+  unrouted: UnroutedToDeviceEvents[];
+  /** To-device events skipped because their device had processed them already (e.g. through an inbox drain). */
+  duplicateToDeviceEvents: number;
+  /** Parts of the body that were malformed and skipped; the rest was processed. */
+  malformed: MalformedTransactionPart[];
+  /**
+   * Devices whose share was set aside after failing {@link AppserviceLimits.deviceAttempts}
+   * times: it is persisted and replayed when the device works again (on its next share or inbox
+   * drain).
+   */
+  setAside: SetAsideDevice[];
 }
 
 /** Options of {@link AppserviceCrypto.processTransaction}. */
@@ -193,6 +265,26 @@ class Limiter {
       this.waiting.shift()?.();
     }
   }
+}
+
+/** The least time between two drains asked for by successful transactions while recovering. */
+const RECOVERY_DRAIN_GAP_MS = 5_000;
+/**
+ * How long after the start or a failed transaction a drain that finds nothing new ends the
+ * recovery (before, the homeserver may still be sending the transactions it queued, which carry
+ * no to-device events).
+ */
+const RECOVERY_MS = 30_000;
+
+/** Whether a failure is one a retry of the transaction can fix for every device, so its share must not be set aside. */
+function retryFixes(err: unknown): boolean {
+  if (err instanceof AppserviceError) return err.code === 'Closed';
+  // Another process holds the device's store (its lease): that process serves the device.
+  return err instanceof MatrixCryptoError && err.code === 'StoreLocked';
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function positiveInt(field: string, value: number | undefined, fallback: number): number {
@@ -288,6 +380,41 @@ export class AppserviceCrypto {
   private readonly waitingSince = new Map<string, number>();
   private waitingCount = 0;
   private transactions: Promise<void> = Promise.resolve();
+  private readonly deviceAttempts: number;
+  private readonly drainOptions: InboxDrainOptions | false;
+  private readonly logger: LoggerLike | undefined;
+  /** Each device's deliveries (transaction shares, inbox drains), one at a time. */
+  private readonly deliveries = new SerialQueues();
+  /** Failed attempts of a device's part of a transaction, by `txnId\ndeviceKey`. */
+  private readonly attempts = new Map<string, number>();
+  /** Late decryptions of background drains, for the next transaction when no callback takes them. */
+  private pendingLate: AppserviceTimelineEvent[] = [];
+  /** The running background drain, and whether another was asked for meanwhile. */
+  private drainRunning: Promise<void> | undefined;
+  private drainAgain = false;
+  /**
+   * After the start and after a failed transaction, until a transaction brings to-device events
+   * again or a drain finds nothing new `RECOVERY_MS` after: the homeserver may still send
+   * transactions it queued while we failed, which carry no to-device events, so successes are
+   * followed by drains (at most one every `RECOVERY_DRAIN_GAP_MS`).
+   */
+  private recovering = true;
+  /** When the manager last started recovering (at open, or at a failed transaction). */
+  private recoveringSince = Date.now();
+  /** When the last drain after a successful transaction started, and the timer of the next. */
+  private lastRecoveryDrain = 0;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private readonly counters: AppserviceDeliveryCounters = {
+    malformedParts: 0,
+    unroutedToDeviceEvents: 0,
+    duplicateToDeviceEvents: 0,
+    setAsideShares: 0,
+    replayedShares: 0,
+    drains: 0,
+    failedDeviceDrains: 0,
+    drainedToDeviceEvents: 0,
+  };
   /** No new public call is accepted. */
   private closed = false;
   /** The machines were closed: not even running calls may open one. */
@@ -308,6 +435,9 @@ export class AppserviceCrypto {
     this.txnConcurrency = positiveInt('options.limits.transactionConcurrency', limits.transactionConcurrency, 8);
     this.otkRefillBelow = positiveInt('options.limits.oneTimeKeyRefillBelow', limits.oneTimeKeyRefillBelow, 25);
     this.decryptionCandidates = positiveInt('options.limits.decryptionCandidates', limits.decryptionCandidates, 3);
+    this.deviceAttempts = positiveInt('options.limits.deviceAttempts', limits.deviceAttempts, 3);
+    this.drainOptions = options.inboxDrain ?? {};
+    this.logger = options.logger;
     this.withheldPolicy = options.withheldPolicy;
     this.shareSettings = options.shareSettings ?? {};
     this.trust = new TrustSettings(options.trust);
@@ -339,7 +469,9 @@ export class AppserviceCrypto {
 
   /**
    * Opens the manager on its store root (reading which devices exist and which transactions
-   * were processed). Makes no request and opens no machine.
+   * were processed). Makes no request and opens no machine itself; unless
+   * {@link AppserviceCryptoOptions.inboxDrain} says otherwise, it starts an inbox drain of every
+   * device in the background (see {@link drainInboxes}).
    *
    * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad option, e.g.
    *   `options.registration.as_token: must be a non-empty string`.
@@ -363,8 +495,53 @@ export class AppserviceCrypto {
       }
     }
     recorderFor(options.metrics, 'options.metrics');
+    const drain = options.inboxDrain;
+    if (drain !== undefined && drain !== false) {
+      if (drain === null || typeof drain !== 'object') {
+        throw new MatrixCryptoError('InvalidArgument', 'options.inboxDrain: must be an object or false', 'options.inboxDrain');
+      }
+      if (drain.intervalMs !== undefined && (!Number.isInteger(drain.intervalMs) || drain.intervalMs < 0)) {
+        throw new MatrixCryptoError('InvalidArgument', 'options.inboxDrain.intervalMs: must be a non-negative integer', 'options.inboxDrain.intervalMs');
+      }
+      if (drain.atStart !== undefined && typeof drain.atStart !== 'boolean') {
+        throw new MatrixCryptoError('InvalidArgument', 'options.inboxDrain.atStart: must be a boolean', 'options.inboxDrain.atStart');
+      }
+      for (const f of ['onLateDecryptions', 'onProgress'] as const) {
+        if (drain[f] !== undefined && typeof drain[f] !== 'function') {
+          throw new MatrixCryptoError('InvalidArgument', `options.inboxDrain.${f}: must be a function`, `options.inboxDrain.${f}`);
+        }
+      }
+    }
+    if (options.logger !== undefined) {
+      for (const m of ['error', 'warn', 'info', 'debug'] as const) {
+        if (typeof options.logger?.[m] !== 'function') {
+          throw new MatrixCryptoError('InvalidArgument', `options.logger: must have an ${m}() method`, 'options.logger');
+        }
+      }
+    }
     const state = await AppserviceState.open(options.storeRoot);
-    return new AppserviceCrypto(options, state);
+    const crypto = new AppserviceCrypto(options, state);
+    crypto.startDrains();
+    return crypto;
+  }
+
+  /** Starts the automatic inbox drains: one now, then every `intervalMs`. */
+  private startDrains(): void {
+    if (this.drainOptions === false) {
+      this.recovering = false;
+      return;
+    }
+    if (this.drainOptions.atStart ?? true) this.scheduleDrain('start');
+    const every = this.drainOptions.intervalMs ?? 1_800_000;
+    if (every > 0) {
+      this.drainTimer = setInterval(() => this.scheduleDrain('periodic'), every);
+      this.drainTimer.unref();
+    }
+  }
+
+  /** Counters of malformed parts, set-aside shares, duplicates and drains since the manager opened. */
+  get deliveryCounters(): AppserviceDeliveryCounters {
+    return { ...this.counters };
   }
 
   /** The hs_token of the registration (what {@link serveAppservice} checks). */
@@ -580,7 +757,15 @@ export class AppserviceCrypto {
    * answer the homeserver with an error status, and its retry redoes only the failed parts. No
    * received room key is lost: the to-device events of a failed part are kept in the store root
    * and fed on the retry of that transaction id when the retry comes without them (Synapse's
-   * retries carry the room events only).
+   * retries carry the room events only). A device whose part fails
+   * {@link AppserviceLimits.deviceAttempts} times has its share set aside (kept, replayed when
+   * the device works again) and the transaction succeeds without it (`setAside`).
+   *
+   * Malformed parts of `body` (a body that is not an object, lists of the wrong type, entries
+   * that are not events, values nested too deep) are skipped and reported in `malformed`; the
+   * rest is processed. To-device events for users outside the namespace or for unknown devices
+   * are reported in `unrouted`, never stored; those a device processed already (e.g. through an
+   * inbox drain) are skipped (`duplicateToDeviceEvents`).
    *
    * Encrypted events are decrypted by a bridged user of the room whose device got the room key
    * in this process, else by up to {@link AppserviceLimits.decryptionCandidates} bridged members
@@ -588,7 +773,8 @@ export class AppserviceCrypto {
    * a failure comes back as `undecryptable` with the typed {@link DecryptionError}, withheld
    * explanation included. Decrypt as a given user with {@link decryptRoomEvent}.
    *
-   * @throws {@link MatrixCryptoError} `InvalidArgument` naming the malformed field of `body`.
+   * @throws {@link MatrixCryptoError} `InvalidArgument` for an empty `txnId`.
+   * @throws {@link AppserviceError} `TransactionFailed` when a part failed (see above).
    */
   async processTransaction(txnId: string, body: unknown, options: ProcessTransactionOptions = {}): Promise<TransactionResult> {
     nonEmpty('txnId', txnId);
@@ -616,9 +802,47 @@ export class AppserviceCrypto {
 
   private async process(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
     if (this.state.isTransactionDone(txnId)) {
-      return { txnId, duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0 };
+      return {
+        txnId,
+        duplicate: true,
+        events: [],
+        lateDecryptions: [],
+        devices: [],
+        unroutedToDeviceEvents: 0,
+        unrouted: [],
+        duplicateToDeviceEvents: 0,
+        malformed: [],
+        setAside: [],
+      };
     }
+    try {
+      const brought = { toDevice: false };
+      const result = await this.processOnce(txnId, body, options, brought);
+      if (this.recovering) {
+        // Transactions queued while we failed come without to-device events; one that brings
+        // some again means the homeserver pushes live. Either way, drain what the queued missed.
+        if (brought.toDevice) this.recovering = false;
+        this.scheduleDrain('recovery');
+      }
+      return result;
+    } catch (err) {
+      if (this.drainOptions !== false && !this.recovering) {
+        this.recovering = true;
+        this.recoveringSince = Date.now();
+      }
+      throw err;
+    }
+  }
+
+  private async processOnce(
+    txnId: string,
+    body: unknown,
+    options: ProcessTransactionOptions,
+    brought: { toDevice: boolean },
+  ): Promise<TransactionResult> {
     const routed = routeTransaction(body);
+    const malformed = routed.malformed;
+    brought.toDevice = [...routed.devices.values()].some((d) => d.toDeviceEvents.length > 0);
     if (routed.changed.length > 0 || routed.left.length > 0) {
       if (!this.state.isPartDone(txnId, 'device_lists')) {
         await this.state.recordListChanges(routed.changed, routed.left);
@@ -640,16 +864,26 @@ export class AppserviceCrypto {
         ...((again?.unusedFallbackKeys ?? h.unusedFallbackKeys) ? { unusedFallbackKeys: again?.unusedFallbackKeys ?? h.unusedFallbackKeys } : {}),
       });
     }
-    let unrouted = 0;
+    let unroutedCount = 0;
+    const unrouted: UnroutedToDeviceEvents[] = [];
+    let duplicates = 0;
     const work: Array<{ rec: DeviceRecord; share: DeviceShare | undefined }> = [];
     for (const share of shares.values()) {
       const rec = this.state.devices.get(share.userId);
-      if (!rec || rec.deviceId !== share.deviceId) {
-        unrouted += share.toDeviceEvents.length;
+      if (!rec || rec.deviceId !== share.deviceId || !rec.created) {
+        if (share.toDeviceEvents.length > 0) {
+          const reason = this.isBridgedUser(share.userId) ? 'unknown-device' : 'not-in-namespace';
+          unrouted.push({ userId: share.userId, deviceId: share.deviceId, count: share.toDeviceEvents.length, reason });
+          unroutedCount += share.toDeviceEvents.length;
+        }
         continue;
       }
       if (this.state.isPartDone(txnId, deviceKey(share.userId, share.deviceId))) continue;
-      if (this.open.has(share.userId) || this.needsMachine(share)) work.push({ rec, share });
+      // What an inbox drain already fed the device is not fed again.
+      const fresh = share.toDeviceEvents.filter((e) => !this.state.hasDigest(share.userId, toDeviceDigest(e)));
+      duplicates += share.toDeviceEvents.length - fresh.length;
+      const own = fresh.length === share.toDeviceEvents.length ? share : { ...share, toDeviceEvents: fresh };
+      if (this.open.has(share.userId) || this.needsMachine(own) || this.state.asideShares(share.userId).length > 0) work.push({ rec, share: own });
     }
     // Open machines outside the transaction still have to see the device-list changes.
     for (const userId of this.open.keys()) {
@@ -658,23 +892,64 @@ export class AppserviceCrypto {
         work.push({ rec, share: undefined });
       }
     }
+    this.counters.malformedParts += malformed.length;
+    this.counters.unroutedToDeviceEvents += unroutedCount;
+    this.counters.duplicateToDeviceEvents += duplicates;
+    if (malformed.length > 0) {
+      this.logger?.warn(
+        `appservice transaction ${txnId}: skipped ${malformed.length} malformed part(s): ` +
+          malformed.slice(0, 5).map((m) => `${m.field} ${m.reason}`).join('; ') + (malformed.length > 5 ? '; ...' : ''),
+      );
+    }
+    for (const u of unrouted) {
+      this.logger?.warn(`appservice transaction ${txnId}: ${u.count} to-device event(s) for ${u.userId} ${u.deviceId} not stored (${u.reason})`);
+    }
     const devices: TransactionResult['devices'] = [];
+    const setAside: SetAsideDevice[] = [];
     const failures: unknown[] = [];
     const queue = [...work];
     const worker = async (): Promise<void> => {
       for (let item = queue.shift(); item; item = queue.shift()) {
         const { rec, share } = item;
+        const key = deviceKey(rec.userId, rec.deviceId);
+        const attemptKey = `${txnId}\n${key}`;
         try {
-          const result = await this.feed(rec, share);
+          const result = await this.deliveries.run(rec.userId, () => this.feed(rec, share));
+          this.attempts.delete(attemptKey);
           if (share) {
-            await this.state.recordPart(txnId, deviceKey(rec.userId, rec.deviceId));
+            await this.state.recordPart(txnId, key);
             devices.push({ userId: rec.userId, deviceId: rec.deviceId, result });
           }
         } catch (err) {
-          failures.push(err);
-          const key = deviceKey(rec.userId, rec.deviceId);
-          if (share && share.toDeviceEvents.length > 0 && !held.has(key)) {
-            await this.state.recordHeld(txnId, key, share).catch((e: unknown) => failures.push(e));
+          const attempts = (this.attempts.get(attemptKey) ?? 0) + 1;
+          if (this.attempts.size >= 10_000) this.attempts.delete(this.attempts.keys().next().value as string);
+          this.attempts.set(attemptKey, attempts);
+          try {
+            if (share && attempts >= this.deviceAttempts && !retryFixes(err)) {
+              // This device has failed on every attempt: its share waits in the store for it, the others move on.
+              if (share.toDeviceEvents.length > 0 || share.oneTimeKeyCounts || share.unusedFallbackKeys) {
+                await this.state.recordAside({
+                  userId: rec.userId,
+                  deviceId: rec.deviceId,
+                  toDeviceEvents: share.toDeviceEvents,
+                  ...(share.oneTimeKeyCounts ? { oneTimeKeyCounts: share.oneTimeKeyCounts } : {}),
+                  ...(share.unusedFallbackKeys ? { unusedFallbackKeys: share.unusedFallbackKeys } : {}),
+                });
+              }
+              await this.state.recordPart(txnId, key);
+              this.attempts.delete(attemptKey);
+              this.counters.setAsideShares++;
+              setAside.push({ userId: rec.userId, deviceId: rec.deviceId, error: err });
+              this.logger?.warn(
+                `appservice transaction ${txnId}: set aside the share of ${rec.userId} ${rec.deviceId} after ${attempts} failed attempts ` +
+                  `(${share.toDeviceEvents.length} to-device event(s), replayed when the device works again): ${errorText(err)}`,
+              );
+              continue;
+            }
+            failures.push(err);
+            if (share && share.toDeviceEvents.length > 0 && !held.has(key)) await this.state.recordHeld(txnId, key, share);
+          } catch (e) {
+            failures.push(e);
           }
         }
       }
@@ -683,27 +958,49 @@ export class AppserviceCrypto {
     if (failures.length > 0) {
       throw new AppserviceError(
         'TransactionFailed',
-        `transaction ${txnId}: ${failures.length} of ${work.length} devices failed; answer with an error so the homeserver retries (first: ${String((failures[0] as Error)?.message ?? failures[0])})`,
+        `transaction ${txnId}: ${failures.length} of ${work.length} devices failed; answer with an error so the homeserver retries (first: ${errorText(failures[0])})`,
         { cause: failures[0] },
       );
     }
     await this.learnMembership(routed.events);
     const events: AppserviceTimelineEvent[] = [];
-    for (const event of routed.events) {
+    for (const [i, event] of routed.events.entries()) {
       const roomId = typeof event.room_id === 'string' ? event.room_id : undefined;
       if (event.type !== 'm.room.encrypted' || roomId === undefined) {
         events.push({ kind: 'plaintext', roomId: roomId ?? '', event, decryptedBy: null });
         continue;
       }
-      events.push(await this.decryptForBridge(roomId, event));
+      try {
+        events.push(await this.decryptForBridge(roomId, event));
+      } catch (err) {
+        // An event the machine cannot even read (not a failure a retry can fix): reported, left out.
+        if (!(err instanceof MatrixCryptoError && err.code === 'InvalidArgument')) throw err;
+        const part = { field: `body.events[${routed.eventIndexes[i]}]`, reason: err.message };
+        malformed.push(part);
+        this.counters.malformedParts++;
+        this.logger?.warn(`appservice transaction ${txnId}: skipped ${part.field}: ${part.reason}`);
+      }
     }
     const late = await this.retryWaiting(devices);
-    const result: TransactionResult = { txnId, duplicate: false, events, lateDecryptions: late.items, devices, unroutedToDeviceEvents: unrouted };
+    const fromDrains = this.pendingLate;
+    const result: TransactionResult = {
+      txnId,
+      duplicate: false,
+      events,
+      lateDecryptions: [...fromDrains, ...late.items],
+      devices,
+      unroutedToDeviceEvents: unroutedCount,
+      unrouted,
+      duplicateToDeviceEvents: duplicates,
+      malformed,
+      setAside,
+    };
     await options.onResult?.(result);
     await this.state.recordTransaction(txnId);
     // Only once the transaction is done: a retry hands the same events over again.
     late.commit();
-    this.metricsOf.handedOver([...events, ...late.items]);
+    this.metricsOf.handedOver([...fromDrains, ...events, ...late.items]);
+    this.pendingLate = this.pendingLate.filter((e) => !fromDrains.includes(e));
     for (const item of events) if (item.kind === 'undecryptable') this.wait(item);
     return result;
   }
@@ -716,19 +1013,163 @@ export class AppserviceCrypto {
     return share.unusedFallbackKeys !== undefined && !share.unusedFallbackKeys.includes('signed_curve25519');
   }
 
-  /** Hands one device its share of a transaction, with the device-list changes it has not seen. */
+  /**
+   * Hands one device its share (of a transaction or an inbox drain), after the shares set aside
+   * for it, with the device-list changes it has not seen; records the digests of its to-device
+   * events. Runs in the device's delivery turn.
+   */
   private async feed(rec: DeviceRecord, share: DeviceShare | undefined): Promise<SyncResult> {
     const seq = this.state.listSeq;
+    const aside = this.state.asideShares(rec.userId);
     const result = await this.using(rec.userId, async (d) => {
       const changes: SyncChanges = {};
-      if (share?.toDeviceEvents.length) changes.toDeviceEvents = share.toDeviceEvents;
-      if (share?.oneTimeKeyCounts) changes.oneTimeKeyCounts = share.oneTimeKeyCounts;
-      if (share?.unusedFallbackKeys) changes.unusedFallbackKeys = share.unusedFallbackKeys;
-      if (rec.listSeq < seq) changes.changedDevices = this.state.listChangesSince(rec.listSeq);
+      const toDevice = [...aside.flatMap((a) => a.toDeviceEvents), ...(share?.toDeviceEvents ?? [])];
+      if (toDevice.length) changes.toDeviceEvents = toDevice;
+      const latest = [...aside].reverse();
+      const counts = share?.oneTimeKeyCounts ?? latest.find((a) => a.oneTimeKeyCounts)?.oneTimeKeyCounts;
+      if (counts) changes.oneTimeKeyCounts = counts;
+      const fallback = share?.unusedFallbackKeys ?? latest.find((a) => a.unusedFallbackKeys)?.unusedFallbackKeys;
+      if (fallback) changes.unusedFallbackKeys = fallback;
+      const lists = rec.listSeq < seq ? this.state.listChangesSince(rec.listSeq) : { changed: [], left: [] };
+      if (share?.changedDevices) {
+        lists.changed = [...new Set([...lists.changed, ...share.changedDevices.changed])];
+        lists.left = [...new Set([...lists.left, ...share.changedDevices.left])];
+      }
+      if (lists.changed.length || lists.left.length) changes.changedDevices = lists;
       return d.receive(changes);
     });
     await this.state.recordSeen(rec.userId, seq);
+    if (aside.length > 0) {
+      await this.state.recordAsideReplayed(rec.userId, aside.length);
+      this.counters.replayedShares += aside.length;
+      this.logger?.info(`appservice: replayed ${aside.length} set-aside share(s) to ${rec.userId} ${rec.deviceId}`);
+    }
+    if (share?.toDeviceEvents.length) await this.state.recordDigests(rec.userId, share.toDeviceEvents.map(toDeviceDigest));
     for (const k of result.roomKeyUpdates) this.noteHolder(k.roomId, k.sessionId, rec.userId);
+    return result;
+  }
+
+  /** Asks for a background drain of every device; one runs at a time, and one more if asked meanwhile. */
+  private scheduleDrain(reason: 'start' | 'recovery' | 'periodic'): void {
+    if (this.drainOptions === false || this.closed) return;
+    if (reason === 'recovery') {
+      // A burst of transactions (the homeserver catching up) asks for a drain each: at most
+      // one every RECOVERY_DRAIN_GAP_MS.
+      const wait = this.lastRecoveryDrain + RECOVERY_DRAIN_GAP_MS - Date.now();
+      if (wait > 0) {
+        this.recoveryTimer ??= setTimeout(() => {
+          this.recoveryTimer = undefined;
+          this.scheduleDrain('recovery');
+        }, wait).unref();
+        return;
+      }
+      this.lastRecoveryDrain = Date.now();
+    }
+    if (this.drainRunning) {
+      this.drainAgain = true;
+      return;
+    }
+    const run = async (): Promise<void> => {
+      do {
+        this.drainAgain = false;
+        try {
+          const result = await this.drainAll(undefined, reason);
+          // Nothing left behind long after the start or the failure: the homeserver pushes live again.
+          if (reason === 'recovery' && result.toDeviceEvents === 0 && result.failed.length === 0 && Date.now() - this.recoveringSince >= RECOVERY_MS) {
+            this.recovering = false;
+          }
+          if (result.lateDecryptions.length > 0) {
+            const take = this.drainOptions === false ? undefined : this.drainOptions.onLateDecryptions;
+            if (take) {
+              await take(result.lateDecryptions);
+              this.metricsOf.handedOver(result.lateDecryptions);
+            } else this.pendingLate = [...this.pendingLate, ...result.lateDecryptions].slice(-1000);
+          }
+        } catch (err) {
+          this.logger?.error(`appservice: inbox drain (${reason}) failed: ${errorText(err)}`);
+        }
+      } while (this.drainAgain && !this.closed);
+    };
+    this.drainRunning = run().finally(() => (this.drainRunning = undefined));
+  }
+
+  /**
+   * Drains the inboxes of bridged devices now: each device's pending to-device events are
+   * fetched from the homeserver as that device (`/sync` with a filter that keeps only to-device
+   * events, `timeout=0`), fed to its machine (skipping those it processed already, e.g. from a
+   * transaction), and acknowledged so that the homeserver deletes them. Devices are drained
+   * {@link AppserviceLimits.transactionConcurrency} at a time, their requests within
+   * {@link AppserviceLimits.requestConcurrency}. A device whose drain fails is reported in
+   * `failed` and tried again in the next drain. The manager runs drains by itself (see
+   * {@link AppserviceCryptoOptions.inboxDrain}); call this to drain on demand.
+   *
+   * @param userIds the bridged users whose devices to drain; default every device created.
+   */
+  async drainInboxes(userIds?: string[]): Promise<InboxDrainResult> {
+    this.assertOpen();
+    if (userIds !== undefined && (!Array.isArray(userIds) || userIds.some((u) => typeof u !== 'string'))) {
+      throw new MatrixCryptoError('InvalidArgument', 'userIds: must be an array of user ids', 'userIds');
+    }
+    return this.drainAll(userIds, 'on demand');
+  }
+
+  private async drainAll(userIds: string[] | undefined, reason: string): Promise<InboxDrainResult> {
+    const recs = [...this.state.devices.values()].filter((r) => r.created && (userIds === undefined || userIds.includes(r.userId)));
+    const result: InboxDrainResult = { devices: recs.length, toDeviceEvents: 0, duplicates: 0, malformed: 0, failed: [], lateDecryptions: [] };
+    const onProgress = this.drainOptions === false ? undefined : this.drainOptions.onProgress;
+    const host: InboxHost = {
+      state: this.state,
+      sync: (rec, since) =>
+        this.masquerading({ userId: rec.userId, deviceId: rec.deviceId }).sync({
+          ...(since === undefined ? {} : { since }),
+          timeoutMs: 0,
+          filter: inboxFilter(),
+          setPresence: 'offline',
+        }),
+      serial: (userId, task) => this.deliveries.run(userId, task),
+      needsMachine: (share) => this.needsMachine(share),
+      feed: (rec, share) => this.feed(rec, share),
+    };
+    this.counters.drains++;
+    const started = Date.now();
+    const fed: TransactionDeviceResult[] = [];
+    let done = 0;
+    const step = Math.max(1, Math.ceil(recs.length / 10));
+    const queue = [...recs];
+    const worker = async (): Promise<void> => {
+      for (let rec = queue.shift(); rec; rec = queue.shift()) {
+        // A drain stops early when the manager closes; a deleted device is skipped.
+        if (this.closed || this.state.devices.get(rec.userId) !== rec) continue;
+        try {
+          const d = await drainDevice(host, rec);
+          result.toDeviceEvents += d.toDeviceEvents;
+          result.duplicates += d.duplicates;
+          result.malformed += d.malformed;
+          for (const r of d.results) fed.push({ userId: rec.userId, deviceId: rec.deviceId, result: r });
+        } catch (err) {
+          result.failed.push({ userId: rec.userId, deviceId: rec.deviceId, error: err });
+          this.counters.failedDeviceDrains++;
+        }
+        done++;
+        onProgress?.({ done, total: recs.length, toDeviceEvents: result.toDeviceEvents, duplicates: result.duplicates, failed: result.failed.length });
+        if (recs.length >= 100 && (done % step === 0 || done === recs.length)) {
+          this.logger?.info(`appservice: inbox drain (${reason}): ${done}/${recs.length} devices, ${result.toDeviceEvents} new to-device event(s)`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.txnConcurrency, recs.length) }, worker));
+    this.counters.drainedToDeviceEvents += result.toDeviceEvents;
+    this.counters.duplicateToDeviceEvents += result.duplicates;
+    const late = await this.retryWaiting(fed);
+    late.commit();
+    result.lateDecryptions = late.items;
+    if (recs.length > 0) {
+      this.logger?.info(
+        `appservice: inbox drain (${reason}) of ${recs.length} device(s) in ${Date.now() - started} ms: ${result.toDeviceEvents} new to-device event(s), ` +
+          `${result.duplicates} duplicate(s), ${result.malformed} malformed, ${result.failed.length} device(s) failed` +
+          (result.failed.length ? ` (first: ${result.failed[0]!.userId}: ${errorText(result.failed[0]!.error)})` : ''),
+      );
+    }
     return result;
   }
 
@@ -932,7 +1373,10 @@ export class AppserviceCrypto {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.drainTimer);
+    clearTimeout(this.recoveryTimer);
     await this.transactions;
+    await this.drainRunning;
     await Promise.allSettled([...this.creating.values(), ...this.opening.values(), ...this.closing.values()]);
     this.machinesClosed = true;
     const devices = [...this.open.values()];

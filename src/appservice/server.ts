@@ -20,7 +20,9 @@ export interface ServeAppserviceOptions {
   host?: string;
   /**
    * Called with each processed transaction before it is acknowledged. If it throws, the
-   * homeserver is answered 500 and retries the transaction, which is handed to it again.
+   * homeserver is answered 500 and retries the transaction, which is handed to it again; so
+   * throw only for failures a retry can fix (the malformed parts of a transaction are in
+   * {@link TransactionResult.malformed}, already skipped).
    */
   onEvents?: (result: TransactionResult) => void | Promise<void>;
   /**
@@ -86,7 +88,11 @@ function sameToken(a: string, b: string): boolean {
  * `PUT /_matrix/app/v1/transactions/{txnId}` (and the legacy `/transactions/{txnId}`),
  * `POST /_matrix/app/v1/ping` and `GET /_matrix/app/v1/users/{userId}`. Every request must carry
  * the registration's `hs_token` (401 `M_UNAUTHORIZED` without one, 403 `M_FORBIDDEN` for a
- * wrong one). A transaction that fails is answered 500, so the homeserver retries it.
+ * wrong one). A transaction is answered 200 once processed, malformed parts included (they are
+ * skipped and reported in the {@link TransactionResult}, as is a body that is not JSON at all);
+ * 500 when it failed in a way a retry can fix ({@link AppserviceCrypto.processTransaction}
+ * rejected, or `onEvents` threw), so the homeserver retries it; 413 for a body over
+ * `maxBodyBytes`.
  *
  * Without the token (for probes and scrapers): `GET /health/live` answers 200
  * `{ status: 'live' }` while the process serves; `GET /health/ready` answers 200 or 503 with a
@@ -130,8 +136,11 @@ export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAp
       try {
         body = JSON.parse(await readBody(req, maxBody));
       } catch (err) {
-        const status = (err as { status?: number }).status ?? 400;
-        return reply(res, status, { errcode: status === 413 ? 'M_TOO_LARGE' : 'M_NOT_JSON', error: (err as Error).message });
+        const status = (err as { status?: number }).status;
+        if (status === 413) return reply(res, 413, { errcode: 'M_TOO_LARGE', error: (err as Error).message });
+        // Not JSON: processed as a malformed body (reported in the result), so that the
+        // homeserver, which resends a transaction until it is answered 200, can move on.
+        body = undefined;
       }
       try {
         await crypto.processTransaction(txnId, body, options.onEvents ? { onResult: options.onEvents } : {});

@@ -1,8 +1,10 @@
 /**
  * The appservice's own persisted state, in `<storeRoot>/appservice-state.jsonl`: which device
  * each bridged user has, which transactions were processed (and, for one that failed half-way,
- * which of its devices were done, and the to-device events of those that failed), and the
- * device-list changes closed machines still have to see.
+ * which of its devices were done, and the to-device events of those that failed), the
+ * device-list changes closed machines still have to see, and for the delivery of to-device
+ * events: each device's inbox `/sync` token, digests of the to-device events it processed, and
+ * the shares set aside for a device that kept failing.
  *
  * An append-only journal of JSON lines, each written with one `appendFile` and fsynced before
  * the call resolves; the file is compacted (rewritten atomically through a rename) on open.
@@ -54,10 +56,22 @@ type Entry =
   | { t: 'part'; id: string; key: string }
   | { t: 'held'; id: string; key: string; share: HeldShare }
   | { t: 'lists'; seq: number; changed: string[]; left: string[] }
-  | { t: 'member'; roomId: string; userId: string; joined: boolean };
+  | { t: 'member'; roomId: string; userId: string; joined: boolean }
+  | { t: 'inbox'; userId: string; deviceId: string; token: string }
+  | { t: 'digests'; userId: string; add: string[]; drop: string[] }
+  | { t: 'aside'; share: HeldShare }
+  | { t: 'aside-done'; userId: string; count: number };
 
 /** How many completed transaction ids are remembered (the homeserver only retries its latest). */
 const TXN_MEMORY = 10_000;
+
+/**
+ * How many digests of processed to-device events are remembered per device, to skip the
+ * duplicates an inbox drain sees (see `inbox.ts`). A drain forgets the ones it has seen again
+ * and acknowledged, so in steady state a device holds only what was pushed since its last drain.
+ * @internal
+ */
+export const DIGEST_MEMORY = 1_000;
 
 /** @internal */
 export class AppserviceState {
@@ -73,6 +87,12 @@ export class AppserviceState {
   listSeq = 0;
   /** Bridged users joined to each room, as the transactions' membership events said. */
   readonly members = new Map<string, Set<string>>();
+  /** The `/sync` token of each device's inbox drain, by user (with the device it belongs to). */
+  private readonly inboxTokens = new Map<string, { deviceId: string; token: string }>();
+  /** Digests of to-device events each user's device processed, oldest first. */
+  private readonly digests = new Map<string, Set<string>>();
+  /** Shares set aside for devices that kept failing, by user, oldest first. */
+  private readonly aside = new Map<string, HeldShare[]>();
   private writing: Promise<void> = Promise.resolve();
 
   private constructor(private readonly file: string) {}
@@ -105,6 +125,7 @@ export class AppserviceState {
     switch (e.t) {
       case 'device': {
         const old = this.devices.get(e.userId);
+        if (old && old.deviceId !== e.deviceId) this.forgetDelivery(e.userId);
         this.devices.set(e.userId, {
           userId: e.userId,
           deviceId: e.deviceId,
@@ -115,6 +136,7 @@ export class AppserviceState {
       }
       case 'deleted':
         this.devices.delete(e.userId);
+        this.forgetDelivery(e.userId);
         break;
       case 'seen': {
         const d = this.devices.get(e.userId);
@@ -150,6 +172,31 @@ export class AppserviceState {
         }
         break;
       }
+      case 'inbox':
+        this.inboxTokens.set(e.userId, { deviceId: e.deviceId, token: e.token });
+        break;
+      case 'digests': {
+        let set = this.digests.get(e.userId);
+        if (!set) this.digests.set(e.userId, (set = new Set()));
+        for (const d of e.drop) set.delete(d);
+        for (const d of e.add) {
+          set.delete(d);
+          set.add(d);
+        }
+        while (set.size > DIGEST_MEMORY) set.delete(set.values().next().value as string);
+        if (set.size === 0) this.digests.delete(e.userId);
+        break;
+      }
+      case 'aside':
+        if (!this.aside.has(e.share.userId)) this.aside.set(e.share.userId, []);
+        this.aside.get(e.share.userId)!.push(e.share);
+        break;
+      case 'aside-done': {
+        const rest = (this.aside.get(e.userId) ?? []).slice(e.count);
+        if (rest.length) this.aside.set(e.userId, rest);
+        else this.aside.delete(e.userId);
+        break;
+      }
       case 'lists':
         this.listSeq = Math.max(this.listSeq, e.seq);
         for (const u of e.changed) this.listChanges.set(u, { seq: e.seq, left: false });
@@ -177,6 +224,9 @@ export class AppserviceState {
     for (const id of this.txns) lines.push({ t: 'txn', id });
     for (const [id, keys] of this.parts) for (const key of keys) lines.push({ t: 'part', id, key });
     for (const [id, shares] of this.held) for (const [key, share] of shares) lines.push({ t: 'held', id, key, share });
+    for (const [userId, { deviceId, token }] of this.inboxTokens) lines.push({ t: 'inbox', userId, deviceId, token });
+    for (const [userId, set] of this.digests) lines.push({ t: 'digests', userId, add: [...set], drop: [] });
+    for (const shares of this.aside.values()) for (const share of shares) lines.push({ t: 'aside', share });
     const tmp = `${this.file}.tmp`;
     const fh = await open(tmp, 'w');
     try {
@@ -278,6 +328,50 @@ export class AppserviceState {
   /** Records that a transaction was fully processed. */
   recordTransaction(id: string): Promise<void> {
     return this.append([{ t: 'txn', id }]);
+  }
+
+  /** Forgets the inbox token, digests and set-aside shares of a user's previous device. */
+  private forgetDelivery(userId: string): void {
+    this.inboxTokens.delete(userId);
+    this.digests.delete(userId);
+    this.aside.delete(userId);
+  }
+
+  /** The `/sync` token the inbox drain of the user's device continues from, if it drained before. */
+  inboxToken(userId: string, deviceId: string): string | undefined {
+    const t = this.inboxTokens.get(userId);
+    return t?.deviceId === deviceId ? t.token : undefined;
+  }
+
+  /** Records the `/sync` token the next inbox drain of the device continues from. */
+  recordInboxToken(userId: string, deviceId: string, token: string): Promise<void> {
+    return this.append([{ t: 'inbox', userId, deviceId, token }]);
+  }
+
+  /** Whether the user's device already processed the to-device event with this digest. */
+  hasDigest(userId: string, digest: string): boolean {
+    return this.digests.get(userId)?.has(digest) ?? false;
+  }
+
+  /** Remembers digests of processed to-device events (`add`) and forgets others (`drop`). */
+  recordDigests(userId: string, add: string[], drop: string[] = []): Promise<void> {
+    if (add.length === 0 && drop.length === 0) return Promise.resolve();
+    return this.append([{ t: 'digests', userId, add, drop }]);
+  }
+
+  /** The shares set aside for the user's device because it kept failing, oldest first. */
+  asideShares(userId: string): readonly HeldShare[] {
+    return this.aside.get(userId) ?? [];
+  }
+
+  /** Sets a failing device's share aside, to be replayed when the device works again. */
+  recordAside(share: HeldShare): Promise<void> {
+    return this.append([{ t: 'aside', share }]);
+  }
+
+  /** Records that the user's device processed its oldest `count` set-aside shares. */
+  recordAsideReplayed(userId: string, count: number): Promise<void> {
+    return this.append([{ t: 'aside-done', userId, count }]);
   }
 
   /** Waits for pending writes. */

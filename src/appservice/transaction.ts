@@ -13,9 +13,11 @@
  * When a body carries a stable and an unstable name for the same thing, the stable one wins
  * (a server in transition sends both, with the same content).
  *
+ * A malformed part is skipped and reported, never thrown: the homeserver resends a transaction
+ * until it is answered 200, so a body that cannot be read whole must still be answered 200.
+ *
  * @module
  */
-import { MatrixCryptoError } from '../errors';
 import type { RoomEvent } from '../transport';
 import type { MatrixEvent } from '../types';
 
@@ -63,6 +65,18 @@ export interface TransactionToDeviceEvent extends MatrixEvent {
   to_device_id: string;
 }
 
+
+/**
+ * A part of a transaction body that was malformed and skipped: the rest of the transaction is
+ * processed, and the homeserver is answered 200 (a retry of the same body cannot fix it).
+ */
+export interface MalformedTransactionPart {
+  /** Where it is, in JavaScript terms, e.g. `body.events[2]` or `body["de.sorunome.msc2409.to_device"][0].to_device_id`. */
+  field: string;
+  /** What is wrong with it, e.g. `must be an event object with a string type`. */
+  reason: string;
+}
+
 /** What one (user, device) gets from a transaction. @internal */
 export interface DeviceShare {
   userId: string;
@@ -70,15 +84,21 @@ export interface DeviceShare {
   toDeviceEvents: MatrixEvent[];
   oneTimeKeyCounts?: Record<string, number>;
   unusedFallbackKeys?: string[];
+  /** Device-list changes for this device alone (from its inbox drain's `/sync`). */
+  changedDevices?: { changed: string[]; left: string[] };
 }
 
 /** A transaction body, split by recipient. @internal */
 export interface RoutedTransaction {
   events: RoomEvent[];
+  /** The index in `body.events` of each of `events` (malformed ones are left out). */
+  eventIndexes: number[];
   /** By `userId|deviceId`, in order of first appearance. */
   devices: Map<string, DeviceShare>;
   changed: string[];
   left: string[];
+  /** The parts that were skipped, in body order. */
+  malformed: MalformedTransactionPart[];
 }
 
 /** The key of a (user, device) pair in maps. @internal */
@@ -86,8 +106,26 @@ export function deviceKey(userId: string, deviceId: string): string {
   return `${userId}|${deviceId}`;
 }
 
-function bad(field: string, what: string): MatrixCryptoError {
-  return new MatrixCryptoError('InvalidArgument', `${field}: ${what}`, field);
+/**
+ * How deep a value routed to a machine may nest. The Rust side parses events with serde_json,
+ * whose recursion limit is 128, and `JSON.stringify` overflows the stack at a few thousand
+ * levels; real events nest fewer than 20 levels.
+ * @internal
+ */
+export const MAX_EVENT_DEPTH = 100;
+
+/** Whether `value` nests deeper than `max` levels; iterative, so any depth is safe to ask about. */
+export function nestsDeeperThan(value: unknown, max: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth > max) return true;
+    for (const child of Object.values(v as Record<string, unknown>)) {
+      if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+    }
+  }
+  return false;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -100,26 +138,21 @@ function pick(body: Record<string, unknown>, names: string[]): [string, unknown]
   return undefined;
 }
 
-function stringArray(field: string, v: unknown): string[] {
-  if (v === undefined || v === null) return [];
-  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw bad(field, 'must be an array of strings');
-  return v as string[];
-}
-
 /**
- * Splits a transaction body by recipient device.
- *
- * @throws {@link MatrixCryptoError} `InvalidArgument` naming the malformed field, e.g.
- *   `body["de.sorunome.msc2409.to_device"][3].to_device_id`.
+ * Splits a transaction body by recipient device. Never throws: every malformed part (a body that
+ * is not an object, a list that is not an array, an entry of the wrong type, a value nested
+ * deeper than {@link MAX_EVENT_DEPTH}) is left out and reported in `malformed`, and the rest is
+ * routed.
  */
 export function routeTransaction(body: unknown): RoutedTransaction {
-  if (!isObject(body)) throw bad('body', 'must be a JSON object');
-  const events = body.events ?? [];
-  if (!Array.isArray(events)) throw bad('body.events', 'must be an array');
-  events.forEach((e, i) => {
-    if (!isObject(e) || typeof e.type !== 'string') throw bad(`body.events[${i}]`, 'must be an event object with a string type');
-  });
+  const malformed: MalformedTransactionPart[] = [];
+  const bad = (field: string, reason: string): void => void malformed.push({ field, reason });
   const devices = new Map<string, DeviceShare>();
+  const routed: RoutedTransaction = { events: [], eventIndexes: [], devices, changed: [], left: [], malformed };
+  if (!isObject(body)) {
+    bad('body', 'must be a JSON object');
+    return routed;
+  }
   const share = (userId: string, deviceId: string): DeviceShare => {
     const k = deviceKey(userId, deviceId);
     let d = devices.get(k);
@@ -129,17 +162,34 @@ export function routeTransaction(body: unknown): RoutedTransaction {
     }
     return d;
   };
+  const list = (field: string, value: unknown): unknown[] => {
+    if (Array.isArray(value)) return value;
+    bad(field, 'must be an array');
+    return [];
+  };
+
+  if (body.events !== undefined && body.events !== null) {
+    list('body.events', body.events).forEach((e, i) => {
+      if (!isObject(e) || typeof e.type !== 'string') bad(`body.events[${i}]`, 'must be an event object with a string type');
+      else if (nestsDeeperThan(e, MAX_EVENT_DEPTH)) bad(`body.events[${i}]`, `nests deeper than ${MAX_EVENT_DEPTH} levels`);
+      else {
+        routed.events.push(e as RoomEvent);
+        routed.eventIndexes.push(i);
+      }
+    });
+  }
 
   const toDevice = pick(body, ['to_device', 'de.sorunome.msc2409.to_device']);
   if (toDevice) {
-    const [name, list] = toDevice;
+    const [name, value] = toDevice;
     const field = `body["${name}"]`;
-    if (!Array.isArray(list)) throw bad(field, 'must be an array');
-    list.forEach((e: unknown, i) => {
-      if (!isObject(e)) throw bad(`${field}[${i}]`, 'must be an object');
-      if (typeof e.to_user_id !== 'string') throw bad(`${field}[${i}].to_user_id`, 'must be a string');
-      if (typeof e.to_device_id !== 'string') throw bad(`${field}[${i}].to_device_id`, 'must be a string');
-      if (typeof e.type !== 'string') throw bad(`${field}[${i}].type`, 'must be a string');
+    list(field, value).forEach((e: unknown, i) => {
+      const f = `${field}[${i}]`;
+      if (!isObject(e)) return bad(f, 'must be an object');
+      if (typeof e.to_user_id !== 'string') return bad(`${f}.to_user_id`, 'must be a string');
+      if (typeof e.to_device_id !== 'string') return bad(`${f}.to_device_id`, 'must be a string');
+      if (typeof e.type !== 'string') return bad(`${f}.type`, 'must be a string');
+      if (nestsDeeperThan(e, MAX_EVENT_DEPTH)) return bad(f, `nests deeper than ${MAX_EVENT_DEPTH} levels`);
       const { to_user_id, to_device_id, ...event } = e;
       share(to_user_id, to_device_id).toDeviceEvents.push(event as unknown as MatrixEvent);
     });
@@ -153,15 +203,20 @@ export function routeTransaction(body: unknown): RoutedTransaction {
   if (counts) {
     const [name, byUser] = counts;
     const field = `body["${name}"]`;
-    if (!isObject(byUser)) throw bad(field, 'must be an object');
-    for (const [userId, byDevice] of Object.entries(byUser)) {
-      if (!isObject(byDevice)) throw bad(`${field}["${userId}"]`, 'must be an object');
-      for (const [deviceId, algorithms] of Object.entries(byDevice)) {
-        const f = `${field}["${userId}"]["${deviceId}"]`;
-        if (!isObject(algorithms) || Object.values(algorithms).some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 0)) {
-          throw bad(f, 'must map algorithms to non-negative integer counts');
+    if (!isObject(byUser)) bad(field, 'must be an object');
+    else {
+      for (const [userId, byDevice] of Object.entries(byUser)) {
+        if (!isObject(byDevice)) {
+          bad(`${field}["${userId}"]`, 'must be an object');
+          continue;
         }
-        share(userId, deviceId).oneTimeKeyCounts = algorithms as Record<string, number>;
+        for (const [deviceId, algorithms] of Object.entries(byDevice)) {
+          if (!isObject(algorithms) || Object.values(algorithms).some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 0)) {
+            bad(`${field}["${userId}"]["${deviceId}"]`, 'must map algorithms to non-negative integer counts');
+            continue;
+          }
+          share(userId, deviceId).oneTimeKeyCounts = algorithms as Record<string, number>;
+        }
       }
     }
   }
@@ -170,24 +225,40 @@ export function routeTransaction(body: unknown): RoutedTransaction {
   if (fallback) {
     const [name, byUser] = fallback;
     const field = `body["${name}"]`;
-    if (!isObject(byUser)) throw bad(field, 'must be an object');
-    for (const [userId, byDevice] of Object.entries(byUser)) {
-      if (!isObject(byDevice)) throw bad(`${field}["${userId}"]`, 'must be an object');
-      for (const [deviceId, types] of Object.entries(byDevice)) {
-        share(userId, deviceId).unusedFallbackKeys = stringArray(`${field}["${userId}"]["${deviceId}"]`, types);
+    if (!isObject(byUser)) bad(field, 'must be an object');
+    else {
+      for (const [userId, byDevice] of Object.entries(byUser)) {
+        if (!isObject(byDevice)) {
+          bad(`${field}["${userId}"]`, 'must be an object');
+          continue;
+        }
+        for (const [deviceId, types] of Object.entries(byDevice)) {
+          if (!Array.isArray(types) || types.some((t) => typeof t !== 'string')) {
+            bad(`${field}["${userId}"]["${deviceId}"]`, 'must be an array of strings');
+            continue;
+          }
+          share(userId, deviceId).unusedFallbackKeys = types as string[];
+        }
       }
     }
   }
 
-  let changed: string[] = [];
-  let left: string[] = [];
   const lists = pick(body, ['device_lists', 'org.matrix.msc3202.device_lists']);
   if (lists) {
     const [name, value] = lists;
     const field = `body["${name}"]`;
-    if (!isObject(value)) throw bad(field, 'must be an object');
-    changed = stringArray(`${field}.changed`, value.changed);
-    left = stringArray(`${field}.left`, value.left);
+    if (!isObject(value)) bad(field, 'must be an object');
+    else {
+      // The strings of a list are kept: one bad entry must not hide the others' changes.
+      const strings = (f: string, v: unknown): string[] => {
+        if (v === undefined || v === null) return [];
+        const items = list(f, v);
+        items.forEach((x, i) => typeof x !== 'string' && bad(`${f}[${i}]`, 'must be a string'));
+        return items.filter((x): x is string => typeof x === 'string');
+      };
+      routed.changed = strings(`${field}.changed`, value.changed);
+      routed.left = strings(`${field}.left`, value.left);
+    }
   }
-  return { events: events as RoomEvent[], devices, changed, left };
+  return routed;
 }

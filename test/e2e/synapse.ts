@@ -92,6 +92,11 @@ export interface Homeserver {
   pid: number;
   /** Stops Synapse (SIGTERM, then SIGKILL after 5 s) and removes the data directory. Idempotent. */
   stop(): Promise<void>;
+  /**
+   * Stops Synapse (SIGTERM) and starts it again on the same port, data directory and database,
+   * as an operator's restart; resolves once the client API answers again.
+   */
+  restart(): Promise<void>;
   /** The last `lines` lines (default 100) of Synapse's log (its stdout and stderr). */
   logTail(lines?: number): string;
   /**
@@ -317,7 +322,24 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Home
       await writeFile(join(dataDir, 'signing.key'), signingKeyFile(), { mode: 0o600 });
     }
     try {
-      return await launch(python, configPath, dataDir, port, sharedSecret, startupTimeoutMs, keepData);
+      let current = await launch(python, configPath, dataDir, port, sharedSecret, startupTimeoutMs, keepData);
+      const hs: Homeserver = {
+        baseUrl: current.baseUrl,
+        serverName: current.serverName,
+        dataDir,
+        get pid() {
+          return current.pid;
+        },
+        stop: () => current.stop(),
+        restart: async () => {
+          await current.halt();
+          current = await launch(python, configPath, dataDir, port, sharedSecret, startupTimeoutMs, keepData);
+        },
+        logTail: (lines) => current.logTail(lines),
+        registerUser: (...args) => current.registerUser(...args),
+        login: (...args) => current.login(...args),
+      };
+      return hs;
     } catch (err) {
       if (attempt < 3 && err instanceof Error && /Address already in use|CannotListenError/.test(err.message)) {
         continue;
@@ -336,7 +358,7 @@ async function launch(
   sharedSecret: string,
   startupTimeoutMs: number,
   keepData: boolean,
-): Promise<Homeserver> {
+): Promise<Omit<Homeserver, 'restart'> & { halt(): Promise<void> }> {
   const t0 = Date.now();
   const log = new LineRing(LOG_RING_LINES);
   const child: ChildProcess = spawn(python, ['-c', BOOTSTRAP, '-c', configPath], {
@@ -361,9 +383,8 @@ async function launch(
 
   const baseUrl = `http://127.0.0.1:${port}`;
   let stopped = false;
-  const stop = async (): Promise<void> => {
-    if (stopped) return;
-    stopped = true;
+  /** Stops the process, keeping the data directory. */
+  const halt = async (): Promise<void> => {
     if (!exited) {
       child.kill('SIGTERM');
       const timer = setTimeout(() => {
@@ -373,6 +394,11 @@ async function launch(
       clearTimeout(timer);
     }
     process.removeListener('exit', killOnExit);
+  };
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await halt();
     if (keepData) console.error(`[synapse] data kept in ${dataDir}`);
     else await rm(dataDir, { recursive: true, force: true });
   };
@@ -449,6 +475,7 @@ async function launch(
     dataDir,
     pid: child.pid ?? -1,
     stop,
+    halt,
     logTail: (lines = 100) => log.tail(lines),
     registerUser,
     login,
