@@ -135,7 +135,7 @@ async function conversation(name: string) {
     await rm(root, { recursive: true, force: true });
   });
   logs.push({ name: 'bridge log', tail: () => bridge.log.slice(-40).join('\n') });
-  const alice = await JsSdkUser.start(hs.baseUrl, await hs.registerUser(`${name}_alice`));
+  const alice = await (await JsSdkUser.start(hs.baseUrl, await hs.registerUser(`${name}_alice`))).excludeInsecureDevices();
   logs.push({ name: `js-sdk ${alice.user.userId}`, tail: () => alice.logTail(40) });
   cleanup.push(() => alice.stop());
   const puppets = [`@puppet_${name}_1:localhost`, `@puppet_${name}_2:localhost`];

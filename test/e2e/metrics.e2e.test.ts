@@ -65,7 +65,7 @@ describe('an encrypting appservice with a metrics registry', () => {
       await crypto.close();
     });
 
-    alice = await JsSdkUser.start(hs.baseUrl, await hs.registerUser('metrics_alice'));
+    alice = await (await JsSdkUser.start(hs.baseUrl, await hs.registerUser('metrics_alice'))).excludeInsecureDevices();
     cleanup.push(() => alice!.stop());
     const puppet = '@puppet_metrics:localhost';
     await crypto.registerUser('puppet_metrics');
