@@ -36,8 +36,8 @@ import { DecryptionError, MatrixCryptoError } from '../errors';
 import type { DecryptedRoomEvent } from '../types';
 
 /**
- * The parts of a `matrix-appservice-bridge` `Bridge` the adapter hooks (structural, so this
- * module's types do not depend on the package).
+ * The parts of a `matrix-appservice-bridge` `Bridge` the adapter hooks; what
+ * {@link BridgeEncryption.attach} checks for (this module's types do not depend on the package).
  */
 export interface HookableBridge {
   /** `Bridge.listen(port, hostname, backlog, appServiceInstance)`: wrapped to pass the adapter's `AppService`. */
@@ -145,7 +145,7 @@ export class BridgeEncryption {
   ) {}
 
   /**
-   * Hooks `bridge` so that its transactions, events and intents' sends go through `crypto`.
+   * Hooks `bridgeObject` (a `Bridge`; see {@link HookableBridge}) so that its transactions, events and intents' sends go through `crypto`.
    * Call it after `new Bridge(...)` and before `bridge.run()` / `bridge.listen()`; do not pass
    * your own `AppService` instance to those (the adapter supplies one).
    *
@@ -154,7 +154,9 @@ export class BridgeEncryption {
    *   (`bridge.appservice`), `crypto` is not an open {@link AppserviceCrypto}, or an option has
    *   the wrong type.
    */
-  static attach(bridge: HookableBridge, crypto: AppserviceCrypto, options: BridgeEncryptionOptions = {}): BridgeEncryption {
+  static attach(bridgeObject: object, crypto: AppserviceCrypto, options: BridgeEncryptionOptions = {}): BridgeEncryption {
+    // Checked member by member below: a Bridge's `opts` is private in its own typings.
+    const bridge = bridgeObject as HookableBridge;
     if (bridge === null || typeof bridge !== 'object') {
       throw invalid('bridge', 'must be a matrix-appservice-bridge Bridge');
     }
