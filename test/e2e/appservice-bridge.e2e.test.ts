@@ -113,11 +113,19 @@ describe('a matrix-appservice-bridge echo bridge with matrix-crypto-node/appserv
     expect(messages.every((m) => m.how === 'decrypted')).toBe(true);
     expect(running.encryption.isRoomEncrypted(roomId)).toBe(true);
 
-    // The bridge's own metrics endpoint carries the crypto figures.
-    const res = await fetch(`http://127.0.0.1:${asPort}/metrics`);
-    expect(res.status).toBe(200);
-    const text = await res.text();
-    expect(sample(text, 'matrix_crypto_decryptions_total', '{outcome="decrypted"}')).toBe(2);
+    // The bridge's own metrics endpoint carries the crypto figures. Four decryptions: alice's two
+    // messages and the ghost's two echoes, which come back to the bridge in transactions too
+    // (waited for: the last echo's transaction may still be on its way).
+    const scrape = async () => {
+      const res = await fetch(`http://127.0.0.1:${asPort}/metrics`);
+      expect(res.status).toBe(200);
+      return res.text();
+    };
+    const text = await waitFor('4 decryptions on /metrics', async () => {
+      const t = await scrape();
+      return sample(t, 'matrix_crypto_decryptions_total', '{outcome="decrypted"}') >= 4 ? t : undefined;
+    }, 30_000);
+    expect(sample(text, 'matrix_crypto_decryptions_total', '{outcome="decrypted"}')).toBe(4);
     expect(sample(text, 'matrix_crypto_decryptions_total', '{outcome="undecryptable"}')).toBe(0);
     expect(sample(text, 'matrix_crypto_room_key_shares_total')).toBeGreaterThanOrEqual(1);
     // The room key reached alice's one device (the ghost has no other device to share with).
