@@ -33,6 +33,8 @@
  */
 import { AppserviceCrypto, type AppserviceTimelineEvent } from '../appservice';
 import { DecryptionError, MatrixCryptoError } from '../errors';
+
+export { DecryptionError, MatrixCryptoError };
 import type { DecryptedRoomEvent } from '../types';
 
 /**
@@ -43,7 +45,10 @@ export interface HookableBridge {
   /** `Bridge.listen(port, hostname, backlog, appServiceInstance)`: wrapped to pass the adapter's `AppService`. */
   listen: (port: number, hostname?: string, backlog?: number, appServiceInstance?: unknown) => Promise<void>;
   /** The bridge's options; `onIntentCreate` is wrapped so every intent encrypts. */
-  opts: { onIntentCreate: (userId: string, ...rest: unknown[]) => unknown };
+  opts: {
+    /** Creates the bridge's intents (the bot's among them). */
+    onIntentCreate: (userId: string, ...rest: unknown[]) => unknown;
+  };
   /** Set once the bridge listens: the adapter must be attached before. */
   appservice?: unknown;
 }
