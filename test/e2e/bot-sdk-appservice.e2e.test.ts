@@ -164,7 +164,8 @@ describe("matrix-bot-sdk's Appservice with encryption on matrix-crypto-node/comp
     const headers = { authorization: `Bearer ${registration.as_token}`, 'content-type': 'application/json' };
     const as = (p: string, q: Record<string, string>) => `${hs.baseUrl}/_matrix/client/v3/${p}?${new URLSearchParams({ user_id: user, ...q })}`;
     expect((await fetch(`${hs.baseUrl}/_matrix/client/v3/register`, { method: 'POST', headers, body: JSON.stringify({ type: 'm.login.application_service', username: 'bsas_probe', inhibit_login: true }) })).status).toBe(200);
-    expect((await fetch(as('devices/PROBE', {}), { method: 'PUT', headers, body: '{}' })).status).toBe(200);
+    // MSC4190: 201 when the device is created.
+    expect((await fetch(as('devices/PROBE', {}), { method: 'PUT', headers, body: '{}' })).status).toBe(201);
     const whoami = async (q: Record<string, string>) => (await (await fetch(as('account/whoami', q), { headers })).json()) as { device_id?: string };
     expect((await whoami({ 'org.matrix.msc3202.device_id': 'PROBE' })).device_id).toBeUndefined();
     expect((await whoami({ device_id: 'PROBE' })).device_id).toBe('PROBE');
