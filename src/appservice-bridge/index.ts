@@ -221,9 +221,7 @@ export class BridgeEncryption {
   }
 
   private createAppService(homeserverToken: string): AppServiceLike {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const Base = this.options.appServiceClass ?? (require('matrix-appservice-bridge') as { AppService: AppServiceClass }).AppService;
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const adapter = this;
     // The base constructor binds `this.onTransaction` to its route, so the override is what runs.
     class EncryptedAppService extends Base {
