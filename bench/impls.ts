@@ -200,8 +200,9 @@ export const wasmBindings: BenchImpl = {
 
 /**
  * The official Node bindings, if they are installed and load on this Node version; otherwise
- * the reason they are skipped. They are never installed by this project: their install
- * downloads a prebuilt binary.
+ * the reason they are skipped. This project does not depend on them (their install downloads a
+ * prebuilt binary); the 0.4.0 that matrix-appservice-bridge's bot-sdk brings into node_modules
+ * has no binary unless npm ran its install script, and is then reported as not loading.
  */
 export function officialNode(): BenchImpl | string {
   let sdk: any;
