@@ -22,6 +22,11 @@ export interface BotProcessConfig {
   storePath: string;
   /** Where the sync token is kept between runs. */
   stateFile: string;
+  /**
+   * The account password: when given, the bot cross-signs its device on start-up
+   * (`crossSigning: { bootstrap: 'if-missing' }`, this password for user-interactive auth).
+   */
+  crossSigningPassword?: string;
 }
 
 /** A timeline event as the child reports it. */
@@ -100,6 +105,9 @@ async function child(): Promise<void> {
     store: { kind: 'sqlite', path: config.storePath },
     transport: { fetch: observingFetch },
     ...(syncToken !== undefined ? { syncToken } : {}),
+    ...(config.crossSigningPassword !== undefined
+      ? { crossSigning: { bootstrap: 'if-missing' as const, auth: { type: 'password' as const, password: config.crossSigningPassword } } }
+      : {}),
   });
   await client.processOutgoingRequests();
   send({ op: 'ready', userId: client.userId, deviceId: client.deviceId, ...client.machine.identityKeys });

@@ -3,7 +3,10 @@
 // replaced by matrix-crypto-node-compat through npm `overrides` (so the official binary is never
 // downloaded). An encrypted bot runs through bot-sdk's own Rust crypto engine (RustEngine:
 // prepare the room, share the key, encrypt, decrypt) against Synapse, with a matrix-js-sdk user
-// (its own Rust crypto, WebAssembly) on the other side.
+// (its own Rust crypto, WebAssembly) in strict mode (exclude insecure devices, MSC4153) on the
+// other side. matrix-bot-sdk does not cross-sign its device, so another device of the bot's
+// account (our EncryptedClient, with the account's cross-signing keys) signs it, as its operator
+// would have to for today's clients to talk to it.
 import { describe, it, expect, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,6 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { packDistribution, run, tag } from '../helpers/pack';
+import { EncryptedClient } from '../../src/client';
 import { useHomeserver } from './harness';
 import { JsSdkUser, waitFor } from './js-sdk-user';
 
@@ -101,6 +105,7 @@ describe('matrix-bot-sdk on matrix-crypto-node through an npm alias', () => {
     const botUser = await hs().registerUser('botsdk');
     const alice = await JsSdkUser.start(hs().baseUrl, await hs().registerUser('alice'));
     logs({ name: 'js-sdk alice', logTail: (n) => alice.logTail(n) });
+    await alice.excludeInsecureDevices();
     logs({ name: 'matrix-bot-sdk process', logTail: (n = 40) => stderr.slice(-n).join('\n') });
 
     const dir = path.join(project, 'data');
@@ -122,9 +127,29 @@ describe('matrix-bot-sdk on matrix-crypto-node through an npm alias', () => {
     const started = await seen('started');
     expect(started.deviceId).toBe(botUser.deviceId);
 
+    // Another device of the bot's account creates the cross-signing identity and signs the
+    // bot-sdk device; a strict client would neither share keys with it nor decrypt it otherwise.
+    const signer = await EncryptedClient.open({
+      baseUrl: hs().baseUrl,
+      accessToken: (await hs().login(botUser.userId, botUser.password)).accessToken,
+      store: { kind: 'memory' },
+      crossSigning: { bootstrap: 'if-missing', auth: { type: 'password', password: botUser.password }, signOwnDevices: true },
+    });
+    try {
+      await waitFor('the bot-sdk device signed', async () => {
+        await signer.syncOnce({ timeoutMs: 300 });
+        return (await signer.machine.getDevice(botUser.userId, botUser.deviceId))?.isCrossSignedByOwner ? true : undefined;
+      });
+    } finally {
+      await signer.close();
+    }
+
     const roomId = await alice.createEncryptedRoom([botUser.userId], 'bot-sdk');
     await seen('joined', (r) => r.roomId === roomId);
     await alice.waitForMember(roomId, botUser.userId);
+    await waitFor('js-sdk to see the bot-sdk device cross-signed', async () =>
+      (await alice.crypto.getDeviceVerificationStatus(botUser.userId, botUser.deviceId))?.signedByOwner ? true : undefined,
+    );
     const ping = await alice.sendText(roomId, 'ping');
 
     const received = await seen('received', (r) => r.eventId === ping);

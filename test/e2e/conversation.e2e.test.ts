@@ -1,6 +1,8 @@
-// Scenario 1: our bot (EncryptedClient) and a matrix-js-sdk user in an encrypted room on Synapse.
+// Scenario 1: our bot (EncryptedClient, its device cross-signed) and a matrix-js-sdk user in strict
+// mode (exclude insecure devices, MSC4153) in an encrypted room on Synapse.
 import { describe, expect, it } from 'vitest';
 import { syncUntil, syncUntilDecrypted, useHomeserver, useParticipants } from './harness';
+import { waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
 const { jsUser, bot } = useParticipants(hs, logs);
@@ -11,6 +13,11 @@ describe('scenario 1: our bot and a js-sdk user in an encrypted room', () => {
     const roomId = await alice.createEncryptedRoom([b.userId]);
     await b.transport.joinRoom(roomId);
     await alice.waitForMember(roomId, b.userId);
+    // alice's client shares keys with the bot and decrypts its messages because the bot's own
+    // identity signed its device.
+    await waitFor('js-sdk to see the bot device cross-signed', async () =>
+      (await alice.crypto.getDeviceVerificationStatus(b.userId, b.deviceId))?.signedByOwner ? true : undefined,
+    );
 
     const fromAlice = await alice.sendText(roomId, 'hello bot');
     const got = await syncUntilDecrypted(b, fromAlice);

@@ -1,6 +1,7 @@
 /**
  * Shared set-up of the end-to-end scenarios: one Synapse per test file, our bot as an
- * {@link EncryptedClient}, and logs printed when a test fails.
+ * {@link EncryptedClient} (its device cross-signed), js-sdk users in strict mode (MSC4153), and
+ * logs printed when a test fails.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -69,20 +70,34 @@ export function useHomeserver(): {
   };
 }
 
-/** Opens our side as an {@link EncryptedClient} for `user`'s device and uploads its keys. */
-export async function openBot(
-  hs: Homeserver,
-  user: TestUser,
-  store: StoreOptions = { kind: 'memory' },
-  withheld?: WithheldPolicy,
-): Promise<EncryptedClient> {
+/** How {@link openBot} opens a bot. */
+export interface BotOptions {
+  /** The store; a memory store by default. */
+  store?: StoreOptions;
+  /** The withheld policy; the library's default when absent. */
+  withheld?: WithheldPolicy;
+  /**
+   * Leave the device without a cross-signing signature. By default the bot bootstraps the
+   * account's cross-signing identity (`bootstrap: 'if-missing'`, password auth) and signs its
+   * device, as a strict (MSC4153) client requires before it shares room keys with it or
+   * decrypts its messages. Only for tests that need an unsigned device, saying why.
+   */
+  unsigned?: boolean;
+}
+
+/**
+ * Opens our side as an {@link EncryptedClient} for `user`'s device and uploads its keys; the
+ * device is cross-signed unless `options.unsigned`.
+ */
+export async function openBot(hs: Homeserver, user: TestUser, options: BotOptions = {}): Promise<EncryptedClient> {
   const client = await EncryptedClient.open({
     baseUrl: hs.baseUrl,
     accessToken: user.accessToken,
     userId: user.userId,
     deviceId: user.deviceId,
-    store,
-    ...(withheld ? { withheld } : {}),
+    store: options.store ?? { kind: 'memory' },
+    ...(options.withheld ? { withheld: options.withheld } : {}),
+    ...(options.unsigned ? {} : { crossSigning: { bootstrap: 'if-missing' as const, auth: { type: 'password' as const, password: user.password } } }),
   });
   await client.processOutgoingRequests();
   return client;
@@ -101,12 +116,19 @@ export function useParticipants(hs: () => Homeserver, logs: (h: HasLog) => void)
   const later = (f: () => Promise<unknown>): void => void cleanup.push(f);
   return {
     later,
-    /** A js-sdk user with a new account `localpart`. */
-    async jsUser(localpart: string): Promise<JsSdkUser> {
+    /**
+     * A js-sdk user with a new account `localpart`, in strict mode like today's clients: its
+     * account cross-signed and "exclude insecure devices" on (OnlySignedDevicesIsolationMode,
+     * MSC4153; see {@link JsSdkUser.excludeInsecureDevices}), so it neither shares room keys with
+     * devices their owner did not cross-sign nor decrypts their messages. `permissive: true`
+     * leaves it in js-sdk's default mode (all devices, no cross-signing of its own), for a test
+     * about a permissive client, which says why.
+     */
+    async jsUser(localpart: string, options: { permissive?: boolean } = {}): Promise<JsSdkUser> {
       const u = await JsSdkUser.start(hs().baseUrl, await hs().registerUser(localpart));
       logs({ name: `js-sdk ${u.user.userId}`, logTail: (n) => u.logTail(n) });
       later(() => u.stop());
-      return u;
+      return options.permissive ? u : u.excludeInsecureDevices();
     },
     /**
      * Our {@link EncryptedClient} for `user`'s device, on a memory store unless `options` say
@@ -124,9 +146,12 @@ export function useParticipants(hs: () => Homeserver, logs: (h: HasLog) => void)
       later(() => c.close());
       return c;
     },
-    /** Our bot with a new account `localpart`, on a memory store (see {@link openBot}). */
-    async bot(localpart: string, withheld?: WithheldPolicy): Promise<EncryptedClient> {
-      const c = await openBot(hs(), await hs().registerUser(localpart), { kind: 'memory' }, withheld);
+    /**
+     * Our bot with a new account `localpart`, its device cross-signed unless `options.unsigned`,
+     * on a memory store (see {@link openBot}).
+     */
+    async bot(localpart: string, options: Omit<BotOptions, 'store'> = {}): Promise<EncryptedClient> {
+      const c = await openBot(hs(), await hs().registerUser(localpart), options);
       later(() => c.close());
       return c;
     },

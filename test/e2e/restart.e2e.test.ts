@@ -1,12 +1,13 @@
 // Scenario 5: our bot's process is stopped and started again on its SQLite store in the middle of
-// a conversation with a matrix-js-sdk user; nothing is lost and no key is uploaded twice.
+// a conversation with a matrix-js-sdk user in strict mode (exclude insecure devices, MSC4153; the
+// bot cross-signs its device); nothing is lost and no key is uploaded twice.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BotProcess, type BotProcessConfig } from './bot-process';
 import { useHomeserver, useParticipants } from './harness';
-import { JsSdkUser } from './js-sdk-user';
+import { JsSdkUser, waitFor } from './js-sdk-user';
 
 const { hs, logs } = useHomeserver();
 const { later } = useParticipants(hs, logs);
@@ -18,6 +19,7 @@ describe('scenario 5: restart on the SQLite store', () => {
     const alice = await JsSdkUser.start(hs().baseUrl, aliceUser);
     later(() => alice.stop());
     logs({ name: 'js-sdk alice', logTail: (n) => alice.logTail(n) });
+    await alice.excludeInsecureDevices();
 
     const dir = await mkdtemp(join(tmpdir(), 'mcn-e2e-restart-'));
     later(() => rm(dir, { recursive: true, force: true }));
@@ -26,14 +28,20 @@ describe('scenario 5: restart on the SQLite store', () => {
       accessToken: botUser.accessToken,
       storePath: join(dir, 'store'),
       stateFile: join(dir, 'state.json'),
+      crossSigningPassword: botUser.password,
     };
 
     // First run: the bot joins on invite and the two talk.
     const first = await BotProcess.start('bot (first run)', config);
     later(() => first.stop());
     logs(first);
+    // The first run published the account's cross-signing identity and signed its device.
+    expect(first.requests.filter((r) => r.path.endsWith('/keys/device_signing/upload'))).toHaveLength(1);
     const roomId = await alice.createEncryptedRoom([botUser.userId]);
     await alice.waitForMember(roomId, botUser.userId);
+    await waitFor('js-sdk to see the bot device cross-signed', async () =>
+      (await alice.crypto.getDeviceVerificationStatus(botUser.userId, botUser.deviceId))?.signedByOwner ? true : undefined,
+    );
     const a1 = await alice.sendText(roomId, 'before the restart');
     expect((await first.waitForDecrypted(a1)).body).toBe('before the restart');
     const b1 = await first.send(roomId, 'bot: before the restart');
@@ -51,6 +59,8 @@ describe('scenario 5: restart on the SQLite store', () => {
     later(() => second.stop());
     logs(second);
     expect(second.identity).toEqual(first.identity);
+    // The second run found its cross-signing keys and its signature in place: nothing published again.
+    expect(second.requests.filter((r) => r.path.includes('/keys/device_signing/') || r.path.includes('/keys/signatures/'))).toEqual([]);
     expect((await second.waitForDecrypted(a2)).body).toBe('while the bot was down');
 
     // Earlier messages, its own included, still decrypt from the store.

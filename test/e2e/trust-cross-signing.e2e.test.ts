@@ -19,10 +19,11 @@ async function waitForSignedByOwner(alice: JsSdkUser, userId: string, deviceId: 
 
 describe('cross-signing: trusted by a client that excludes insecure devices', () => {
   it('before bootstrap the bot gets a withheld notice instead of the key; after it, the next message decrypts', async () => {
-    const alice = await (await jsUser('cs-alice')).excludeInsecureDevices();
+    const alice = await jsUser('cs-alice');
     const botUser = await hs().registerUser('cs-bot');
     const store = { kind: 'sqlite' as const, path: await tempDir('mcn-trust-') };
-    let bot = await openBot(hs(), botUser, store);
+    // Unsigned on purpose: the test is about what a strict client does before the bootstrap.
+    let bot = await openBot(hs(), botUser, { store, unsigned: true });
     const roomId = await alice.createEncryptedRoom([bot.userId]);
     await bot.transport.joinRoom(roomId);
     await alice.waitForMember(roomId, bot.userId);
@@ -78,9 +79,10 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
   });
 
   it('replacing the identity needs user-interactive auth: refused without it and with a wrong password, done with the password', async () => {
-    const alice = await (await jsUser('cs-alice2')).excludeInsecureDevices();
+    const alice = await jsUser('cs-alice2');
     const botUser = await hs().registerUser('cs-bot2');
-    const bot = await openBot(hs(), botUser);
+    // Unsigned on purpose: the test's own setUpCrossSigning call creates the identity.
+    const bot = await openBot(hs(), botUser, { unsigned: true });
     later(() => bot.close());
     expect(await bot.setUpCrossSigning()).toMatchObject({ created: true });
     const first = await bot.machine.getUserIdentity(bot.userId);
@@ -118,6 +120,8 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
     later(() => bot.close());
     // After one sync the next ones are incremental and report device-list changes.
     await bot.syncOnce({ timeoutMs: 0 });
+    // A second device of the bot's own account, in js-sdk's default mode: strict mode would
+    // bootstrap cross-signing from it, replacing the identity the bot holds the keys of.
     const other = await JsSdkUser.start(hs().baseUrl, await hs().login(botUser.userId, botUser.password));
     later(() => other.stop());
     logs({ name: `js-sdk ${other.user.userId}/${other.user.deviceId}`, logTail: (n) => other.logTail(n) });
@@ -138,7 +142,8 @@ describe('cross-signing: trusted by a client that excludes insecure devices', ()
     expect(first.crossSigning?.created).toBe(true);
     await first.close();
     // Another device of the account replaces the identity (with the password).
-    const other = await openBot(hs(), await hs().login(botUser.userId, botUser.password));
+    // Unsigned: a second login holds none of the identity's private keys (the test's point).
+    const other = await openBot(hs(), await hs().login(botUser.userId, botUser.password), { unsigned: true });
     later(() => other.close());
     await other.setUpCrossSigning({ bootstrap: 'reset', auth: { type: 'password', password: botUser.password } });
     await expect(open()).rejects.toMatchObject({ name: 'MatrixCryptoError', code: 'CrossSigningKeyMissing', field: 'crossSigning' });

@@ -10,7 +10,12 @@ import type { TestUser } from './synapse';
 const { hs, logs } = useHomeserver();
 const { later, client } = useParticipants(hs, logs);
 
-/** A js-sdk client whose secret storage callback answers with `recoveryKey()`. */
+/**
+ * A js-sdk client whose secret storage callback answers with `recoveryKey()`. It is another
+ * device of the same account, left in js-sdk's default mode: strict mode would bootstrap
+ * cross-signing as it starts, and who creates the account's identity, and when, is what these
+ * tests are about (it shares and decrypts no room keys here, which is all the mode governs).
+ */
 async function jsClient(user: TestUser, recoveryKey: () => string | undefined): Promise<JsSdkUser> {
   const u = await JsSdkUser.start(hs().baseUrl, user, {
     cryptoCallbacks: {

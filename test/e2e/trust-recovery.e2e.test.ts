@@ -22,7 +22,7 @@ async function secretStorageOf(client: EncryptedClient): Promise<Record<string, 
 
 describe('secret storage and recovery', () => {
   it('a bot that lost its store comes back on a new device with the recovery key, cross-signed, and reads a message from before', async () => {
-    const alice = await (await jsUser('rec-alice')).excludeInsecureDevices();
+    const alice = await jsUser('rec-alice');
     const botUser = await hs().registerUser('rec-bot');
     const bot = await open(botUser, { crossSigning: { bootstrap: 'if-missing' } });
     const setup = await bot.setUpRecovery();

@@ -13,6 +13,8 @@ const { later, jsUser, client } = useParticipants(hs, logs);
 /** A js-sdk user and a bot who know each other's devices, the bot syncing in the background and recording every flow change. */
 async function meet(name: string, policy: { acceptFrom?: string[]; autoConfirmSas?: boolean } = {}) {
   const alice = await jsUser(`${name}-alice`);
+  // The bot's device is left unsigned (no cross-signing identity): these tests are about verifying
+  // one device by SAS, which a strict user does with a device whatever its signatures.
   const bot = await client(await hs().registerUser(`${name}-bot`), {
     verification: { ...policy, acceptFrom: (policy.acceptFrom ?? []).map((u) => (u === 'alice' ? alice.user.userId : u)) },
   });
