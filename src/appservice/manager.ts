@@ -6,10 +6,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { SendEncryptedResult, TimelineEvent } from '../client';
 import { DecryptionError, MatrixCryptoError } from '../errors';
 import { OlmMachine, type ShareResult, type StoreOptions } from '../machine';
+import { deleteAccount, nativeStoreOptions, type PostgresConnection, type StoreDatabase } from '../store';
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
 import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
@@ -63,6 +63,23 @@ export interface AppserviceLimits {
   decryptionCandidates?: number;
 }
 
+/**
+ * The database of an appservice: its state (devices, processed transactions, ...) and, unless
+ * {@link AppserviceCryptoOptions.deviceStore} says otherwise, every device's keys.
+ */
+export type AppserviceStore =
+  | {
+      /** Our SQLite engine in `<storeRoot>/matrix-crypto-node.sqlite3`, locked to one process. */
+      kind: 'sqlite';
+    }
+  | ({
+      /**
+       * PostgreSQL: several processes may open the appservice; one serves, the others wait in
+       * {@link AppserviceCrypto.open} until its lease is free (see docs/appservice.md).
+       */
+      kind: 'postgres';
+    } & PostgresConnection);
+
 /** Options of {@link AppserviceCrypto.open}. */
 export interface AppserviceCryptoOptions {
   /** The homeserver's client-server API base URL, e.g. `https://matrix.example.org`. */
@@ -70,17 +87,29 @@ export interface AppserviceCryptoOptions {
   /** The appservice registration (tokens, sender, user namespace). */
   registration: AppserviceRegistration;
   /**
-   * The folder of the appservice's crypto state: the device of each bridged user, processed
-   * transactions, and (by default) one SQLite store per device under `devices/`. Created if missing.
+   * The folder of the appservice's crypto state: with the default `store`, one SQLite database
+   * (`matrix-crypto-node.sqlite3`) holding the appservice's state and every device's keys.
+   * Created if missing. A folder of the previous layout (a folder per device under `devices/`
+   * and `appservice-state.jsonl`) is migrated into `store` on the first open.
    */
   storeRoot: string;
-  /** Encrypts the default per-device SQLite stores at rest. Must be the same on every open. */
+  /**
+   * The database of the appservice's state and its devices' keys. Default
+   * `{ kind: 'sqlite' }`: one SQLite database in `storeRoot`.
+   */
+  store?: AppserviceStore;
+  /** Encrypts the appservice's state and the default device stores at rest. Must be the same on every open. */
   storePassphrase?: string;
   /**
-   * Where the machine of a bridged device keeps its keys. Default: a SQLite folder
-   * `<storeRoot>/devices/<url-encoded user id>/<device id>`.
+   * Where the machine of a bridged device keeps its keys. Default: its account in `store`
+   * (with `storePassphrase`).
    */
   deviceStore?: (userId: string, deviceId: string) => StoreOptions;
+  /**
+   * Called once when {@link AppserviceCrypto.open} starts waiting because another process
+   * serves the appservice (PostgreSQL), e.g. to log that this process is the standby.
+   */
+  onStandby?: () => void;
   /** Limits (open machines, concurrency); see {@link AppserviceLimits} for the defaults. */
   limits?: AppserviceLimits;
   /** The withheld policy of a bridged user's machine; default: every code, with default reasons. */
@@ -127,14 +156,20 @@ export interface TransactionResult {
   /**
    * Events of earlier transactions that were `undecryptable` for want of their room key and
    * decrypt now, with a key this transaction brought (the homeserver may push the event before
-   * the key). The manager keeps up to 1,000 such events in memory, oldest dropped first; it
-   * does not keep them across a restart.
+   * the key). The manager keeps up to 1,000 such events in its store, oldest dropped first,
+   * across restarts.
    */
   lateDecryptions: AppserviceTimelineEvent[];
   /** What each bridged device's machine made of its to-device events and key counts. */
   devices: TransactionDeviceResult[];
   /** To-device events for devices this manager does not know (not created by it), left unread. */
   unroutedToDeviceEvents: number;
+  /**
+   * This transaction was handed to the bridge before (its `onResult` was called, by this
+   * process or one that stopped since) and not recorded as processed: the bridge may have acted
+   * on these events already.
+   */
+  redelivery: boolean;
 }
 
 /** Options of {@link AppserviceCrypto.processTransaction}. */
@@ -199,10 +234,43 @@ function newDeviceId(): string {
   return `MCN${Array.from(bytes, (b) => String.fromCharCode(65 + (b % 26))).join('')}`;
 }
 
-/** The default store of a bridged device: one SQLite folder per device under the root. */
-export function defaultDeviceStore(storeRoot: string, userId: string, deviceId: string, passphrase?: string): StoreOptions {
-  const path = join(storeRoot, 'devices', encodeURIComponent(userId), encodeURIComponent(deviceId));
-  return passphrase === undefined ? { kind: 'sqlite', path } : { kind: 'sqlite', path, passphrase };
+/**
+ * The default store of a bridged device: its account in the appservice's one SQLite database
+ * in `storeRoot` (the device's user and id name the account).
+ */
+export function defaultDeviceStore(storeRoot: string, _userId: string, _deviceId: string, passphrase?: string): StoreOptions {
+  return passphrase === undefined ? { kind: 'sqlite', path: storeRoot } : { kind: 'sqlite', path: storeRoot, passphrase };
+}
+
+/** The database of `options.store`, checked field by field. */
+function storeDatabase(options: AppserviceCryptoOptions): StoreDatabase {
+  const store = options.store ?? { kind: 'sqlite' };
+  if (store === null || typeof store !== 'object') {
+    throw new MatrixCryptoError('InvalidArgument', 'options.store: must be an object such as { kind: "sqlite" }', 'options.store');
+  }
+  if (store.kind === 'sqlite') {
+    for (const key of Object.keys(store)) {
+      if (key !== 'kind') {
+        throw new MatrixCryptoError('InvalidArgument', `options.store.${key}: a sqlite store lives in options.storeRoot and takes no ${key}`, `options.store.${key}`);
+      }
+    }
+    return { kind: 'sqlite', path: options.storeRoot };
+  }
+  if (store.kind !== 'postgres') {
+    throw new MatrixCryptoError('InvalidArgument', `options.store.kind: ${JSON.stringify((store as { kind?: unknown }).kind)} is not one of sqlite, postgres`, 'options.store.kind');
+  }
+  try {
+    nativeStoreOptions(store);
+  } catch (err) {
+    if (err instanceof MatrixCryptoError && err.field) {
+      throw new MatrixCryptoError('InvalidArgument', `options.${err.message}`, `options.${err.field}`);
+    }
+    throw err;
+  }
+  if (store.url === undefined && store.user === undefined) {
+    throw new MatrixCryptoError('InvalidArgument', 'options.store.user: is required without url', 'options.store.user');
+  }
+  return store;
 }
 
 /**
@@ -234,7 +302,6 @@ export function defaultDeviceStore(storeRoot: string, userId: string, deviceId: 
 export class AppserviceCrypto {
   private readonly homeserverUrl: string;
   private readonly registration: AppserviceRegistration;
-  private readonly storeRoot: string;
   private readonly storeFor: (userId: string, deviceId: string) => StoreOptions;
   private readonly maxOpen: number;
   private readonly txnConcurrency: number;
@@ -260,9 +327,6 @@ export class AppserviceCrypto {
   private readonly creating = new Map<string, Promise<BridgedDeviceInfo>>();
   /** Bridged users known to hold a room key, by `roomId|sessionId` (this process only). */
   private readonly holders = new Map<string, Set<string>>();
-  /** Undecryptable events waiting for their room key, by `roomId|sessionId`. */
-  private readonly waiting = new Map<string, RoomEvent[]>();
-  private waitingCount = 0;
   private transactions: Promise<void> = Promise.resolve();
   /** No new public call is accepted. */
   private closed = false;
@@ -272,12 +336,19 @@ export class AppserviceCrypto {
   private constructor(
     options: AppserviceCryptoOptions,
     private readonly state: AppserviceState,
+    database: StoreDatabase,
   ) {
     this.homeserverUrl = options.homeserverUrl;
     this.registration = options.registration;
-    this.storeRoot = options.storeRoot;
     const passphrase = options.storePassphrase;
-    this.storeFor = options.deviceStore ?? ((u, d) => defaultDeviceStore(this.storeRoot, u, d, passphrase));
+    const shared: StoreOptions = passphrase === undefined ? database : { ...database, passphrase };
+    const chosen = options.deviceStore ?? (() => shared);
+    // A device whose keys stayed in a folder of the crate's store (see `DeviceRecord.folder`).
+    this.storeFor = (u, d) => {
+      const folder = this.state.devices.get(u)?.folder;
+      if (folder === undefined) return chosen(u, d);
+      return passphrase === undefined ? { kind: 'sqlite', path: folder } : { kind: 'sqlite', path: folder, passphrase };
+    };
     const limits = options.limits ?? {};
     this.maxOpen = positiveInt('options.limits.maxOpenMachines', limits.maxOpenMachines, 100);
     const requestConcurrency = positiveInt('options.limits.requestConcurrency', limits.requestConcurrency, 8);
@@ -307,8 +378,11 @@ export class AppserviceCrypto {
   }
 
   /**
-   * Opens the manager on its store root (reading which devices exist and which transactions
-   * were processed). Makes no request and opens no machine.
+   * Opens the manager on its store (reading which devices exist and which transactions were
+   * processed), migrating a store root of the previous layout first. Makes no request and opens
+   * no machine. On PostgreSQL, resolves once this process holds the appservice's lease: at once
+   * when no other process serves it, else when the other closes or stops (its lease runs out
+   * 15 s after its last renewal); call {@link serveAppservice} after it.
    *
    * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad option, e.g.
    *   `options.registration.as_token: must be a non-empty string`.
@@ -326,13 +400,26 @@ export class AppserviceCrypto {
     nonEmpty('options.registration.sender_localpart', options.registration.sender_localpart);
     nonEmpty('options.storeRoot', options.storeRoot);
     if (options.storePassphrase !== undefined) nonEmpty('options.storePassphrase', options.storePassphrase);
-    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName'] as const) {
+    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName', 'onStandby'] as const) {
       if (options[f] !== undefined && typeof options[f] !== 'function') {
         throw new MatrixCryptoError('InvalidArgument', `options.${f}: must be a function`, `options.${f}`);
       }
     }
-    const state = await AppserviceState.open(options.storeRoot);
-    return new AppserviceCrypto(options, state);
+    const database = storeDatabase(options);
+    const state = await AppserviceState.open({
+      root: options.storeRoot,
+      store: database,
+      name: options.registration.sender_localpart,
+      ...(options.storePassphrase !== undefined ? { passphrase: options.storePassphrase } : {}),
+      importAccounts: options.deviceStore === undefined,
+      ...(options.onStandby ? { onStandby: options.onStandby } : {}),
+    });
+    try {
+      return new AppserviceCrypto(options, state, database);
+    } catch (err) {
+      await state.close();
+      throw err;
+    }
   }
 
   /** The hs_token of the registration (what {@link serveAppservice} checks). */
@@ -433,8 +520,8 @@ export class AppserviceCrypto {
 
   /**
    * Deletes a bridged user's device: on the homeserver (`DELETE /devices/{id}` as the user,
-   * MSC4190, no user-interactive auth), then its machine and its default store folder, then the
-   * record. Resolves `false` when the user had no device. The next {@link deviceFor} creates a
+   * MSC4190, no user-interactive auth), then its machine, then its account in its store
+   * (`sqlite` and `postgres` stores, through the store's account deletion), then the record. Resolves `false` when the user had no device. The next {@link deviceFor} creates a
    * new device.
    */
   async deleteDevice(userId: string): Promise<boolean> {
@@ -456,8 +543,10 @@ export class AppserviceCrypto {
       await device.machine.close();
     }
     const store = this.storeFor(userId, rec.deviceId);
-    if (store.kind === 'sqlite' && store.path.startsWith(join(this.storeRoot, 'devices'))) {
-      await rm(store.path, { recursive: true, force: true });
+    if (rec.folder !== undefined) {
+      await rm(rec.folder, { recursive: true, force: true });
+    } else if (store.kind === 'sqlite' || store.kind === 'postgres') {
+      await deleteAccount(store, userId, rec.deviceId);
     }
     await this.state.recordDeleted(userId);
     this.uploaded.delete(userId);
@@ -508,14 +597,15 @@ export class AppserviceCrypto {
   }
 
   private async process(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
+    const lost = this.state.leaseLost;
+    if (lost) throw new AppserviceError('LeaseLost', `transaction ${txnId}: ${lost.message}; close this manager`);
     if (this.state.isTransactionDone(txnId)) {
-      return { txnId, duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0 };
+      return { txnId, duplicate: true, events: [], lateDecryptions: [], devices: [], unroutedToDeviceEvents: 0, redelivery: false };
     }
     const routed = routeTransaction(body);
     if (routed.changed.length > 0 || routed.left.length > 0) {
       if (!this.state.isPartDone(txnId, 'device_lists')) {
-        await this.state.recordListChanges(routed.changed, routed.left);
-        await this.state.recordPart(txnId, 'device_lists');
+        await this.state.recordListChangesOf(txnId, routed.changed, routed.left);
       }
     }
     // Shares of devices whose part failed in an earlier attempt: a retry may come without them
@@ -591,12 +681,26 @@ export class AppserviceCrypto {
       events.push(await this.decryptForBridge(roomId, event));
     }
     const late = await this.retryWaiting(devices);
-    const result: TransactionResult = { txnId, duplicate: false, events, lateDecryptions: late.items, devices, unroutedToDeviceEvents: unrouted };
-    await options.onResult?.(result);
+    const redelivery = this.state.wasHanded(txnId);
+    const result: TransactionResult = {
+      txnId,
+      duplicate: false,
+      events,
+      lateDecryptions: late.items,
+      devices,
+      unroutedToDeviceEvents: unrouted,
+      redelivery,
+    };
+    if (options.onResult) {
+      // Recorded first: a process that dies before recording the transaction leaves the mark
+      // for the next attempt (here or in a standby) to say it is a redelivery.
+      await this.state.recordHanded(txnId);
+      await options.onResult(result);
+    }
     await this.state.recordTransaction(txnId);
     // Only once the transaction is done: a retry hands the same events over again.
-    late.commit();
-    for (const item of events) if (item.kind === 'undecryptable') this.wait(item);
+    await late.commit();
+    for (const item of events) if (item.kind === 'undecryptable') await this.wait(item);
     return result;
   }
 
@@ -624,31 +728,23 @@ export class AppserviceCrypto {
     return result;
   }
 
-  /** Keeps an event that lacks its room key, to decrypt it when the key comes. */
-  private wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): void {
+  /** Keeps an event that lacks its room key (in the store), to decrypt it when the key comes. */
+  private async wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): Promise<void> {
     if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') return;
-    const k = `${item.roomId}|${item.error.sessionId ?? ''}`;
-    if (!this.waiting.has(k)) this.waiting.set(k, []);
-    this.waiting.get(k)!.push(item.event);
-    this.waitingCount++;
-    while (this.waitingCount > 1000) {
-      const [oldest, list] = this.waiting.entries().next().value as [string, RoomEvent[]];
-      list.shift();
-      this.waitingCount--;
-      if (list.length === 0) this.waiting.delete(oldest);
-    }
+    if (typeof item.event.event_id !== 'string') return;
+    await this.state.recordWaiting(`${item.roomId}|${item.error.sessionId ?? ''}`, item.event);
   }
 
   /**
    * Decrypts the waiting events whose room key one of these devices just received; `commit`
    * forgets them (called once the transaction is recorded).
    */
-  private async retryWaiting(devices: TransactionDeviceResult[]): Promise<{ items: AppserviceTimelineEvent[]; commit: () => void }> {
+  private async retryWaiting(devices: TransactionDeviceResult[]): Promise<{ items: AppserviceTimelineEvent[]; commit: () => Promise<void> }> {
     const items: AppserviceTimelineEvent[] = [];
     const decrypted = new Set<RoomEvent>();
     for (const d of devices) {
       for (const key of d.result.roomKeyUpdates) {
-        for (const event of this.waiting.get(`${key.roomId}|${key.sessionId}`) ?? []) {
+        for (const event of this.state.waiting.get(`${key.roomId}|${key.sessionId}`) ?? []) {
           if (decrypted.has(event)) continue;
           const item = await this.decryptRoomEvent(d.userId, key.roomId, event);
           if (item.kind !== 'decrypted') continue;
@@ -657,15 +753,7 @@ export class AppserviceCrypto {
         }
       }
     }
-    const commit = (): void => {
-      if (decrypted.size === 0) return;
-      for (const [k, list] of this.waiting) {
-        const still = list.filter((e) => !decrypted.has(e));
-        this.waitingCount -= list.length - still.length;
-        if (still.length) this.waiting.set(k, still);
-        else this.waiting.delete(k);
-      }
-    };
+    const commit = (): Promise<void> => this.state.recordWoken([...decrypted].map((e) => e.event_id as string));
     return { items, commit };
   }
 
@@ -800,8 +888,9 @@ export class AppserviceCrypto {
   }
 
   /**
-   * Waits for running transactions and operations, then closes every machine. The manager
-   * cannot be used afterwards; open a new one on the same store root to continue.
+   * Waits for running transactions and operations, then closes every machine and the store
+   * (giving up the appservice's lease on PostgreSQL, so a standby takes over at once). The
+   * manager cannot be used afterwards; open a new one on the same store to continue.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -817,7 +906,7 @@ export class AppserviceCrypto {
         await d.machine.close();
       }),
     );
-    await this.state.flush();
+    await this.state.close();
   }
 
   /** Runs `task` on the user's open device, opening it (and closing idle ones beyond the cap). */
