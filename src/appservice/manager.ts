@@ -15,7 +15,7 @@ import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
 import { BridgedDevice } from './device';
 import { AppserviceError } from './errors';
-import { AppserviceState, type DeviceRecord } from './state';
+import { AppserviceState, LEASE_MS, type DeviceRecord } from './state';
 import { deviceKey, routeTransaction, type DeviceShare } from './transaction';
 
 /** The parts of an appservice registration file the crypto layer reads. */
@@ -942,12 +942,19 @@ export class AppserviceCrypto {
     if (!rec) throw new AppserviceError('NotInNamespace', `${userId} has no device; call deviceFor first`, { userId });
     await this.closing.get(userId);
     const policy = this.withheldPolicy?.(userId);
-    const machine = await OlmMachine.open({
-      userId,
-      deviceId: rec.deviceId,
-      store: this.storeFor(userId, rec.deviceId),
-      ...(policy ? { withheld: policy } : {}),
-    });
+    const options = { userId, deviceId: rec.deviceId, store: this.storeFor(userId, rec.deviceId), ...(policy ? { withheld: policy } : {}) };
+    let machine: OlmMachine;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        machine = await OlmMachine.open(options);
+        break;
+      } catch (err) {
+        // On PostgreSQL, after taking over from a process that died, its machines' leases on
+        // the accounts run out at most one lease after the appservice's did: wait for them.
+        if (!(err instanceof MatrixCryptoError && err.code === 'StoreLocked' && options.store.kind === 'postgres') || attempt >= LEASE_MS / 500) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     const transport = this.masquerading({ userId, deviceId: rec.deviceId });
     const device = new BridgedDevice(machine, transport);
     // Device-list changes that came while the machine was closed: its tracked users whose
