@@ -1,7 +1,7 @@
 // AppserviceCrypto against a fake homeserver (test/appservice-fake.ts): device creation with
 // MSC4190, masquerading, routing of transactions, idempotency, half-failed transactions, the
 // LRU of machines, device-list changes for closed machines, bounded concurrency, bad input.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';

@@ -333,11 +333,10 @@ export class AppserviceCrypto {
   /** The machines were closed: not even running calls may open one. */
   private machinesClosed = false;
 
-  private constructor(
-    options: AppserviceCryptoOptions,
-    private readonly state: AppserviceState,
-    database: StoreDatabase,
-  ) {
+  /** The persisted state; set by {@link open} once the options are checked. */
+  private state!: AppserviceState;
+
+  private constructor(options: AppserviceCryptoOptions, database: StoreDatabase) {
     this.homeserverUrl = options.homeserverUrl;
     this.registration = options.registration;
     const passphrase = options.storePassphrase;
@@ -406,7 +405,9 @@ export class AppserviceCrypto {
       }
     }
     const database = storeDatabase(options);
-    const state = await AppserviceState.open({
+    // Every option is checked before the store is opened (or, on PostgreSQL, waited for).
+    const crypto = new AppserviceCrypto(options, database);
+    crypto.state = await AppserviceState.open({
       root: options.storeRoot,
       store: database,
       name: options.registration.sender_localpart,
@@ -414,12 +415,7 @@ export class AppserviceCrypto {
       importAccounts: options.deviceStore === undefined,
       ...(options.onStandby ? { onStandby: options.onStandby } : {}),
     });
-    try {
-      return new AppserviceCrypto(options, state, database);
-    } catch (err) {
-      await state.close();
-      throw err;
-    }
+    return crypto;
   }
 
   /** The hs_token of the registration (what {@link serveAppservice} checks). */
