@@ -11,6 +11,7 @@ export type {
   AppserviceEncryptResult,
   AppserviceLimits,
   AppserviceRegistration,
+  AppserviceStore,
   AppserviceTimelineEvent,
   BridgedDeviceInfo,
   ProcessTransactionOptions,
