@@ -7,9 +7,10 @@ import { access, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AppserviceCrypto, OlmMachine, type AppserviceCryptoOptions } from '../src/index';
+import { openAppserviceStore } from '../native/index';
+import { AppserviceCrypto, OlmMachine, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, registration } from './appservice-fake';
+import { FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
 import { writeLegacyRoot } from './helpers/legacy-appservice-root';
 import { startPostgres, type TestPostgres } from './helpers/postgres';
 
@@ -201,5 +202,38 @@ describe('on PostgreSQL', () => {
     expect(taken.devices).toEqual([dev]);
     expect((await taken.processTransaction('p1', { events: [] })).duplicate).toBe(true);
     expect(await taken.withMachine(A, async (m) => m.deviceId)).toBe(dev.deviceId);
+  });
+
+  it('a process that lost the lease stops listening, and the new holder binds the port', async (ctx) => {
+    if (!pg) return ctx.skip();
+    const fake = new FakeAppserviceHomeserver();
+    const r = reg();
+    const base = { store: { kind: 'postgres' as const, url: pg.url }, registration: r };
+    const first = await opener(await tempRoot(), fake, base)();
+    const server1 = await serveAppservice(first, { port: 0 });
+    cleanup.push(() => server1.close().catch(() => undefined));
+    // Stands in for a pause of the first process past its lease: the lease is given up under it.
+    const holder = (first as unknown as { state: { holder: string } }).state.holder;
+    const db = await openAppserviceStore({ kind: 'postgres', postgres: { url: pg.url } }, r.sender_localpart);
+    await db.release(holder);
+    await db.close();
+    const second = await opener(await tempRoot(), fake, base)();
+    // The port is still the first process's: listening is retried until it lets go.
+    const serving = serveAppservice(second, { port: server1.port });
+    // The first process learns it lost the lease from its next write (or its next renewal).
+    const refused = await first.processTransaction('after-loss', { events: [] }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: expect.stringMatching(/^(StoreLocked|LeaseLost)$/) });
+    expect(await first.processTransaction('after-loss-2', { events: [] }).catch((e: unknown) => e)).toMatchObject({ name: 'AppserviceError', code: 'LeaseLost' });
+    const server2 = await serving;
+    cleanup.push(() => server2.close());
+    expect(server2.port).toBe(server1.port);
+    const res = await fetch(`http://127.0.0.1:${server2.port}/_matrix/app/v1/transactions/via-http`, {
+      method: 'PUT',
+      headers: { Authorization: `Bearer ${HS_TOKEN}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ events: [] }),
+    });
+    expect(res.status).toBe(200);
+    expect((await second.processTransaction('via-http', { events: [] })).duplicate).toBe(true);
+    expect((await second.processTransaction('after-loss', { events: [] })).duplicate).toBe(false);
   });
 });

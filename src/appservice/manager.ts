@@ -336,7 +336,10 @@ export class AppserviceCrypto {
   /** The persisted state; set by {@link open} once the options are checked. */
   private state!: AppserviceState;
 
-  private constructor(options: AppserviceCryptoOptions, database: StoreDatabase) {
+  private constructor(
+    options: AppserviceCryptoOptions,
+    private readonly database: StoreDatabase,
+  ) {
     this.homeserverUrl = options.homeserverUrl;
     this.registration = options.registration;
     const passphrase = options.storePassphrase;
@@ -416,6 +419,16 @@ export class AppserviceCrypto {
       ...(options.onStandby ? { onStandby: options.onStandby } : {}),
     });
     return crypto;
+  }
+
+  /** Whether other processes may open this appservice's store (PostgreSQL). @internal */
+  get sharesStore(): boolean {
+    return this.database.kind === 'postgres';
+  }
+
+  /** Resolves when another process took the appservice's lease over (never on SQLite). @internal */
+  whenLeaseLost(): Promise<Error> {
+    return this.state.whenLeaseLost;
   }
 
   /** The hs_token of the registration (what {@link serveAppservice} checks). */

@@ -10,6 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { AppserviceCrypto, TransactionResult } from './manager';
+import { LEASE_MS } from './state';
 
 /** Options of {@link serveAppservice}. */
 export interface ServeAppserviceOptions {
@@ -84,6 +85,11 @@ function sameToken(a: string, b: string): boolean {
  * `POST /_matrix/app/v1/ping` and `GET /_matrix/app/v1/users/{userId}`. Every request must carry
  * the registration's `hs_token` (401 `M_UNAUTHORIZED` without one, 403 `M_FORBIDDEN` for a
  * wrong one). A transaction that fails is answered 500, so the homeserver retries it.
+ *
+ * On a PostgreSQL store shared by several processes (see {@link AppserviceCrypto.open}), call it
+ * once `open` resolved: only the serving process listens. When the port is still held by a
+ * process that lost the lease (it was paused past it), listening is retried until that process
+ * lets go (for at most two leases); a process that loses the lease stops listening.
  */
 export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAppserviceOptions): Promise<AppserviceServer> {
   const host = options.host ?? '127.0.0.1';
@@ -129,12 +135,27 @@ export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAp
     }
     return reply(res, 404, { errcode: 'M_UNRECOGNIZED', error: `unrecognised request ${req.method} ${path}` });
   };
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, host, () => {
-      server.off('error', reject);
-      resolve();
+  const listen = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
+  for (const deadline = Date.now() + 2 * LEASE_MS; ; ) {
+    try {
+      await listen();
+      break;
+    } catch (err) {
+      if (!(crypto.sharesStore && (err as NodeJS.ErrnoException).code === 'EADDRINUSE' && Date.now() < deadline)) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  // Another process serves now: let it have the port.
+  void crypto.whenLeaseLost().then(() => {
+    server.close();
+    server.closeAllConnections();
   });
   return {
     port: (server.address() as AddressInfo).port,

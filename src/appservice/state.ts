@@ -30,7 +30,7 @@ import { randomBytes } from 'node:crypto';
 import { access, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openAppserviceStore, type NativeAppserviceStore } from '../../native/index';
-import { native } from '../errors';
+import { MatrixCryptoError, native } from '../errors';
 import { storeTarget, type StoreDatabase } from '../store';
 import type { RoomEvent } from '../transport';
 import type { MatrixEvent } from '../types';
@@ -141,6 +141,9 @@ export class AppserviceState {
   private holder: string | undefined;
   private renewal: NodeJS.Timeout | undefined;
   private lost: Error | undefined;
+  private tellLost!: (err: Error) => void;
+  /** Resolves when another process took the lease over. */
+  readonly whenLeaseLost = new Promise<Error>((resolve) => (this.tellLost = resolve));
 
   private constructor(private readonly db: NativeAppserviceStore) {}
 
@@ -185,9 +188,11 @@ export class AppserviceState {
   }
 
   private loseLease(): void {
+    if (this.lost) return;
     this.lost = new Error('another process took over the appservice (this one did not renew its lease in time)');
     clearInterval(this.renewal);
     this.renewal = undefined;
+    this.tellLost(this.lost);
   }
 
   /** Why this process may no longer write (another took the lease over), or undefined. */
@@ -364,7 +369,13 @@ export class AppserviceState {
   private write(run: () => Promise<void>, records: number, replace: boolean): Promise<void> {
     const write = this.writing.then(async () => {
       if (this.lost) throw new Error(`store: ${this.lost.message}`);
-      await native(run);
+      try {
+        await native(run);
+      } catch (err) {
+        // A fenced write refused: another process holds the lease now.
+        if (this.holder && err instanceof MatrixCryptoError && err.code === 'StoreLocked') this.loseLease();
+        throw err;
+      }
       this.logLength = replace ? records : this.logLength + records;
       if (replace) this.compactedLength = records;
     });
