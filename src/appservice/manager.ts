@@ -709,7 +709,7 @@ export class AppserviceCrypto {
     await this.state.recordTransaction(txnId);
     // Only once the transaction is done: a retry hands the same events over again.
     await late.commit();
-    for (const item of events) if (item.kind === 'undecryptable') await this.wait(item);
+    await this.wait(events);
     return result;
   }
 
@@ -737,11 +737,15 @@ export class AppserviceCrypto {
     return result;
   }
 
-  /** Keeps an event that lacks its room key (in the store), to decrypt it when the key comes. */
-  private async wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): Promise<void> {
-    if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') return;
-    if (typeof item.event.event_id !== 'string') return;
-    await this.state.recordWaiting(`${item.roomId}|${item.error.sessionId ?? ''}`, item.event);
+  /** Keeps the events that lack their room key (in the store, in one write), to decrypt them when the key comes. */
+  private async wait(items: AppserviceTimelineEvent[]): Promise<void> {
+    const waiting: Array<{ key: string; event: RoomEvent }> = [];
+    for (const item of items) {
+      if (item.kind !== 'undecryptable' || typeof item.event.event_id !== 'string') continue;
+      if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') continue;
+      waiting.push({ key: `${item.roomId}|${item.error.sessionId ?? ''}`, event: item.event });
+    }
+    await this.state.recordWaiting(waiting);
   }
 
   /**

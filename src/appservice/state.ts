@@ -494,9 +494,9 @@ export class AppserviceState {
     return this.handed.has(id);
   }
 
-  /** Keeps an event that lacks its room key (`key`: `roomId|sessionId`) until it decrypts. */
-  recordWaiting(key: string, event: RoomEvent): Promise<void> {
-    return this.append([{ t: 'wait', key, event }]);
+  /** Keeps events that lack their room key (`key`: `roomId|sessionId`) until they decrypt. */
+  recordWaiting(events: Array<{ key: string; event: RoomEvent }>): Promise<void> {
+    return events.length ? this.append(events.map(({ key, event }) => ({ t: 'wait' as const, key, event }))) : Promise.resolve();
   }
 
   /** Forgets waiting events that decrypted, by event id. */
