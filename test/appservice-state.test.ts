@@ -95,6 +95,27 @@ describe('migration of a store root of the previous layout', () => {
       expect((await again.processTransaction(legacy.heldTxn, { events: [] })).duplicate).toBe(true);
     });
   }
+
+  it("keeps a device whose folder is the crate's own store in that folder", async () => {
+    const root = await tempRoot();
+    const legacy = await writeLegacyRoot(root, [A, B], undefined, true);
+    const fake = new FakeAppserviceHomeserver();
+    for (const d of legacy.devices) fake.devices.set(d.userId, new Set([d.deviceId]));
+    const crypto = await opener(root, fake)();
+    for (const d of legacy.devices) {
+      expect(await crypto.withMachine(d.userId, async (m) => m.identityKeys.curve25519)).toBe(d.curve25519);
+    }
+    const folderOfB = join(root, 'devices', encodeURIComponent(B), encodeURIComponent(legacy.devices[1]!.deviceId));
+    // A moved into the root's database; B stays in its folder, so devices/ stays.
+    expect((await OlmMachine.listAccounts({ kind: 'sqlite', path: root })).map((a) => a.userId)).toEqual([A]);
+    expect(await exists(join(folderOfB, 'matrix-sdk-crypto.sqlite3'))).toBe(true);
+    expect(await exists(join(root, 'appservice-state.jsonl.migrated'))).toBe(true);
+    await crypto.close();
+    const again = await opener(root, fake)();
+    expect(await again.withMachine(B, async (m) => m.identityKeys.curve25519)).toBe(legacy.devices[1]!.curve25519);
+    expect(await again.deleteDevice(B)).toBe(true);
+    expect(await exists(folderOfB)).toBe(false);
+  });
 });
 
 describe('one database', () => {

@@ -4,7 +4,8 @@
  * `AppserviceState` (./legacy/appservice-state-v1.ts) and one SQLite folder per device at
  * `devices/<url-encoded user id>/<url-encoded device id>` (that release's `defaultDeviceStore`),
  * each opened with `OlmMachine.open`. Device A holds a room key, so a test can tell whether the
- * keys survived a migration.
+ * keys survived a migration. With `crateStoreForB`, B's folder is one of the crate's own store
+ * (matrix-sdk-sqlite), as releases before our engine wrote it.
  */
 import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -24,7 +25,7 @@ export interface LegacyRoot {
   heldTxn: string;
 }
 
-export async function writeLegacyRoot(root: string, users: [string, string], passphrase?: string): Promise<LegacyRoot> {
+export async function writeLegacyRoot(root: string, users: [string, string], passphrase?: string, crateStoreForB = false): Promise<LegacyRoot> {
   const roomId = '!legacy:example.org';
   const bob = await OlmMachine.open({ userId: '@bob:example.org', deviceId: 'BOB', store: { kind: 'memory' } });
   await bob.shareRoomKey(roomId, ['@bob:example.org']);
@@ -39,7 +40,8 @@ export async function writeLegacyRoot(root: string, users: [string, string], pas
     const deviceId = `LEGACY${i}`;
     await state.recordDevice(userId, deviceId, true);
     const path = join(root, 'devices', encodeURIComponent(userId), encodeURIComponent(deviceId));
-    const store = passphrase === undefined ? { kind: 'sqlite' as const, path } : { kind: 'sqlite' as const, path, passphrase };
+    const kind = crateStoreForB && i === 1 ? ('sqlite-crate' as const) : ('sqlite' as const);
+    const store = passphrase === undefined ? { kind, path } : { kind, path, passphrase };
     const machine = await OlmMachine.open({ userId, deviceId, store });
     if (i === 0) await machine.importRoomKeys(keys);
     devices.push({ userId, deviceId, curve25519: machine.identityKeys.curve25519 });
