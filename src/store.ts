@@ -158,7 +158,8 @@ export function nativeStoreOptions(store: unknown): NativeStoreOptions {
   return { storeKind: kind, storePath: path, storePassphrase: passphrase };
 }
 
-function target(store: StoreDatabase): NativeStoreTarget {
+/** A store database in the native shape of `listStoreAccounts` and its kin. @internal */
+export function storeTarget(store: StoreDatabase): NativeStoreTarget {
   const options = nativeStoreOptions(store);
   if (options.storeKind !== 'sqlite' && options.storeKind !== 'postgres') {
     throw new MatrixCryptoError('InvalidArgument', 'store.kind: must be sqlite or postgres', 'store.kind');
@@ -168,10 +169,10 @@ function target(store: StoreDatabase): NativeStoreTarget {
 
 /** The accounts of a store database, sorted by user id then device id. */
 export async function listAccounts(store: StoreDatabase): Promise<StoreAccount[]> {
-  return native(() => listStoreAccounts(target(store)));
+  return native(() => listStoreAccounts(storeTarget(store)));
 }
 
 /** Delete an account and everything stored for it; whether it existed. */
 export async function deleteAccount(store: StoreDatabase, userId: string, deviceId: string): Promise<boolean> {
-  return native(() => deleteStoreAccount(target(store), userId, deviceId));
+  return native(() => deleteStoreAccount(storeTarget(store), userId, deviceId));
 }

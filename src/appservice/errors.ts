@@ -25,6 +25,12 @@ export type AppserviceErrorCode =
    * parts already done are not done again, the failed ones are.
    */
   | 'TransactionFailed'
+  /**
+   * Another process serves the appservice now (PostgreSQL): this one did not renew the
+   * appservice's lease in time and another took it over. Nothing more is written; close this
+   * manager (its transactions are answered 500, and the homeserver retries them at the other).
+   */
+  | 'LeaseLost'
   /** The manager was closed. */
   | 'Closed';
 

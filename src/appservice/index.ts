@@ -12,6 +12,7 @@ export type {
   AppserviceEncryptResult,
   AppserviceLimits,
   AppserviceRegistration,
+  AppserviceStore,
   AppserviceTimelineEvent,
   BridgedDeviceInfo,
   ProcessTransactionOptions,

@@ -6,7 +6,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { SendEncryptedResult, TimelineEvent } from '../client';
 import { DecryptionError, MatrixCryptoError } from '../errors';
 import type { LoggerLike } from '../logging';
@@ -14,6 +13,7 @@ import { openUncountedDecryptions, OlmMachine, type ShareResult, type StoreOptio
 import { AppserviceMetrics } from '../metrics/appservice';
 import { internalMetrics, recorderFor, type MetricsOptions, type MetricsSnapshot, type PrometheusRegistry } from '../metrics/recorder';
 import { SerialQueues } from '../queues';
+import { deleteAccount, nativeStoreOptions, type PostgresConnection, type StoreDatabase } from '../store';
 import { HomeserverError, HomeserverTransport, type HomeserverTransportOptions, type RoomEvent } from '../transport';
 import type { ShareSettings, SyncChanges, SyncResult } from '../types';
 import type { WithheldPolicy } from '../withheld';
@@ -21,7 +21,7 @@ import { BridgeCrossSigning } from './cross-signing';
 import { BridgedDevice } from './device';
 import { AppserviceError } from './errors';
 import { drainDevice, inboxFilter, toDeviceDigest, type InboxDrainOptions, type InboxDrainResult, type InboxHost } from './inbox';
-import { AppserviceState, type DeviceRecord } from './state';
+import { AppserviceState, LEASE_MS, type DeviceRecord } from './state';
 import { deviceKey, routeTransaction, type DeviceShare, type MalformedTransactionPart } from './transaction';
 import { TrustSettings, type BridgedUserTrust } from './trust';
 
@@ -78,6 +78,23 @@ export interface AppserviceLimits {
   deviceAttempts?: number;
 }
 
+/**
+ * The database of an appservice: its state (devices, processed transactions, ...) and, unless
+ * {@link AppserviceCryptoOptions.deviceStore} says otherwise, every device's keys.
+ */
+export type AppserviceStore =
+  | {
+      /** Our SQLite engine in `<storeRoot>/matrix-crypto-node.sqlite3`, locked to one process. */
+      kind: 'sqlite';
+    }
+  | ({
+      /**
+       * PostgreSQL: several processes may open the appservice; one serves, the others wait in
+       * {@link AppserviceCrypto.open} until its lease is free (see docs/appservice.md).
+       */
+      kind: 'postgres';
+    } & PostgresConnection);
+
 /** Options of {@link AppserviceCrypto.open}. */
 export interface AppserviceCryptoOptions {
   /** The homeserver's client-server API base URL, e.g. `https://matrix.example.org`. */
@@ -85,17 +102,29 @@ export interface AppserviceCryptoOptions {
   /** The appservice registration (tokens, sender, user namespace). */
   registration: AppserviceRegistration;
   /**
-   * The folder of the appservice's crypto state: the device of each bridged user, processed
-   * transactions, and (by default) one SQLite store per device under `devices/`. Created if missing.
+   * The folder of the appservice's crypto state: with the default `store`, one SQLite database
+   * (`matrix-crypto-node.sqlite3`) holding the appservice's state and every device's keys.
+   * Created if missing. A folder of the previous layout (a folder per device under `devices/`
+   * and `appservice-state.jsonl`) is migrated into `store` on the first open.
    */
   storeRoot: string;
-  /** Encrypts the default per-device SQLite stores at rest. Must be the same on every open. */
+  /**
+   * The database of the appservice's state and its devices' keys. Default
+   * `{ kind: 'sqlite' }`: one SQLite database in `storeRoot`.
+   */
+  store?: AppserviceStore;
+  /** Encrypts the appservice's state and the default device stores at rest. Must be the same on every open. */
   storePassphrase?: string;
   /**
-   * Where the machine of a bridged device keeps its keys. Default: a SQLite folder
-   * `<storeRoot>/devices/<url-encoded user id>/<device id>`.
+   * Where the machine of a bridged device keeps its keys. Default: its account in `store`
+   * (with `storePassphrase`).
    */
   deviceStore?: (userId: string, deviceId: string) => StoreOptions;
+  /**
+   * Called once when {@link AppserviceCrypto.open} starts waiting because another process
+   * serves the appservice (PostgreSQL), e.g. to log that this process is the standby.
+   */
+  onStandby?: () => void;
   /** Limits (open machines, concurrency); see {@link AppserviceLimits} for the defaults. */
   limits?: AppserviceLimits;
   /** The withheld policy of a bridged user's machine; default: every code, with default reasons. */
@@ -204,8 +233,8 @@ export interface TransactionResult {
   /**
    * Events of earlier transactions that were `undecryptable` for want of their room key and
    * decrypt now, with a key this transaction brought (the homeserver may push the event before
-   * the key). The manager keeps up to 1,000 such events in memory, oldest dropped first; it
-   * does not keep them across a restart.
+   * the key). The manager keeps up to 1,000 such events in its store, oldest dropped first,
+   * across restarts.
    */
   lateDecryptions: AppserviceTimelineEvent[];
   /** What each bridged device's machine made of its to-device events and key counts. */
@@ -224,6 +253,12 @@ export interface TransactionResult {
    * drain).
    */
   setAside: SetAsideDevice[];
+  /**
+   * This transaction was handed to the bridge before (its `onResult` was called, by this
+   * process or one that stopped since) and not recorded as processed: the bridge may have acted
+   * on these events already.
+   */
+  redelivery: boolean;
 }
 
 /** Options of {@link AppserviceCrypto.processTransaction}. */
@@ -308,10 +343,43 @@ function newDeviceId(): string {
   return `MCN${Array.from(bytes, (b) => String.fromCharCode(65 + (b % 26))).join('')}`;
 }
 
-/** The default store of a bridged device: one SQLite folder per device under the root. */
-export function defaultDeviceStore(storeRoot: string, userId: string, deviceId: string, passphrase?: string): StoreOptions {
-  const path = join(storeRoot, 'devices', encodeURIComponent(userId), encodeURIComponent(deviceId));
-  return passphrase === undefined ? { kind: 'sqlite', path } : { kind: 'sqlite', path, passphrase };
+/**
+ * The default store of a bridged device: its account in the appservice's one SQLite database
+ * in `storeRoot` (the device's user and id name the account).
+ */
+export function defaultDeviceStore(storeRoot: string, _userId: string, _deviceId: string, passphrase?: string): StoreOptions {
+  return passphrase === undefined ? { kind: 'sqlite', path: storeRoot } : { kind: 'sqlite', path: storeRoot, passphrase };
+}
+
+/** The database of `options.store`, checked field by field. */
+function storeDatabase(options: AppserviceCryptoOptions): StoreDatabase {
+  const store = options.store ?? { kind: 'sqlite' };
+  if (store === null || typeof store !== 'object') {
+    throw new MatrixCryptoError('InvalidArgument', 'options.store: must be an object such as { kind: "sqlite" }', 'options.store');
+  }
+  if (store.kind === 'sqlite') {
+    for (const key of Object.keys(store)) {
+      if (key !== 'kind') {
+        throw new MatrixCryptoError('InvalidArgument', `options.store.${key}: a sqlite store lives in options.storeRoot and takes no ${key}`, `options.store.${key}`);
+      }
+    }
+    return { kind: 'sqlite', path: options.storeRoot };
+  }
+  if (store.kind !== 'postgres') {
+    throw new MatrixCryptoError('InvalidArgument', `options.store.kind: ${JSON.stringify((store as { kind?: unknown }).kind)} is not one of sqlite, postgres`, 'options.store.kind');
+  }
+  try {
+    nativeStoreOptions(store);
+  } catch (err) {
+    if (err instanceof MatrixCryptoError && err.field) {
+      throw new MatrixCryptoError('InvalidArgument', `options.${err.message}`, `options.${err.field}`);
+    }
+    throw err;
+  }
+  if (store.url === undefined && store.user === undefined) {
+    throw new MatrixCryptoError('InvalidArgument', 'options.store.user: is required without url', 'options.store.user');
+  }
+  return store;
 }
 
 /**
@@ -343,7 +411,6 @@ export function defaultDeviceStore(storeRoot: string, userId: string, deviceId: 
 export class AppserviceCrypto {
   private readonly homeserverUrl: string;
   private readonly registration: AppserviceRegistration;
-  private readonly storeRoot: string;
   private readonly storeFor: (userId: string, deviceId: string) => StoreOptions;
   private readonly maxOpen: number;
   private readonly txnConcurrency: number;
@@ -374,11 +441,12 @@ export class AppserviceCrypto {
   private readonly creating = new Map<string, Promise<BridgedDeviceInfo>>();
   /** Bridged users known to hold a room key, by `roomId|sessionId` (this process only). */
   private readonly holders = new Map<string, Set<string>>();
-  /** Undecryptable events waiting for their room key, by `roomId|sessionId`. */
-  private readonly waiting = new Map<string, RoomEvent[]>();
-  /** When the first event of each `waiting` entry failed, ms since the epoch. */
+  /**
+   * When the first event of each waiting entry (`roomId|sessionId`, see
+   * {@link AppserviceState.waiting}) failed, ms since the epoch; in this process only, for the
+   * late-key metric (entries of an earlier process count from when this one first saw them).
+   */
   private readonly waitingSince = new Map<string, number>();
-  private waitingCount = 0;
   private transactions: Promise<void> = Promise.resolve();
   private readonly deviceAttempts: number;
   private readonly drainOptions: InboxDrainOptions | false;
@@ -420,15 +488,24 @@ export class AppserviceCrypto {
   /** The machines were closed: not even running calls may open one. */
   private machinesClosed = false;
 
+  /** The persisted state; set by {@link open} once the options are checked. */
+  private state!: AppserviceState;
+
   private constructor(
     options: AppserviceCryptoOptions,
-    private readonly state: AppserviceState,
+    private readonly database: StoreDatabase,
   ) {
     this.homeserverUrl = options.homeserverUrl;
     this.registration = options.registration;
-    this.storeRoot = options.storeRoot;
     const passphrase = options.storePassphrase;
-    this.storeFor = options.deviceStore ?? ((u, d) => defaultDeviceStore(this.storeRoot, u, d, passphrase));
+    const shared: StoreOptions = passphrase === undefined ? database : { ...database, passphrase };
+    const chosen = options.deviceStore ?? (() => shared);
+    // A device whose keys stayed in a folder of the crate's store (see `DeviceRecord.folder`).
+    this.storeFor = (u, d) => {
+      const folder = this.state.devices.get(u)?.folder;
+      if (folder === undefined) return chosen(u, d);
+      return passphrase === undefined ? { kind: 'sqlite', path: folder } : { kind: 'sqlite', path: folder, passphrase };
+    };
     const limits = options.limits ?? {};
     this.maxOpen = positiveInt('options.limits.maxOpenMachines', limits.maxOpenMachines, 100);
     const requestConcurrency = positiveInt('options.limits.requestConcurrency', limits.requestConcurrency, 8);
@@ -468,10 +545,11 @@ export class AppserviceCrypto {
   }
 
   /**
-   * Opens the manager on its store root (reading which devices exist and which transactions
-   * were processed). Makes no request and opens no machine itself; unless
-   * {@link AppserviceCryptoOptions.inboxDrain} says otherwise, it starts an inbox drain of every
-   * device in the background (see {@link drainInboxes}).
+   * Opens the manager on its store (reading which devices exist and which transactions were
+   * processed), migrating a store root of the previous layout first. Makes no request and opens
+   * no machine. On PostgreSQL, resolves once this process holds the appservice's lease: at once
+   * when no other process serves it, else when the other closes or stops (its lease runs out
+   * 15 s after its last renewal); call {@link serveAppservice} after it.
    *
    * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad option, e.g.
    *   `options.registration.as_token: must be a non-empty string`.
@@ -489,7 +567,7 @@ export class AppserviceCrypto {
     nonEmpty('options.registration.sender_localpart', options.registration.sender_localpart);
     nonEmpty('options.storeRoot', options.storeRoot);
     if (options.storePassphrase !== undefined) nonEmpty('options.storePassphrase', options.storePassphrase);
-    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName'] as const) {
+    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName', 'onStandby'] as const) {
       if (options[f] !== undefined && typeof options[f] !== 'function') {
         throw new MatrixCryptoError('InvalidArgument', `options.${f}: must be a function`, `options.${f}`);
       }
@@ -519,8 +597,17 @@ export class AppserviceCrypto {
         }
       }
     }
-    const state = await AppserviceState.open(options.storeRoot);
-    const crypto = new AppserviceCrypto(options, state);
+    const database = storeDatabase(options);
+    // Every option is checked before the store is opened (or, on PostgreSQL, waited for).
+    const crypto = new AppserviceCrypto(options, database);
+    crypto.state = await AppserviceState.open({
+      root: options.storeRoot,
+      store: database,
+      name: options.registration.sender_localpart,
+      ...(options.storePassphrase !== undefined ? { passphrase: options.storePassphrase } : {}),
+      importAccounts: options.deviceStore === undefined,
+      ...(options.onStandby ? { onStandby: options.onStandby } : {}),
+    });
     crypto.startDrains();
     return crypto;
   }
@@ -542,6 +629,16 @@ export class AppserviceCrypto {
   /** Counters of malformed parts, set-aside shares, duplicates and drains since the manager opened. */
   get deliveryCounters(): AppserviceDeliveryCounters {
     return { ...this.counters };
+  }
+
+  /** Whether other processes may open this appservice's store (PostgreSQL). @internal */
+  get sharesStore(): boolean {
+    return this.database.kind === 'postgres';
+  }
+
+  /** Resolves when another process took the appservice's lease over (never on SQLite). @internal */
+  whenLeaseLost(): Promise<Error> {
+    return this.state.whenLeaseLost;
   }
 
   /** The hs_token of the registration (what {@link serveAppservice} checks). */
@@ -703,8 +800,8 @@ export class AppserviceCrypto {
 
   /**
    * Deletes a bridged user's device: on the homeserver (`DELETE /devices/{id}` as the user,
-   * MSC4190, no user-interactive auth), then its machine and its default store folder, then the
-   * record. Resolves `false` when the user had no device. The next {@link deviceFor} creates a
+   * MSC4190, no user-interactive auth), then its machine, then its account in its store
+   * (`sqlite` and `postgres` stores, through the store's account deletion), then the record. Resolves `false` when the user had no device. The next {@link deviceFor} creates a
    * new device.
    */
   async deleteDevice(userId: string): Promise<boolean> {
@@ -726,8 +823,10 @@ export class AppserviceCrypto {
       await device.machine.close();
     }
     const store = this.storeFor(userId, rec.deviceId);
-    if (store.kind === 'sqlite' && store.path.startsWith(join(this.storeRoot, 'devices'))) {
-      await rm(store.path, { recursive: true, force: true });
+    if (rec.folder !== undefined) {
+      await rm(rec.folder, { recursive: true, force: true });
+    } else if (store.kind === 'sqlite' || store.kind === 'postgres') {
+      await deleteAccount(store, userId, rec.deviceId);
     }
     await this.state.recordDeleted(userId);
     this.uploaded.delete(userId);
@@ -801,6 +900,8 @@ export class AppserviceCrypto {
   }
 
   private async process(txnId: string, body: unknown, options: ProcessTransactionOptions): Promise<TransactionResult> {
+    const lost = this.state.leaseLost;
+    if (lost) throw new AppserviceError('LeaseLost', `transaction ${txnId}: ${lost.message}; close this manager`);
     if (this.state.isTransactionDone(txnId)) {
       return {
         txnId,
@@ -813,6 +914,7 @@ export class AppserviceCrypto {
         duplicateToDeviceEvents: 0,
         malformed: [],
         setAside: [],
+        redelivery: false,
       };
     }
     try {
@@ -845,8 +947,7 @@ export class AppserviceCrypto {
     brought.toDevice = [...routed.devices.values()].some((d) => d.toDeviceEvents.length > 0);
     if (routed.changed.length > 0 || routed.left.length > 0) {
       if (!this.state.isPartDone(txnId, 'device_lists')) {
-        await this.state.recordListChanges(routed.changed, routed.left);
-        await this.state.recordPart(txnId, 'device_lists');
+        await this.state.recordListChangesOf(txnId, routed.changed, routed.left);
       }
     }
     // Shares of devices whose part failed in an earlier attempt: a retry may come without them
@@ -983,6 +1084,7 @@ export class AppserviceCrypto {
     }
     const late = await this.retryWaiting(devices);
     const fromDrains = this.pendingLate;
+    const redelivery = this.state.wasHanded(txnId);
     const result: TransactionResult = {
       txnId,
       duplicate: false,
@@ -994,14 +1096,20 @@ export class AppserviceCrypto {
       duplicateToDeviceEvents: duplicates,
       malformed,
       setAside,
+      redelivery,
     };
-    await options.onResult?.(result);
+    if (options.onResult) {
+      // Recorded first: a process that dies before recording the transaction leaves the mark
+      // for the next attempt (here or in a standby) to say it is a redelivery.
+      await this.state.recordHanded(txnId);
+      await options.onResult(result);
+    }
     await this.state.recordTransaction(txnId);
     // Only once the transaction is done: a retry hands the same events over again.
-    late.commit();
+    await late.commit();
     this.metricsOf.handedOver([...fromDrains, ...events, ...late.items]);
     this.pendingLate = this.pendingLate.filter((e) => !fromDrains.includes(e));
-    for (const item of events) if (item.kind === 'undecryptable') this.wait(item);
+    await this.wait(events);
     return result;
   }
 
@@ -1161,7 +1269,7 @@ export class AppserviceCrypto {
     this.counters.drainedToDeviceEvents += result.toDeviceEvents;
     this.counters.duplicateToDeviceEvents += result.duplicates;
     const late = await this.retryWaiting(fed);
-    late.commit();
+    await late.commit();
     result.lateDecryptions = late.items;
     if (recs.length > 0) {
       this.logger?.info(
@@ -1173,60 +1281,49 @@ export class AppserviceCrypto {
     return result;
   }
 
-  /** Keeps an event that lacks its room key, to decrypt it when the key comes. */
-  private wait(item: AppserviceTimelineEvent & { kind: 'undecryptable' }): void {
-    if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') return;
-    const k = `${item.roomId}|${item.error.sessionId ?? ''}`;
-    if (!this.waiting.has(k)) {
-      this.waiting.set(k, []);
-      this.waitingSince.set(k, Date.now());
+  /** Keeps the events that lack their room key (in the store, in one write), to decrypt them when the key comes. */
+  private async wait(items: AppserviceTimelineEvent[]): Promise<void> {
+    const waiting: Array<{ key: string; event: RoomEvent }> = [];
+    for (const item of items) {
+      if (item.kind !== 'undecryptable' || typeof item.event.event_id !== 'string') continue;
+      if (item.error.code !== 'MissingRoomKey' && item.error.code !== 'UnknownMessageIndex') continue;
+      waiting.push({ key: `${item.roomId}|${item.error.sessionId ?? ''}`, event: item.event });
     }
-    this.waiting.get(k)!.push(item.event);
-    this.waitingCount++;
-    this.metricsOf.waiting(1);
-    while (this.waitingCount > 1000) {
-      const [oldest, list] = this.waiting.entries().next().value as [string, RoomEvent[]];
-      list.shift();
-      this.waitingCount--;
-      this.metricsOf.waiting(-1);
-      if (list.length === 0) {
-        this.waiting.delete(oldest);
-        this.waitingSince.delete(oldest);
-      }
-    }
+    const before = this.state.waitingTotal;
+    await this.state.recordWaiting(waiting);
+    for (const { key } of waiting) if (!this.waitingSince.has(key) && this.state.waiting.has(key)) this.waitingSince.set(key, Date.now());
+    this.metricsOf.waiting(this.state.waitingTotal - before);
   }
 
   /**
    * Decrypts the waiting events whose room key one of these devices just received; `commit`
    * forgets them (called once the transaction is recorded).
    */
-  private async retryWaiting(devices: TransactionDeviceResult[]): Promise<{ items: AppserviceTimelineEvent[]; commit: () => void }> {
+  private async retryWaiting(devices: TransactionDeviceResult[]): Promise<{ items: AppserviceTimelineEvent[]; commit: () => Promise<void> }> {
     const items: AppserviceTimelineEvent[] = [];
     const decrypted = new Set<RoomEvent>();
+    const keys = new Set<string>();
     for (const d of devices) {
       for (const key of d.result.roomKeyUpdates) {
-        for (const event of this.waiting.get(`${key.roomId}|${key.sessionId}`) ?? []) {
+        const k = `${key.roomId}|${key.sessionId}`;
+        for (const event of this.state.waiting.get(k) ?? []) {
           if (decrypted.has(event)) continue;
           const item = await this.decryptRoomEvent(d.userId, key.roomId, event);
           if (item.kind !== 'decrypted') continue;
           items.push(item);
           decrypted.add(event);
+          keys.add(k);
         }
       }
     }
-    const commit = (): void => {
+    const commit = async (): Promise<void> => {
       if (decrypted.size === 0) return;
-      for (const [k, list] of this.waiting) {
-        const still = list.filter((e) => !decrypted.has(e));
-        if (still.length === list.length) continue;
-        this.waitingCount -= list.length - still.length;
-        this.metricsOf.waiting(still.length - list.length);
-        this.metricsOf.lateKey(this.waitingSince.get(k)!);
-        if (still.length) this.waiting.set(k, still);
-        else {
-          this.waiting.delete(k);
-          this.waitingSince.delete(k);
-        }
+      const before = this.state.waitingTotal;
+      await this.state.recordWoken([...decrypted].map((e) => e.event_id as string));
+      this.metricsOf.waiting(this.state.waitingTotal - before);
+      for (const k of keys) {
+        this.metricsOf.lateKey(this.waitingSince.get(k) ?? Date.now());
+        if (!this.state.waiting.has(k)) this.waitingSince.delete(k);
       }
     };
     return { items, commit };
@@ -1367,8 +1464,9 @@ export class AppserviceCrypto {
   }
 
   /**
-   * Waits for running transactions and operations, then closes every machine. The manager
-   * cannot be used afterwards; open a new one on the same store root to continue.
+   * Waits for running transactions and operations, then closes every machine and the store
+   * (giving up the appservice's lease on PostgreSQL, so a standby takes over at once). The
+   * manager cannot be used afterwards; open a new one on the same store to continue.
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -1387,7 +1485,7 @@ export class AppserviceCrypto {
         await d.machine.close();
       }),
     );
-    await this.state.flush();
+    await this.state.close();
   }
 
   /** Runs `task` on the user's open device, opening it (and closing idle ones beyond the cap). */
@@ -1423,13 +1521,25 @@ export class AppserviceCrypto {
     if (!rec) throw new AppserviceError('NotInNamespace', `${userId} has no device; call deviceFor first`, { userId });
     await this.closing.get(userId);
     const policy = this.withheldPolicy?.(userId);
-    const machine = await openUncountedDecryptions({
+    const options = {
       userId,
       deviceId: rec.deviceId,
       store: this.storeFor(userId, rec.deviceId),
       ...(policy ? { withheld: policy } : {}),
       metrics: internalMetrics(this.metricsOf.recorder),
-    });
+    };
+    let machine: OlmMachine;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        machine = await openUncountedDecryptions(options);
+        break;
+      } catch (err) {
+        // On PostgreSQL, after taking over from a process that died, its machines' leases on
+        // the accounts run out at most one lease after the appservice's did: wait for them.
+        if (!(err instanceof MatrixCryptoError && err.code === 'StoreLocked' && options.store.kind === 'postgres') || attempt >= LEASE_MS / 500) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     const transport = this.masquerading({ userId, deviceId: rec.deviceId });
     const device = new BridgedDevice(machine, transport);
     // Device-list changes that came while the machine was closed: its tracked users whose

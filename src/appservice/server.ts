@@ -11,6 +11,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { healthOptions, readiness, type HealthOptions } from './health';
 import type { AppserviceCrypto, TransactionResult } from './manager';
+import { LEASE_MS } from './state';
 
 /** Options of {@link serveAppservice}. */
 export interface ServeAppserviceOptions {
@@ -99,6 +100,11 @@ function sameToken(a: string, b: string): boolean {
  * {@link ReadinessReport} (see {@link HealthOptions}); `GET /metrics` answers the text
  * exposition of the prom-client registry the `AppserviceCrypto` was opened with (404 without one).
  *
+ * On a PostgreSQL store shared by several processes (see {@link AppserviceCrypto.open}), call it
+ * once `open` resolved: only the serving process listens. When the port is still held by a
+ * process that lost the lease (it was paused past it), listening is retried until that process
+ * lets go (for at most two leases); a process that loses the lease stops listening.
+ *
  * @throws {@link MatrixCryptoError} `InvalidArgument` naming the bad `health` option.
  */
 export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAppserviceOptions): Promise<AppserviceServer> {
@@ -161,12 +167,27 @@ export async function serveAppservice(crypto: AppserviceCrypto, options: ServeAp
     }
     return reply(res, 404, { errcode: 'M_UNRECOGNIZED', error: `unrecognised request ${req.method} ${path}` });
   };
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, host, () => {
-      server.off('error', reject);
-      resolve();
+  const listen = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
+  for (const deadline = Date.now() + 2 * LEASE_MS; ; ) {
+    try {
+      await listen();
+      break;
+    } catch (err) {
+      if (!(crypto.sharesStore && (err as NodeJS.ErrnoException).code === 'EADDRINUSE' && Date.now() < deadline)) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  // Another process serves now: let it have the port.
+  void crypto.whenLeaseLost().then(() => {
+    server.close();
+    server.closeAllConnections();
   });
   return {
     port: (server.address() as AddressInfo).port,

@@ -66,4 +66,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The database's size in bytes, if the backend can tell.
     async fn size(&self) -> Result<Option<usize>>;
+
+    /// The appservice tables of this database (`store/appservice.rs`), if it has them.
+    fn appservice(&self) -> Option<&dyn super::appservice::AppserviceTables> {
+        None
+    }
 }

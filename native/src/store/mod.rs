@@ -10,6 +10,7 @@
 //!   the crate's own matrix-sdk-sqlite store for folders it wrote, or memory) and the folder
 //!   lock of the SQLite kinds.
 
+pub mod appservice;
 pub mod backend;
 pub mod batch;
 pub mod codec;
@@ -24,10 +25,14 @@ pub mod sqlite;
 mod open;
 #[cfg(feature = "node")]
 pub use open::*;
+#[cfg(feature = "node")]
+mod appservice_js;
 
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod outbound_tests;
+#[cfg(test)]
+mod appservice_tests;
 #[cfg(all(test, mcn_postgres))]
 mod postgres_tests;

@@ -65,7 +65,7 @@ pub const LEASE_MS: u32 = 15_000;
 const LEASE_KEY: &str = "matrix-crypto-node-open";
 
 /// The exclusive lock on a store folder, and the folder's database when our engine uses it.
-struct Folder {
+pub(super) struct Folder {
     _file: File,
     path: PathBuf,
     backend: Option<Arc<SqliteBackend>>,
@@ -355,7 +355,7 @@ async fn open_postgres(
 }
 
 /// Map an engine error to the typed error a JS caller sees.
-fn engine_error(field: &str, shown: &str, err: StoreError) -> napi::Error {
+pub(super) fn engine_error(field: &str, shown: &str, err: StoreError) -> napi::Error {
     match err {
         StoreError::Passphrase(text) => typed(
             code::STORE_PASSPHRASE,
@@ -510,7 +510,7 @@ pub struct StoreAccount {
 
 /// The database of a `sqlite` or `postgres` store choice, for listing and deleting accounts,
 /// and what keeps it exclusive meanwhile (the folder, when no machine of this process has it).
-async fn database(config: &StoreConfig) -> napi::Result<(Arc<dyn Backend>, String, Option<Arc<Folder>>, String)> {
+pub(super) async fn database(config: &StoreConfig) -> napi::Result<(Arc<dyn Backend>, String, Option<Arc<Folder>>, String)> {
     match config {
         StoreConfig::Sqlite { path, .. } => {
             let shown = path.display().to_string();
@@ -599,7 +599,7 @@ pub struct StoreTarget {
     pub postgres: Option<StorePostgres>,
 }
 
-fn target_config(target: StoreTarget) -> napi::Result<StoreConfig> {
+pub(super) fn target_config(target: StoreTarget) -> napi::Result<StoreConfig> {
     match target.kind.as_str() {
         "sqlite" => Ok(StoreConfig::Sqlite {
             path: PathBuf::from(target.path.ok_or_else(|| invalid("store.path", "is required for a sqlite store"))?),

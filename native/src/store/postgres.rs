@@ -70,7 +70,7 @@ impl PostgresBackend {
         Ok(())
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Client> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Client> {
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)?;
         pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
@@ -270,6 +270,10 @@ impl Backend for PostgresBackend {
             *guard = Some(build_pool(&self.config, self.max_connections)?);
         }
         Ok(())
+    }
+
+    fn appservice(&self) -> Option<&dyn super::appservice::AppserviceTables> {
+        Some(self)
     }
 
     async fn size(&self) -> Result<Option<usize>> {

@@ -7,6 +7,8 @@
 //!
 //! Version 1 holds accounts and their rows; version 2 adds the leases of the crate's
 //! cross-process lock, which only mattered once several processes could share a database.
+//! Version 3 adds the appservice state (`store/appservice.rs`): one row per appservice (its
+//! cipher and the lease of the process that serves it) and its journal of records.
 
 /// The SQL dialect a migration is written out in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +44,23 @@ const MIGRATIONS: &[&str] = &[
         generation {bigint} NOT NULL,
         PRIMARY KEY (account, key)
     );",
+    "CREATE TABLE mcn_appservices (
+        name TEXT PRIMARY KEY,
+        cipher {bytes},
+        holder TEXT NOT NULL DEFAULT '',
+        {as_expires},
+        generation {bigint} NOT NULL DEFAULT 0
+    );
+    CREATE TABLE mcn_appservice_log (
+        appservice TEXT NOT NULL REFERENCES mcn_appservices (name),
+        seq {bigint} NOT NULL,
+        value {bytes} NOT NULL,
+        PRIMARY KEY (appservice, seq)
+    ){without_rowid};",
 ];
 
 /// How each dialect spells the `{...}` words of [`MIGRATIONS`].
-fn words(dialect: Dialect) -> [(&'static str, &'static str); 7] {
+fn words(dialect: Dialect) -> [(&'static str, &'static str); 8] {
     match dialect {
         Dialect::Sqlite => [
             ("{id}", "INTEGER PRIMARY KEY"),
@@ -55,6 +70,7 @@ fn words(dialect: Dialect) -> [(&'static str, &'static str); 7] {
             ("{created}", "created_ms INTEGER NOT NULL"),
             ("{expires}", "expires_us INTEGER NOT NULL"),
             ("{without_rowid}", " WITHOUT ROWID"),
+            ("{as_expires}", "expires_us INTEGER NOT NULL DEFAULT 0"),
         ],
         Dialect::Postgres => [
             ("{id}", "BIGSERIAL PRIMARY KEY"),
@@ -64,6 +80,7 @@ fn words(dialect: Dialect) -> [(&'static str, &'static str); 7] {
             ("{created}", "created_at TIMESTAMPTZ NOT NULL DEFAULT now()"),
             ("{expires}", "expires_at TIMESTAMPTZ NOT NULL"),
             ("{without_rowid}", ""),
+            ("{as_expires}", "expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity'"),
         ],
     }
 }

@@ -91,7 +91,7 @@ impl SqliteBackend {
     }
 
     /// Run `f` on the connection on the blocking pool.
-    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(super) async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +251,10 @@ impl Backend for SqliteBackend {
         })
         .await
         .map_err(|e| StoreError::Pool(e.to_string()))?
+    }
+
+    fn appservice(&self) -> Option<&dyn super::appservice::AppserviceTables> {
+        Some(self)
     }
 
     async fn size(&self) -> Result<Option<usize>> {
