@@ -20,8 +20,8 @@
 #
 # DIR/tls of a `tls` server: ca.crt (the test CA that signed server.crt), server.crt (names
 # localhost, 127.0.0.1 and ::1), other-ca.crt (a CA that signed nothing here), client.crt and
-# client.key (mode 0600; CN mcn_client, signed by the test CA; the role mcn_client may log in
-# over TCP only with it: `hostssl ... cert`).
+# client.key (mode 0600; CN mcn_client, signed by the test CA; the role mcn_client, owner of the
+# database mcn_client, may log in over TCP only with it: `hostssl ... cert`).
 set -euo pipefail
 
 bindir() {
@@ -114,7 +114,8 @@ start() {
   done
   if [ -z "$mode" ]; then echo "host=$dir user=postgres dbname=postgres"; return 0; fi
   if [ "$mode" = tls ]; then
-    "$bin/psql" -X -q -h "$dir" -p "$port" -U postgres -d postgres -c "CREATE ROLE mcn_client LOGIN" >/dev/null
+    "$bin/psql" -X -q -h "$dir" -p "$port" -U postgres -d postgres \
+      -c "CREATE ROLE mcn_client LOGIN" -c "CREATE DATABASE mcn_client OWNER mcn_client" >/dev/null
   fi
   echo "host=localhost port=$port user=postgres dbname=postgres"
 }

@@ -129,7 +129,7 @@ async fn prefer_against_a_server_without_tls_connects_unencrypted() {
 #[tokio::test]
 async fn a_client_certificate_logs_in_where_the_server_demands_one() {
     let base = format!(
-        "host=localhost port={} user=mcn_client dbname=postgres sslmode=verify-full sslrootcert={}",
+        "host=localhost port={} user=mcn_client dbname=mcn_client sslmode=verify-full sslrootcert={}",
         port(&env("MCN_TEST_POSTGRES_TLS")),
         file("ca.crt")
     );
