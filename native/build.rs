@@ -18,6 +18,14 @@ fn main() {
     } else if std::env::var_os("CARGO_FEATURE_NODE").is_none() {
         println!("cargo:warning=the store's PostgreSQL tests are not compiled: MCN_TEST_POSTGRES is not set (scripts/postgres.sh run cargo test ... sets it)");
     }
+    // Its TLS tests need the TLS server and the one without TLS that the same run starts.
+    println!("cargo::rustc-check-cfg=cfg(mcn_postgres_tls)");
+    println!("cargo:rerun-if-env-changed=MCN_TEST_POSTGRES_TLS");
+    if std::env::var_os("MCN_TEST_POSTGRES_TLS").is_some() {
+        println!("cargo:rustc-cfg=mcn_postgres_tls");
+    } else if std::env::var_os("CARGO_FEATURE_NODE").is_none() {
+        println!("cargo:warning=the store's PostgreSQL TLS tests are not compiled: MCN_TEST_POSTGRES_TLS is not set (scripts/postgres.sh run cargo test ... sets it)");
+    }
 }
 
 /// The version of `krate` in Cargo.lock (`name = "..."` followed by `version = "..."`).

@@ -6,7 +6,7 @@
  */
 export { OlmMachine } from './machine';
 export type { OpenOptions, StoreOptions, CrossSigningBootstrapRequests, ShareResult } from './machine';
-export type { PostgresConnection, StoreAccount, StoreDatabase } from './store';
+export type { PostgresConnection, PostgresSslMode, StoreAccount, StoreDatabase } from './store';
 export { MatrixCryptoError, DecryptionError } from './errors';
 export type { ErrorCode, DecryptionErrorCode } from './errors';
 export type * from './requests';

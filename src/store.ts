@@ -12,11 +12,28 @@ import {
 import { MatrixCryptoError, native } from './errors';
 import type { OlmMachine } from './machine';
 
-/** How to reach a PostgreSQL database: a connection string, or its parts. */
+/**
+ * libpq's `sslmode`: how much TLS a PostgreSQL connection over TCP demands (TLS is never used
+ * over a unix socket).
+ * - `disable`: plain text.
+ * - `prefer` (the default): TLS when the server offers it, plain text when it does not.
+ * - `require`: TLS or no connection; the server's certificate is not checked unless root
+ *   certificates are given (`sslrootcert`, or `~/.postgresql/root.crt`), then as `verify-ca`.
+ * - `verify-ca`: TLS with a certificate signed by a certificate authority of `sslrootcert`.
+ * - `verify-full`: as `verify-ca`, and the certificate names the host (subjectAltName).
+ */
+export type PostgresSslMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+
+/**
+ * How to reach a PostgreSQL database: a connection string, or its parts. The TLS fields may be
+ * given with either, and also inside the connection string (libpq's names), but each in one
+ * place only.
+ */
 export interface PostgresConnection {
   /**
    * A libpq connection string (`host=/run/postgresql user=bot dbname=crypto`) or URL
-   * (`postgresql://bot:secret@db.internal:5432/crypto`). Excludes the other fields.
+   * (`postgresql://bot:secret@db.internal:5432/crypto?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`).
+   * Excludes `host`, `port`, `user`, `password` and `database`.
    */
   url?: string;
   /** Host name, IP address, or the folder of a unix socket (default `localhost`). */
@@ -31,6 +48,21 @@ export interface PostgresConnection {
   database?: string;
   /** Connections this process opens to the database at most, shared by all its machines (default 8). */
   maxConnections?: number;
+  /** How much TLS the connection demands (default `prefer`; `verify-full` with `sslrootcert: 'system'`). */
+  sslmode?: PostgresSslMode;
+  /**
+   * The certificate authorities the server's certificate must be signed by: a PEM file, or
+   * `system` for the operating system's trusted roots (then only `verify-full` is accepted).
+   * Default: `~/.postgresql/root.crt` when that file exists, as in libpq.
+   */
+  sslrootcert?: string;
+  /** A client certificate (PEM file) to present, for servers that authenticate with one (default `~/.postgresql/postgresql.crt` when it exists). */
+  sslcert?: string;
+  /**
+   * The client certificate's private key: an unencrypted PEM file that only its owner can read
+   * (default `~/.postgresql/postgresql.key`).
+   */
+  sslkey?: string;
 }
 
 /** Where the machine keeps its keys. */
@@ -61,7 +93,7 @@ export type StoreOptions =
        * PostgreSQL: any number of accounts and processes in one database. An account is open in
        * one process at a time; another process's open fails with `StoreLocked` until the holder
        * closes it or stops renewing its lease (15 s), then reads the account afresh.
-       * Connections are unencrypted: use a unix socket, loopback, or a network you trust.
+       * Connections over TCP use TLS as libpq's `sslmode` says (see {@link PostgresConnection}).
        */
       kind: 'postgres';
       /** Encrypts the account at rest. Must be the same on every open. */
@@ -130,6 +162,10 @@ function postgres(store: PostgresConnection): NativeStorePostgres {
     password: optionalString('store.password', store.password),
     database: optionalString('store.database', store.database),
     maxConnections: optionalInteger('store.maxConnections', store.maxConnections),
+    sslmode: optionalString('store.sslmode', store.sslmode),
+    sslrootcert: optionalString('store.sslrootcert', store.sslrootcert),
+    sslcert: optionalString('store.sslcert', store.sslcert),
+    sslkey: optionalString('store.sslkey', store.sslkey),
   };
 }
 

@@ -149,6 +149,25 @@ describe('store options', () => {
     expect((await open({ kind: 'sqlite-crate' })).field).toBe('store.path');
     expect((await open({ kind: 'postgres', url: 42 })).field).toBe('store.url');
   });
+
+  it('name the bad TLS field, or the url when it was given there', async () => {
+    const open = (store: unknown) => rejection(OlmMachine.open({ userId: '@a:example.org', deviceId: 'A', store: store as StoreOptions }));
+    const base = { kind: 'postgres', host: 'db.example.org', user: 'bot' };
+    const cases: [unknown, string][] = [
+      [{ ...base, sslmode: 'verify-all' }, 'store.sslmode'],
+      [{ ...base, sslmode: 1 }, 'store.sslmode'],
+      [{ ...base, sslmode: 'verify-full', sslrootcert: '/nonexistent/ca.crt' }, 'store.sslrootcert'],
+      [{ ...base, sslmode: 'verify-ca', sslrootcert: 'system' }, 'store.sslrootcert'],
+      [{ ...base, sslkey: '/nonexistent/client.key' }, 'store.sslkey'],
+      [{ ...base, sslcert: '/nonexistent/client.crt', sslkey: '/nonexistent/client.key' }, 'store.sslcert'],
+      [{ kind: 'postgres', url: 'host=db user=bot sslmode=verify-all' }, 'store.url'],
+      [{ kind: 'postgres', url: 'postgresql://bot@db/crypto?sslmode=require', sslmode: 'verify-full' }, 'store.sslmode'],
+    ];
+    for (const [store, field] of cases) {
+      const err = await open(store);
+      expect([err.code, err.field, err.message.startsWith(`${field}: `)], JSON.stringify(store)).toEqual(['InvalidArgument', field, true]);
+    }
+  });
 });
 
 let pg: TestPostgres | undefined;
@@ -171,5 +190,37 @@ describe.runIf(postgresInstalled())('postgres', () => {
     await m.close();
     const listed = await OlmMachine.listAccounts({ kind: 'postgres', host: pg!.dir, user: 'postgres' });
     expect(listed.some((a) => a.userId === '@parts:example.org')).toBe(true);
+  });
+
+  describe('over TLS (a server whose certificate a test CA signed)', () => {
+    let tls: TestPostgres | undefined;
+    beforeAll(() => {
+      tls = startPostgres('tls');
+    });
+    afterAll(() => {
+      tls?.stop();
+    });
+    const ca = (name = 'ca.crt') => join(tls!.tls!.files, name);
+
+    it('opens with sslmode=verify-full and the CA in the url, and with the same as fields', async () => {
+      const url = `postgresql://postgres@localhost:${tls!.tls!.port}/postgres?sslmode=verify-full&sslrootcert=${encodeURIComponent(ca())}`;
+      const m = await OlmMachine.open({ userId: '@tls:example.org', deviceId: 'T', store: { kind: 'postgres', url } });
+      await m.close();
+      const parts = { kind: 'postgres', host: 'localhost', port: tls!.tls!.port, user: 'postgres', sslmode: 'verify-full', sslrootcert: ca() } as const;
+      const again = await OlmMachine.open({ userId: '@tls:example.org', deviceId: 'T', store: parts });
+      await again.close();
+      const listed = await OlmMachine.listAccounts(parts);
+      expect(listed.map((a) => a.userId)).toContain('@tls:example.org');
+    });
+
+    it('refuses a server certificate another CA signed, naming where the mode was given', async () => {
+      const store = { kind: 'postgres', host: 'localhost', port: tls!.tls!.port, user: 'postgres', sslmode: 'verify-full', sslrootcert: ca('other-ca.crt') } as const;
+      const err = await rejection(OlmMachine.open({ userId: '@tls:example.org', deviceId: 'W', store }));
+      expect([err.code, err.field]).toEqual(['StoreError', 'store.sslmode']);
+      expect(err.message).toContain('not signed by a certificate authority of sslrootcert');
+      const url = `${tls!.url} sslmode=verify-full sslrootcert=${ca('other-ca.crt')}`;
+      const inUrl = await rejection(OlmMachine.open({ userId: '@tls:example.org', deviceId: 'W', store: { kind: 'postgres', url } }));
+      expect([inUrl.code, inUrl.field]).toEqual(['StoreError', 'store.url']);
+    });
   });
 });

@@ -13,6 +13,9 @@ pub enum StoreError {
     Postgres(tokio_postgres::Error),
     /// No PostgreSQL connection could be taken from the pool.
     Pool(String),
+    /// TLS to PostgreSQL failed: the server offers none where the `sslmode` demands it, or its
+    /// certificate is refused (`postgres_tls.rs`). Nothing was sent in plain text.
+    Tls(String),
     /// The passphrase does not open this account's key, or the account is stored with a
     /// passphrase and none was given, or the other way round. Nothing was written.
     Passphrase(String),
@@ -37,10 +40,15 @@ impl fmt::Display for StoreError {
                 // tokio-postgres' Display says only "db error"; the server's message is the source.
                 match e.as_db_error() {
                     Some(db) => write!(f, "PostgreSQL: {}: {}", db.code().code(), db.message()),
-                    None => write!(f, "PostgreSQL: {e}"),
+                    // Nor does it name the cause of other failures ("error connecting to server").
+                    None => match std::error::Error::source(e) {
+                        Some(cause) => write!(f, "PostgreSQL: {e}: {cause}"),
+                        None => write!(f, "PostgreSQL: {e}"),
+                    },
                 }
             }
             Self::Pool(e) => write!(f, "PostgreSQL connection: {e}"),
+            Self::Tls(e) => write!(f, "PostgreSQL TLS: {e}"),
             Self::Passphrase(e) => write!(f, "{e}"),
             Self::Schema(e) => write!(f, "{e}"),
             Self::Decode(e) => write!(f, "cannot decode a stored value: {e}"),

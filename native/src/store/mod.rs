@@ -5,6 +5,8 @@
 //! - [`backend`]: what a database has to offer the engine, implemented by [`sqlite`] (one file,
 //!   the default) and `postgres` (many processes), both holding any number of accounts in one
 //!   database, their tables versioned by [`schema`] and their rows encoded by [`codec`];
+//!   [`postgres_connect`] reads a PostgreSQL connection string and its TLS settings, and
+//!   [`postgres_tls`] encrypts the connections with rustls;
 //! - [`batch`]: the withheld layer's custom values written in the crate's transactions;
 //! - `open`: the choice a user makes in `OlmMachine.open` (our SQLite engine, PostgreSQL,
 //!   the crate's own matrix-sdk-sqlite store for folders it wrote, or memory) and the folder
@@ -19,6 +21,8 @@ pub mod error;
 pub mod outbound;
 pub mod schema;
 pub mod postgres;
+pub mod postgres_connect;
+pub mod postgres_tls;
 pub mod sqlite;
 
 #[cfg(feature = "node")]
@@ -36,3 +40,5 @@ mod outbound_tests;
 mod appservice_tests;
 #[cfg(all(test, mcn_postgres))]
 mod postgres_tests;
+#[cfg(all(test, mcn_postgres_tls))]
+mod postgres_tls_tests;

@@ -38,6 +38,7 @@ use super::{
     engine::{AccountKey, Engine},
     error::StoreError,
     postgres::PostgresBackend,
+    postgres_connect::{self, Origin, PostgresTarget, SettingError, SslSettings},
     sqlite::SqliteBackend,
 };
 use crate::errors::{code, invalid, typed};
@@ -49,8 +50,9 @@ pub enum StoreConfig {
     Sqlite { path: PathBuf, passphrase: Option<String> },
     /// The crate's matrix-sdk-sqlite store in `path`.
     SqliteCrate { path: PathBuf, passphrase: Option<String> },
-    /// Our engine on PostgreSQL. `shown` names the server in messages (no password).
-    Postgres { config: tokio_postgres::Config, shown: String, passphrase: Option<String>, max_connections: usize },
+    /// Our engine on PostgreSQL. `shown` names the server in messages (no password);
+    /// `tls_field` is the field that TLS failures name (`store.sslmode` or `store.url`).
+    Postgres { target: PostgresTarget, shown: String, passphrase: Option<String>, max_connections: usize, tls_field: String },
 }
 
 /// The file that marks a SQLite store folder as open.
@@ -180,8 +182,8 @@ pub async fn open(config: &StoreConfig, user_id: &str, device_id: &str) -> napi:
         StoreConfig::Memory => Ok(Opened { store: MemoryStore::new().into_crypto_store(), lock: None }),
         StoreConfig::Sqlite { path, passphrase } => open_folder(path, passphrase.as_deref(), key, false).await,
         StoreConfig::SqliteCrate { path, passphrase } => open_folder(path, passphrase.as_deref(), key, true).await,
-        StoreConfig::Postgres { config, shown, passphrase, max_connections } => {
-            open_postgres(config, shown, passphrase.as_deref(), *max_connections, key).await
+        StoreConfig::Postgres { target, shown, passphrase, max_connections, tls_field } => {
+            open_postgres(target, shown, tls_field, passphrase.as_deref(), *max_connections, key).await
         }
     }
 }
@@ -236,13 +238,14 @@ async fn open_folder(path: &Path, passphrase: Option<&str>, key: AccountKey, for
 }
 
 async fn open_postgres(
-    config: &tokio_postgres::Config,
+    target: &PostgresTarget,
     shown: &str,
+    tls_field: &str,
     passphrase: Option<&str>,
     max_connections: usize,
     key: AccountKey,
 ) -> napi::Result<Opened> {
-    let registry_key = format!("{config:?}");
+    let registry_key = format!("{target:?}");
     let backend = {
         let mut databases = DATABASES.lock().await;
         let databases = databases.get_or_insert_with(HashMap::new);
@@ -250,9 +253,9 @@ async fn open_postgres(
             Some(backend) => backend,
             None => {
                 let backend = Arc::new(
-                    PostgresBackend::connect(config.clone(), max_connections)
+                    PostgresBackend::connect(target.clone(), max_connections)
                         .await
-                        .map_err(|e| engine_error("store", shown, e))?,
+                        .map_err(|e| connect_error(tls_field, shown, e))?,
                 );
                 databases.insert(registry_key.clone(), Arc::downgrade(&backend));
                 backend
@@ -362,9 +365,17 @@ pub(super) fn engine_error(field: &str, shown: &str, err: StoreError) -> napi::E
             format!("store.passphrase: cannot open the store at {shown}: {text}"),
             json!({ "field": "store.passphrase" }),
         ),
-        StoreError::Schema(text) => typed(code::STORE, format!("{field}: cannot open the store at {shown}: {text}"), json!({ "field": field })),
+        StoreError::Schema(text) | StoreError::Tls(text) => {
+            typed(code::STORE, format!("{field}: cannot open the store at {shown}: {text}"), json!({ "field": field }))
+        }
         other => typed(code::STORE, format!("cannot open the store at {shown}: {other}"), json!({ "field": field })),
     }
+}
+
+/// A failure to connect to PostgreSQL: TLS failures name the field that chose the TLS mode.
+fn connect_error(tls_field: &str, shown: &str, err: StoreError) -> napi::Error {
+    let field = if matches!(err, StoreError::Tls(_)) { tls_field } else { "store" };
+    engine_error(field, shown, err)
 }
 
 /// Take the store folder's lock, or fail with `StoreLocked` naming the holder's process id.
@@ -446,6 +457,23 @@ pub struct StorePostgres {
     pub database: Option<String>,
     /// Connections the process opens to this database at most; default 8.
     pub max_connections: Option<u32>,
+    /// libpq's `sslmode`: `disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`.
+    pub sslmode: Option<String>,
+    /// PEM file of the certificate authorities to check the server against, or `system`.
+    pub sslrootcert: Option<String>,
+    /// PEM file of a client certificate to present.
+    pub sslcert: Option<String>,
+    /// PEM file of the client certificate's private key (unencrypted).
+    pub sslkey: Option<String>,
+}
+
+/// A refused connection setting as the error of the field it was given in.
+fn setting_error(e: SettingError) -> napi::Error {
+    match e.origin {
+        Origin::Url if e.setting == "url" => invalid("store.url", e.message),
+        Origin::Url => invalid("store.url", format!("{}: {}", e.setting, e.message)),
+        Origin::Field => invalid(&format!("store.{}", e.setting), e.message),
+    }
 }
 
 /// The `postgres` store choice, checked field by field.
@@ -457,13 +485,11 @@ pub fn postgres_config(options: Option<&StorePostgres>, passphrase: Option<Strin
         Some(n) => n as usize,
     };
     let has_fields = options.host.is_some() || options.port.is_some() || options.user.is_some() || options.password.is_some() || options.database.is_some();
-    let config = match &options.url {
+    let (config, from_url) = match &options.url {
         Some(_) if has_fields => {
             return Err(invalid("store.url", "give either url or host/port/user/password/database, not both"))
         }
-        Some(url) => url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid("store.url", format!("not a PostgreSQL connection string ({e})")))?,
+        Some(url) => postgres_connect::parse_connection_string(url).map_err(setting_error)?,
         None => {
             let mut config = tokio_postgres::Config::new();
             config.host(options.host.as_deref().unwrap_or("localhost"));
@@ -478,7 +504,7 @@ pub fn postgres_config(options: Option<&StorePostgres>, passphrase: Option<Strin
             if let Some(database) = &options.database {
                 config.dbname(database);
             }
-            config
+            (config, SslSettings::default())
         }
     };
     if config.get_user().is_none() {
@@ -494,7 +520,19 @@ pub fn postgres_config(options: Option<&StorePostgres>, passphrase: Option<Strin
         })
         .collect();
     let shown = format!("PostgreSQL {}/{}", hosts.join(","), config.get_dbname().unwrap_or(config.get_user().unwrap_or("")));
-    Ok(StoreConfig::Postgres { config, shown, passphrase, max_connections })
+    let from_fields = SslSettings {
+        sslmode: options.sslmode.clone(),
+        sslrootcert: options.sslrootcert.clone(),
+        sslcert: options.sslcert.clone(),
+        sslkey: options.sslkey.clone(),
+    };
+    let target = postgres_connect::resolve(config, from_url, from_fields, postgres_connect::home().as_deref()).map_err(setting_error)?;
+    let tls_field = match target.tls_origin {
+        Origin::Url => "store.url",
+        Origin::Field => "store.sslmode",
+    }
+    .to_owned();
+    Ok(StoreConfig::Postgres { target, shown, passphrase, max_connections, tls_field })
 }
 
 /// An account kept in a store database, as `OlmMachine.listAccounts` reports it.
@@ -540,15 +578,15 @@ pub(super) async fn database(config: &StoreConfig) -> napi::Result<(Arc<dyn Back
             })?;
             Ok((backend, shown, Some(folder), canonical.to_string_lossy().into_owned()))
         }
-        StoreConfig::Postgres { config, shown, max_connections, .. } => {
-            let registry_key = format!("{config:?}");
+        StoreConfig::Postgres { target, shown, max_connections, tls_field, .. } => {
+            let registry_key = format!("{target:?}");
             let mut databases = DATABASES.lock().await;
             let databases = databases.get_or_insert_with(HashMap::new);
             let backend = match databases.get(&registry_key).and_then(Weak::upgrade) {
                 Some(backend) => backend,
                 None => {
                     let backend = Arc::new(
-                        PostgresBackend::connect(config.clone(), *max_connections).await.map_err(|e| engine_error("store", shown, e))?,
+                        PostgresBackend::connect(target.clone(), *max_connections).await.map_err(|e| connect_error(tls_field, shown, e))?,
                     );
                     databases.insert(registry_key.clone(), Arc::downgrade(&backend));
                     backend

@@ -10,19 +10,20 @@
 //! Each write batch is one transaction of at most two statements, whatever its size: upserts as
 //! one `INSERT … SELECT FROM unnest(…)` and deletes as one `DELETE … IN (SELECT FROM unnest(…))`.
 //! Leases use the server's clock, so processes on hosts whose clocks disagree still agree on
-//! who holds a lease. Connections are unencrypted (`NoTls`): use a unix socket, loopback, or a
-//! network you trust.
+//! who holds a lease. Connections are encrypted as libpq's `sslmode` asks
+//! ([`postgres_connect`](super::postgres_connect), [`postgres_tls`](super::postgres_tls)).
 
 use std::sync::RwLock;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 use super::{
     backend::{AccountRow, AccountSummary, Backend, Op},
     codec::Kind,
     error::{Result, StoreError},
+    postgres_connect::PostgresTarget,
+    postgres_tls::TlsError,
     schema,
 };
 
@@ -31,29 +32,30 @@ const MIGRATION_LOCK: i64 = 0x6d63_6e2d_7363_6865;
 
 /// A PostgreSQL database.
 pub struct PostgresBackend {
-    config: tokio_postgres::Config,
+    target: PostgresTarget,
     max_connections: usize,
     pool: RwLock<Option<Pool>>,
     /// Engines attached (see [`Backend::attach`]).
     users: std::sync::Mutex<usize>,
 }
 
-fn build_pool(config: &tokio_postgres::Config, max_connections: usize) -> Result<Pool> {
-    let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+fn build_pool(target: &PostgresTarget, max_connections: usize) -> Result<Pool> {
+    let manager =
+        Manager::from_config(target.config.clone(), target.tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager).max_size(max_connections).build().map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 impl PostgresBackend {
-    /// Connect with `config` (at most `max_connections` at once) and migrate the schema.
-    pub async fn connect(config: tokio_postgres::Config, max_connections: usize) -> Result<Self> {
-        Self::connect_at(config, max_connections, schema::current()).await
+    /// Connect to `target` (at most `max_connections` at once) and migrate the schema.
+    pub async fn connect(target: PostgresTarget, max_connections: usize) -> Result<Self> {
+        Self::connect_at(target, max_connections, schema::current()).await
     }
 
-    /// [`PostgresBackend::connect`], migrating only up to `target` (tests of the upgrade path).
-    pub async fn connect_at(config: tokio_postgres::Config, max_connections: usize, target: usize) -> Result<Self> {
-        let pool = build_pool(&config, max_connections.max(1))?;
-        let backend = Self { config, max_connections: max_connections.max(1), pool: RwLock::new(Some(pool)), users: std::sync::Mutex::new(0) };
-        backend.migrate(target).await?;
+    /// [`PostgresBackend::connect`], migrating only up to `version` (tests of the upgrade path).
+    pub async fn connect_at(target: PostgresTarget, max_connections: usize, version: usize) -> Result<Self> {
+        let pool = build_pool(&target, max_connections.max(1))?;
+        let backend = Self { target, max_connections: max_connections.max(1), pool: RwLock::new(Some(pool)), users: std::sync::Mutex::new(0) };
+        backend.migrate(version).await?;
         Ok(backend)
     }
 
@@ -73,9 +75,20 @@ impl PostgresBackend {
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Client> {
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)?;
         pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            deadpool_postgres::PoolError::Backend(e) => match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<TlsError>()) {
+                Some(tls) => StoreError::Tls(tls.to_string()),
+                None => StoreError::Postgres(e),
+            },
             other => StoreError::Pool(other.to_string()),
         })
+    }
+
+    /// Whether a connection of the pool is encrypted, as the server sees it.
+    #[cfg(test)]
+    pub(crate) async fn connection_encrypted(&self) -> Result<bool> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[]).await?;
+        Ok(row.get(0))
     }
 
     /// The schema version the database is at (0: none yet).
@@ -267,7 +280,7 @@ impl Backend for PostgresBackend {
         *self.users.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let mut guard = self.pool.write().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            *guard = Some(build_pool(&self.config, self.max_connections)?);
+            *guard = Some(build_pool(&self.target, self.max_connections)?);
         }
         Ok(())
     }

@@ -17,9 +17,10 @@ use super::{
     engine::{AccountKey, Engine},
     error::StoreError,
     postgres::PostgresBackend,
+    postgres_connect::PostgresTarget,
 };
 
-fn config() -> tokio_postgres::Config {
+fn config() -> PostgresTarget {
     let text = std::env::var("MCN_TEST_POSTGRES").expect("MCN_TEST_POSTGRES names the test server");
     text.parse().expect("MCN_TEST_POSTGRES is a connection string")
 }
@@ -116,13 +117,13 @@ async fn a_version_1_database_is_upgraded() {
     let client_config = config();
     let name = format!("mcn_upgrade_{}", std::process::id());
     {
-        let (client, conn) = client_config.connect(tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = client_config.config.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
     }
     let mut config = client_config.clone();
-    config.dbname(&name);
+    config.config.dbname(&name);
     let v1 = PostgresBackend::connect_at(config.clone(), 1, 1).await.unwrap();
     assert_eq!(v1.version().await.unwrap(), 1);
     let row = v1.create_account("@old:example.org", "D", None).await.unwrap();
