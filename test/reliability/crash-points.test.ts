@@ -2,7 +2,8 @@
  * The send path stopped at each point between sharing a room key and handing out the
  * encrypted message (issue 14, point 11): the machine is closed there and opened again from
  * its SQLite store, as a SIGKILL would leave it (the engine writes every change through before
- * the call returns, so close() keeps nothing a kill would lose), then the bot's loop goes on
+ * the call returns; close() writes only sessions that encrypted messages since they were last
+ * saved whole, and at these points, before the message, there is none), then the bot's loop goes on
  * (share, send what the share returns, encrypt). The peer must decrypt the message.
  *
  * This pins the behaviour the crash suite relies on: an outbound session whose key requests

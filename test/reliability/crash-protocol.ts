@@ -15,3 +15,16 @@ export type ToParent =
   | { type: 'locked' }
   | { type: 'received'; keys: { roomId: string; sessionId: string }[] }
   | { type: 'sent'; event: MatrixEvent; share: string };
+
+/** The room of megolm-child.ts's message loop. */
+export const MESSAGE_ROOM = '!messages:example.org';
+
+/** What megolm-child.ts (alice's message loop) tells megolm-index.ts. */
+export type MessageLoopToParent =
+  | ChildMessage
+  | { type: 'opening' }
+  | { type: 'locked' }
+  /** A message alice encrypted, handed out (the recipient will see it). */
+  | { type: 'sent'; event: MatrixEvent }
+  /** The machine closed cleanly on the parent's `close`; the child exits next. */
+  | { type: 'closed' };

@@ -42,7 +42,7 @@ use matrix_sdk_common::cross_process_lock::CrossProcessLockGeneration;
 use matrix_sdk_crypto::{
     olm::{
         InboundGroupSession, OlmMessageHash, OutboundGroupSession, PickledAccount,
-        PickledCrossSigningIdentity, PickledInboundGroupSession, PickledSession,
+        PickledCrossSigningIdentity, PickledInboundGroupSession, PickledOutboundGroupSession, PickledSession,
         PrivateCrossSigningIdentity, SenderDataType, Session, StaticAccountData,
     },
     store::{
@@ -259,6 +259,60 @@ impl Engine {
         self
     }
 
+    /// Add `session`'s full save (at message `index`) to `batch`: its own row and the parts
+    /// that changed (see [`outbound`]); returns what the database holds once `batch` commits.
+    async fn save_outbound_whole(&self, session: &OutboundGroupSession, index: u32, batch: &mut Batch<'_>) -> Result<outbound::Written> {
+        let codec = &self.codec;
+        let pickle = session.pickle().await;
+        let room = session.room_id();
+        let (row, parts, mut after) = {
+            let written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+            outbound::split(pickle, session.session_id(), index, written.get(room))
+        };
+        batch.put(Kind::OutboundGroupSession, room.as_bytes(), codec.seal_json(&row)?);
+        after.keep_row(row);
+        for part in parts {
+            let kind = part.kind();
+            match part {
+                Part::Shared(chunk) => batch.put(kind, &outbound::shared_key(room.as_str(), chunk.index), codec.seal_json(&chunk)?),
+                Part::Request(r) => batch.put(kind, &outbound::request_key(room.as_str(), r.request_id.as_str()), codec.seal_json(&r)?),
+                Part::DeleteShared(index) => batch.delete(kind, &outbound::shared_key(room.as_str(), index)),
+                Part::DeleteRequest(id) => batch.delete(kind, &outbound::request_key(room.as_str(), id.as_str())),
+            }
+        }
+        Ok(after)
+    }
+
+    /// Write whole every session whose stored row is a marker (a clean close: the next open
+    /// keeps these sessions instead of rotating them). The caller holds the write lock.
+    async fn write_behind_sessions(&self) -> Result<()> {
+        if self.lease_lost.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)) {
+            // Another process holds the account now: its next open rotates these sessions.
+            return Ok(());
+        }
+        let behind: Vec<(OwnedRoomId, String)> = {
+            let written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+            written.iter().filter(|(_, w)| w.behind()).map(|(room, w)| (room.clone(), w.session_id().to_owned())).collect()
+        };
+        if behind.is_empty() {
+            return Ok(());
+        }
+        let cache = self.cache();
+        let mut batch = Batch::new(&self.codec);
+        let mut after = Vec::new();
+        for (room, session_id) in behind {
+            let Some(session) = infallible(cache.get_outbound_group_session(&room).await) else { continue };
+            if session.session_id() != session_id {
+                continue;
+            }
+            let index = session.message_index().await;
+            after.push((room, self.save_outbound_whole(&session, index, &mut batch).await?));
+        }
+        self.write(batch).await?;
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).extend(after);
+        Ok(())
+    }
+
     async fn write(&self, batch: Batch<'_>) -> Result<()> {
         if self.lease_lost.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)) {
             return Err(StoreError::LeaseLost);
@@ -269,6 +323,13 @@ impl Engine {
         }
         self.backend.write(self.account, ops).await
     }
+}
+
+/// What a save leaves stored of an outbound session: the whole of it, or, for a message-only
+/// save, the message index and whether the row is a marker now.
+enum OutboundAfter {
+    Full(outbound::Written),
+    Message(u32, bool),
 }
 
 /// Decode an account's rows into a fresh memory store.
@@ -389,8 +450,19 @@ async fn fill(codec: &Codec, cache: &MemoryStore, rows: Vec<(Kind, Vec<u8>)>) ->
             };
             // The session id is inside the vodozemac pickle: unpickle once to learn it, then
             // again with the parts of that session put back.
+            let mut pickle: PickledOutboundGroupSession = codec.open_json(&value)?;
+            if outbound::is_marker(&pickle) {
+                // Messages went out after this row was written and the process never closed:
+                // the ratchet here may be behind them. The room is left without a session (its
+                // parts are orphans, replaced by the next session's), so the next share
+                // creates a new one.
+                tracing::info!(
+                    room_id = %pickle.room_id,
+                    "the room's outbound group session was used after it was last saved whole and not closed cleanly: it is dropped, the next share rotates the room key"
+                );
+                continue;
+            }
             let session_id = restore(codec.open_json(&value)?)?.session_id().to_owned();
-            let mut pickle = codec.open_json(&value)?;
             let stored = parts.assemble(&mut pickle, &session_id);
             let session = restore(pickle)?;
             written.insert(session.room_id().to_owned(), stored);
@@ -446,6 +518,14 @@ impl CryptoStore for Engine {
         let cache = self.cache();
         let codec = &self.codec;
         let mut batch = Batch::new(codec);
+        // Whether the changes are one outbound session and nothing else (see
+        // `outbound::message_only`), told before the private identity is filled in below.
+        let outbound_alone = {
+            let sessions = std::mem::take(&mut changes.outbound_group_sessions);
+            let alone = sessions.len() == 1 && changes.is_empty();
+            changes.outbound_group_sessions = sessions;
+            alone
+        };
 
         match &changes.private_identity {
             Some(identity) => batch.put(Kind::PrivateIdentity, b"", codec.seal(&identity.pickle().await)?),
@@ -478,22 +558,30 @@ impl CryptoStore for Engine {
         }
         let mut outbound_after = Vec::new();
         for session in &changes.outbound_group_sessions {
-            let pickle = session.pickle().await;
             let room = session.room_id();
-            let (row, parts, after) = {
-                let written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
-                outbound::split(pickle, session.session_id(), written.get(room))
+            let seen = outbound::Seen {
+                session_id: session.session_id(),
+                index: session.message_index().await,
+                shared: session.shared(),
+                invalidated: session.invalidated(),
             };
-            batch.put(Kind::OutboundGroupSession, room.as_bytes(), codec.seal_json(&row)?);
-            for part in parts {
-                let kind = part.kind();
-                match part {
-                    Part::Shared(chunk) => batch.put(kind, &outbound::shared_key(room.as_str(), chunk.index), codec.seal_json(&chunk)?),
-                    Part::Request(r) => batch.put(kind, &outbound::request_key(room.as_str(), r.request_id.as_str()), codec.seal_json(&r)?),
-                    Part::DeleteShared(index) => batch.delete(kind, &outbound::shared_key(room.as_str(), index)),
-                    Part::DeleteRequest(id) => batch.delete(kind, &outbound::request_key(room.as_str(), id.as_str())),
+            let marker = {
+                let mut written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+                match written.get_mut(room).filter(|w| outbound::message_only(Some(&**w), &seen, outbound_alone)) {
+                    Some(w) => Some(w.mark_behind().map(|row| codec.seal_json(row)).transpose()?),
+                    None => None,
                 }
-            }
+            };
+            let after = match marker {
+                Some(marker) => {
+                    let behind = marker.is_some();
+                    if let Some(marker) = marker {
+                        batch.put(Kind::OutboundGroupSession, room.as_bytes(), marker);
+                    }
+                    OutboundAfter::Message(seen.index, behind)
+                }
+                None => OutboundAfter::Full(self.save_outbound_whole(session, seen.index, &mut batch).await?),
+            };
             outbound_after.push((room.to_owned(), after));
         }
         // One outgoing request per key or secret, as matrix-sdk-crypto 0.19's stores keep them: a
@@ -574,7 +662,21 @@ impl CryptoStore for Engine {
             batch::restore(held);
             return Err(e);
         }
-        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).extend(outbound_after);
+        {
+            let mut written = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+            for (room, after) in outbound_after {
+                match after {
+                    OutboundAfter::Full(w) => {
+                        written.insert(room, w);
+                    }
+                    OutboundAfter::Message(index, behind) => {
+                        if let Some(w) = written.get_mut(&room) {
+                            w.messaged(index, behind);
+                        }
+                    }
+                }
+            }
+        }
         infallible(cache.save_changes(changes).await);
         for e in held {
             match e.value {
@@ -846,10 +948,11 @@ impl CryptoStore for Engine {
 
     async fn close(&self) -> Result<()> {
         let _guard = self.write_lock.lock().await;
+        let flushed = self.write_behind_sessions().await;
         if self.attached.swap(false, std::sync::atomic::Ordering::SeqCst) {
             self.backend.detach().await?;
         }
-        Ok(())
+        flushed
     }
 
     async fn reopen(&self) -> Result<()> {
