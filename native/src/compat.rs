@@ -334,7 +334,7 @@ impl NativeMachine {
         }
         let body = serde_json::to_string(&Body { timeout: request.timeout.map(|t| t.as_millis()), device_keys: &request.device_keys })
             .map_err(internal)?;
-        let out = NativeRequest::plain(id.to_string(), crate::requests::RequestType::KeysQuery, body);
+        let out = NativeRequest::KeysQuery { id: id.to_string(), body };
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }
