@@ -1,3 +1,5 @@
+import type { DecryptionCode, ErrorCode as NativeErrorCode } from '../native/index';
+export type { DecryptionCode as DecryptionErrorCode } from '../native/index';
 import type { WithheldExplanation } from './withheld';
 
 /**
@@ -7,56 +9,16 @@ import type { WithheldExplanation } from './withheld';
  * @module
  */
 
-/** Stable codes of {@link MatrixCryptoError}. */
-export type ErrorCode =
-  /** An argument was malformed; `field` names it. */
-  | 'InvalidArgument'
-  /** The machine was closed; open it again. */
-  | 'MachineClosed'
-  /** The crypto store failed. */
-  | 'StoreError'
-  /** The store passphrase is wrong, or the store is not encrypted with one. */
-  | 'StorePassphrase'
-  /** Another machine or process holds the store. */
-  | 'StoreLocked'
-  /** The store belongs to another user or device id. */
-  | 'StoreMismatchedAccount'
-  /** Encrypting failed, e.g. no room key was shared for the room yet. */
-  | 'EncryptionError'
-  /** A failure inside the library that is not the caller's input. */
-  | 'InternalError'
-  /**
-   * A cross-signing operation needs a private key this device does not hold: bootstrap
-   * cross-signing, or recover the keys from secret storage.
-   */
-  | 'CrossSigningKeyMissing'
-  /** The recovery key or passphrase does not unlock the secret storage key; nothing was changed. */
-  | 'SecretStorageKeyMismatch'
-  /** Secret storage in account data is malformed or does not authenticate; `field` names the event. */
-  | 'SecretStorageCorrupt';
+/**
+ * Stable codes of {@link MatrixCryptoError}: the Rust enum `ErrorCode` of native/src/errors.rs
+ * (each code documented there), as napi-rs generated it, less `DecryptionError` (whose errors
+ * are {@link DecryptionError}s with a {@link DecryptionErrorCode}). `InvalidArgument` names the
+ * bad value in `field`.
+ */
+export type ErrorCode = Exclude<NativeErrorCode, 'DecryptionError'>;
 
-/** Why a room event could not be decrypted: the `code` of a {@link DecryptionError}. */
-export type DecryptionErrorCode =
-  /** We have no room key for the event's session. */
-  | 'MissingRoomKey'
-  /** We have the session, but only from a later message index. */
-  | 'UnknownMessageIndex'
-  /** The event is not a well-formed `m.room.encrypted` event. */
-  | 'MalformedEvent'
-  /** The ciphertext did not authenticate or decrypt. */
-  | 'DecryptionFailed'
-  /** The session's keys do not match the device that claims to have sent it. */
-  | 'MismatchedIdentityKeys'
-  /** The decrypted event names a different sender than the encrypted one. */
-  | 'MismatchedSender'
-  /** The sender's device is not trusted enough for the configured requirement. */
-  | 'SenderIdentityNotTrusted'
-  /** The crypto store failed while decrypting. */
-  | 'StoreError';
-
-// Exactly the members of each union (tsc rejects a missing or an extra key): the lists that
-// test/errors.test.ts compares with the Rust enums `ErrorCode` and `DecryptionCode` of
-// native/src/errors.rs, so the unions cannot drift from the codes the addon produces.
+// Exactly the members of each generated union (tsc rejects a missing or an extra key), as
+// values: the metrics' label sets are built from them.
 const ERROR_CODES: { readonly [K in ErrorCode]: true } = {
   InvalidArgument: true,
   MachineClosed: true,
@@ -70,7 +32,7 @@ const ERROR_CODES: { readonly [K in ErrorCode]: true } = {
   SecretStorageKeyMismatch: true,
   SecretStorageCorrupt: true,
 };
-const DECRYPTION_ERROR_CODES: { readonly [K in DecryptionErrorCode]: true } = {
+const DECRYPTION_ERROR_CODES: { readonly [K in DecryptionCode]: true } = {
   MissingRoomKey: true,
   UnknownMessageIndex: true,
   MalformedEvent: true,
@@ -81,18 +43,18 @@ const DECRYPTION_ERROR_CODES: { readonly [K in DecryptionErrorCode]: true } = {
   StoreError: true,
 };
 
-/** Every {@link ErrorCode} and {@link DecryptionErrorCode}, for the test that ties them to Rust. @internal */
+/** Every {@link ErrorCode} and {@link DecryptionErrorCode}, as values. @internal */
 export const codeLists = { errorCodes: Object.keys(ERROR_CODES), decryptionErrorCodes: Object.keys(DECRYPTION_ERROR_CODES) };
 
 /** Base class of every error this library throws. */
 export class MatrixCryptoError extends Error {
   /** Stable machine-readable code; safe to switch on. */
-  readonly code: ErrorCode | DecryptionErrorCode;
+  readonly code: ErrorCode | DecryptionCode;
   /** For `InvalidArgument` and store errors: the argument or option at fault (e.g. `store.path`). */
   readonly field?: string;
 
   /** @internal */
-  constructor(code: ErrorCode | DecryptionErrorCode, message: string, field?: string) {
+  constructor(code: ErrorCode | DecryptionCode, message: string, field?: string) {
     super(message);
     this.name = 'MatrixCryptoError';
     this.code = code;
@@ -116,7 +78,7 @@ export class MatrixCryptoError extends Error {
  * ```
  */
 export class DecryptionError extends MatrixCryptoError {
-  declare readonly code: DecryptionErrorCode;
+  declare readonly code: DecryptionCode;
   /** The Megolm session id of the event, when the event names one. */
   readonly sessionId: string | null;
   /**
@@ -126,7 +88,7 @@ export class DecryptionError extends MatrixCryptoError {
   readonly withheld: WithheldExplanation | null;
 
   /** @internal */
-  constructor(code: DecryptionErrorCode, message: string, sessionId: string | null, withheld: WithheldExplanation | null) {
+  constructor(code: DecryptionCode, message: string, sessionId: string | null, withheld: WithheldExplanation | null) {
     super(code, message);
     this.name = 'DecryptionError';
     this.sessionId = sessionId;
@@ -146,7 +108,7 @@ interface NativePayload {
   message: string;
   details: null | {
     field?: string;
-    decryptionCode?: DecryptionErrorCode;
+    decryptionCode?: DecryptionCode;
     sessionId?: string | null;
     withheld?: WithheldExplanation | null;
   };

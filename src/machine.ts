@@ -132,22 +132,12 @@ export interface CrossSigningBootstrapRequests {
   uploadSignatures: SignatureUploadRequest;
 }
 
+/** A request of the native union, as the public one: the same shape, without `signing_keys_upload` (bootstrap's own field). */
 function toRequest(r: NativeRequest): OutgoingRequest {
-  switch (r.type) {
-    case 'to_device':
-      return { type: 'to_device', id: r.id, body: r.body, eventType: r.eventType!, txnId: r.txnId! };
-    case 'room_message':
-      return { type: 'room_message', id: r.id, body: r.body, eventType: r.eventType!, txnId: r.txnId!, roomId: r.roomId! };
-    case 'keys_backup':
-      return { type: 'keys_backup', id: r.id, body: r.body, version: r.version! };
-    case 'keys_upload':
-    case 'keys_query':
-    case 'keys_claim':
-    case 'signature_upload':
-      return { type: r.type, id: r.id, body: r.body };
-    default:
-      throw new MatrixCryptoError('InternalError', `unknown request type from the native layer: ${r.type}`);
+  if (r.type === 'signing_keys_upload') {
+    throw new MatrixCryptoError('InternalError', 'a signing_keys_upload request outside bootstrapCrossSigning');
   }
+  return r;
 }
 
 function step(r: { requests: NativeRequest[]; verification: VerificationInfo }): VerificationStep {
@@ -169,13 +159,13 @@ function requireStringArray(field: string, value: unknown): string[] {
   return value as string[];
 }
 
-/** A plain object argument (a policy), as JSON; strings are not accepted for these. */
-function objectArg(field: string, value: unknown, shape: string): string {
+/** A plain object argument (a policy), checked to be one; it crosses as an object, not as JSON. */
+function objectArg<T>(field: string, value: T, shape: string): T {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be an object ${shape}, got ${got}`, field);
   }
-  return JSON.stringify(value);
+  return value;
 }
 
 function jsonArg(field: string, value: unknown): string {
@@ -590,8 +580,8 @@ export class OlmMachine {
 
   /** Replace the machine-wide withheld policy (not persisted: pass it to {@link open} too). */
   setWithheldPolicy(policy: WithheldPolicy): void {
-    const json = objectArg('policy', policy, '{ send, reasons }');
-    nativeSync(() => this.#inner.setWithheldPolicy(json));
+    objectArg('policy', policy, '{ send, reasons }');
+    nativeSync(() => this.#inner.setWithheldPolicy(policy));
   }
 
   /**

@@ -56,7 +56,7 @@ async fn next_request(machine: &OlmMachine) -> Result<Option<NativeRequest>> {
     };
     withheld_backup::annotate_request(machine, &mut request).await.map_err(backup_error)?;
     let body = serde_json::to_string(&Body { rooms: &request.rooms }).map_err(internal)?;
-    Ok(Some(NativeRequest { version: Some(request.version), ..NativeRequest::plain(id.to_string(), crate::requests::RequestType::KeysBackup, body) }))
+    Ok(Some(NativeRequest::KeysBackup { id: id.to_string(), body, version: request.version }))
 }
 
 /// A new backup key.

@@ -286,13 +286,6 @@ fn signature_state(s: matrix_sdk_crypto::backups::SignatureState) -> u32 {
     }
 }
 
-/// Room-key counts for backups.
-#[napi(object)]
-pub struct CompatRoomKeyCounts {
-    pub total: u32,
-    pub backed_up: u32,
-}
-
 /// The cross-signing secrets encrypted for secret storage, as account-data contents.
 #[napi(object)]
 pub struct CompatSecretStorageItems {
@@ -307,10 +300,6 @@ pub struct CompatDeviceTrust {
     pub is_verified: bool,
     pub is_cross_signing_trusted: bool,
     pub is_cross_signed_by_owner: bool,
-}
-
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn encrypt_secret(key: &SecretStorageKey, secret: &str, name: SecretName) -> Result<String> {
@@ -334,7 +323,7 @@ impl NativeMachine {
         }
         let body = serde_json::to_string(&Body { timeout: request.timeout.map(|t| t.as_millis()), device_keys: &request.device_keys })
             .map_err(internal)?;
-        let out = NativeRequest::plain(id.to_string(), crate::requests::RequestType::KeysQuery, body);
+        let out = NativeRequest::KeysQuery { id: id.to_string(), body };
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }
@@ -387,25 +376,6 @@ impl NativeMachine {
     #[napi]
     pub async fn compat_is_backup_enabled(&self) -> Result<bool> {
         Ok(self.machine()?.backup_machine().enabled().await)
-    }
-
-    /// Stop backing up and forget which keys were backed up.
-    #[napi]
-    pub async fn compat_disable_backup(&self) -> Result<()> {
-        self.disable_backup().await
-    }
-
-    /// The next batch of room keys to back up, as a `keys_backup` request, or null.
-    #[napi]
-    pub async fn compat_backup_room_keys(&self) -> Result<Option<NativeRequest>> {
-        self.backup_room_keys().await
-    }
-
-    /// How many room keys we hold and how many are backed up.
-    #[napi]
-    pub async fn compat_room_key_counts(&self) -> Result<CompatRoomKeyCounts> {
-        let counts = self.machine()?.backup_machine().room_key_counts().await.map_err(errors::store)?;
-        Ok(CompatRoomKeyCounts { total: count(counts.total), backed_up: count(counts.backed_up) })
     }
 
     /// How far we trust a device, or null if we do not know it. `timeout_secs` waits that long

@@ -148,6 +148,36 @@ pub fn internal(err: impl Display) -> Error {
     typed(code::INTERNAL, err, Value::Null)
 }
 
+/// A caller's value that failed [`crate::json_input`]'s checks: `InvalidArgument` naming its path.
+pub fn input(err: crate::json_input::InputError) -> Error {
+    invalid(&err.field, err.message)
+}
+
+/// The withheld layer's errors, by variant: store failures keep their code, a crate operation
+/// that failed is an encryption error, the rest are ours.
+impl From<crate::withheld::WithheldError> for Error {
+    fn from(err: crate::withheld::WithheldError) -> Self {
+        use crate::withheld::WithheldError as W;
+        match err {
+            W::Store(e) => store(e),
+            W::Crate(e) => typed(code::ENCRYPTION, e, Value::Null),
+            other @ (W::Json(_) | W::Key(_) | W::BackupEncryption(_)) => internal(other),
+        }
+    }
+}
+
+/// The plain-Rust machine's errors, by variant.
+impl From<crate::core_machine::CoreError> for Error {
+    fn from(err: crate::core_machine::CoreError) -> Self {
+        use crate::core_machine::CoreError as C;
+        match err {
+            C::Input(e) => input(e),
+            C::Olm(e) => olm(e),
+            C::Withheld(e) => e.into(),
+        }
+    }
+}
+
 /// Parse JSON supplied by the caller, naming the field on failure.
 pub fn parse_json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> napi::Result<T> {
     crate::json_input::parse(field, text).map_err(|e| invalid(&e.field, e.message))

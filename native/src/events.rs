@@ -2,18 +2,12 @@
 //!
 //! Raw events are embedded as `RawValue`s so they are copied, never re-serialised.
 
-use std::collections::BTreeMap;
-
 use matrix_sdk_common::deserialized_responses::{
     AlgorithmInfo, EncryptionInfo as CrateEncryptionInfo, ProcessedToDeviceEvent, ShieldState as CrateShieldState,
     ShieldStateCode, ToDeviceUnableToDecryptReason, VerificationLevel, VerificationState as CrateVerificationState,
 };
-use matrix_sdk_crypto::{store::types::RoomKeyInfo, DecryptionSettings, MegolmError, TrustRequirement};
-use ruma::{
-    api::client::sync::sync_events::DeviceLists, events::AnyToDeviceEvent, serde::Raw,
-    OneTimeKeyAlgorithm, OwnedUserId, UInt,
-};
-use serde::{Deserialize, Serialize};
+use matrix_sdk_crypto::{store::types::RoomKeyInfo, MegolmError};
+use serde::Serialize;
 use serde_json::{json, value::RawValue};
 
 use napi_derive::napi;
@@ -21,52 +15,12 @@ use napi_derive::napi;
 use crate::{
     errors::{code, typed, DecryptionCode},
     withheld::explain::{Explanation, Scope},
+    withheld::inbound::Reported,
     withheld::reactions::KeyRequestAnswer,
-    withheld_js::ReceivedNotice,
+    withheld::received::{Notice, Verdict},
 };
 
-/// The part of a `/sync` response the machine consumes (camelCase, as the TS layer sends it).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SyncChanges {
-    #[serde(default)]
-    pub to_device_events: Vec<Raw<AnyToDeviceEvent>>,
-    #[serde(default)]
-    pub changed_devices: ChangedDevices,
-    /// The server's one-time-key counts. `None` (the caller gave none) means "unchanged since
-    /// the last call"; a given map with an algorithm missing means zero keys of it, as in /sync.
-    #[serde(default)]
-    pub one_time_key_counts: Option<BTreeMap<OneTimeKeyAlgorithm, UInt>>,
-    #[serde(default)]
-    pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
-    #[serde(default)]
-    pub next_batch_token: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ChangedDevices {
-    #[serde(default)]
-    pub changed: Vec<OwnedUserId>,
-    #[serde(default)]
-    pub left: Vec<OwnedUserId>,
-}
-
-impl ChangedDevices {
-    pub fn to_ruma(&self) -> DeviceLists {
-        let mut lists = DeviceLists::new();
-        lists.changed = self.changed.clone();
-        lists.left = self.left.clone();
-        lists
-    }
-}
-
-/// The settings of a decryption without a trust requirement (and of every to-device
-/// decryption): this library reports trust in the result instead of refusing to decrypt, so
-/// applications decide what to show. `decryptRoomEvent`'s `trustRequirement` asks for more.
-pub fn decryption_settings() -> DecryptionSettings {
-    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
-}
+pub use crate::core_machine::decryption_settings;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,6 +56,78 @@ pub struct RoomKeyUpdate {
     pub session_id: String,
 }
 
+/// The kind of a received notice: about one room session, or about the Olm channel.
+#[napi(string_enum = "snake_case")]
+pub enum WithheldNoticeKind {
+    /// A room-scoped notice: the key of one session was withheld from us.
+    Room,
+    /// A channel notice (`m.no_olm`): the sender device could not set up an Olm session with us.
+    NoOlm,
+}
+
+/// A received `m.room_key.withheld` notice as the binding reports it; `src/withheld.ts` narrows
+/// it to the `WithheldNotice` union by `kind`.
+#[napi(object, use_nullable = true)]
+pub struct ReceivedNotice {
+    /// Discriminant.
+    pub kind: WithheldNoticeKind,
+    /// The withheld code (`m.no_olm` for channel notices).
+    pub code: String,
+    /// The human-readable reason, kept for every code.
+    pub reason: Option<String>,
+    /// The room of the session (room notices only).
+    pub room_id: Option<String>,
+    /// The Megolm session id (room notices only).
+    pub session_id: Option<String>,
+    /// The user who sent the notice (set by the homeserver).
+    pub sender: String,
+    /// The Curve25519 key the notice claims for the sending device.
+    pub sender_key: String,
+    /// The sending device, when the notice names it (MSC3735).
+    pub from_device: Option<String>,
+    /// When we received it, ms since the epoch.
+    pub received_at: f64,
+    /// The result of the spoofing checks.
+    #[napi(ts_type = "WithheldVerdict")]
+    pub verdict: Verdict,
+    /// True if it arrived Olm-encrypted.
+    pub encrypted: bool,
+}
+
+impl From<&Reported> for ReceivedNotice {
+    fn from(r: &Reported) -> Self {
+        let (verdict, encrypted) = (r.verdict, r.encrypted);
+        match &r.notice {
+            Notice::Room(x) => Self {
+                kind: WithheldNoticeKind::Room,
+                code: x.code.clone(),
+                reason: x.reason.clone(),
+                room_id: Some(x.room_id.clone()),
+                session_id: Some(x.session_id.clone()),
+                sender: x.sender.clone(),
+                sender_key: x.sender_key.clone(),
+                from_device: x.from_device.clone(),
+                received_at: x.received_at as f64,
+                verdict,
+                encrypted,
+            },
+            Notice::NoOlm(n) => Self {
+                kind: WithheldNoticeKind::NoOlm,
+                code: crate::withheld::codes::NO_OLM.to_owned(),
+                reason: n.reason.clone(),
+                room_id: None,
+                session_id: None,
+                sender: n.sender.clone(),
+                sender_key: n.sender_key.clone(),
+                from_device: n.from_device.clone(),
+                received_at: n.received_at as f64,
+                verdict,
+                encrypted,
+            },
+        }
+    }
+}
+
 /// What `receiveSyncChanges` returns to the TypeScript layer, which parses `toDeviceEvents`.
 #[napi(object)]
 pub struct NativeSyncResult {
@@ -115,7 +141,7 @@ pub struct NativeSyncResult {
     /// How each incoming room-key request in this batch was answered.
     pub key_request_answers: Vec<KeyRequestAnswer>,
     /// Entries of the batch that are not event objects: skipped.
-    pub skipped_to_device_events: Vec<SkippedToDeviceEvent>,
+    pub skipped_to_device_events: Vec<crate::core_machine::SkippedToDeviceEvent>,
 }
 
 fn olm_info(info: &CrateEncryptionInfo) -> OlmInfo<'_> {
@@ -143,7 +169,7 @@ pub fn sync_result(
     keys: &[RoomKeyInfo],
     withheld_notices: Vec<ReceivedNotice>,
     key_request_answers: Vec<KeyRequestAnswer>,
-    skipped_to_device_events: Vec<SkippedToDeviceEvent>,
+    skipped_to_device_events: Vec<crate::core_machine::SkippedToDeviceEvent>,
 ) -> napi::Result<NativeSyncResult> {
     let to_device_events: Vec<ProcessedOut<'_>> = events
         .iter()
@@ -387,42 +413,4 @@ pub fn decryption_error(kind: DecryptionCode, message: String, session_id: Optio
         message,
         json!({ "decryptionCode": kind, "sessionId": session_id, "withheld": withheld, "withheldCode": withheld_code }),
     )
-}
-
-/// An entry of a sync batch that was skipped because it is not an event object.
-#[napi(object)]
-pub struct SkippedToDeviceEvent {
-    /// Its position in `toDeviceEvents`.
-    pub index: u32,
-    /// Why, e.g. `toDeviceEvents[1]: must be an event object, got a number`.
-    pub reason: String,
-}
-
-fn json_kind(text: &str) -> &'static str {
-    match text.trim_start().as_bytes().first() {
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b'n') => "null",
-        Some(b't' | b'f') => "a boolean",
-        _ => "a number",
-    }
-}
-
-/// Split a to-device batch into the entries the crate can process and the ones that are not
-/// event objects. One bad entry must not cost the rest of the batch: the homeserver never
-/// delivers a batch again once the client advanced its sync token.
-pub fn split_events(events: Vec<Raw<AnyToDeviceEvent>>) -> (Vec<Raw<AnyToDeviceEvent>>, Vec<SkippedToDeviceEvent>) {
-    let mut kept = Vec::with_capacity(events.len());
-    let mut skipped = Vec::new();
-    for (index, e) in events.into_iter().enumerate() {
-        let text = e.json().get();
-        if text.trim_start().starts_with('{') {
-            kept.push(e);
-        } else {
-            let reason = format!("toDeviceEvents[{index}]: must be an event object, got {}", json_kind(text));
-            tracing::warn!(target: "matrix_crypto_node::sync", index, "skipped a to-device entry: {reason}");
-            skipped.push(SkippedToDeviceEvent { index: index as u32, reason });
-        }
-    }
-    (kept, skipped)
 }

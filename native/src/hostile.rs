@@ -46,17 +46,10 @@ use matrix_sdk_crypto::{
     },
     olm::PickledAccount,
     store::{types::PendingChanges, CryptoStore, IntoCryptoStore},
-    vodozemac, Account, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder, TrustRequirement,
+    vodozemac, Account, EncryptionSettings, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder,
 };
 use ruma::{
-    api::{
-        client::{
-            keys::{claim_keys, get_keys, upload_keys, upload_signatures},
-            sync::sync_events::DeviceLists,
-            to_device::send_event_to_device,
-        },
-        IncomingResponse, IncomingResponseExt,
-    },
+    api::client::sync::sync_events::DeviceLists,
     events::{AnyMessageLikeEventContent, AnyToDeviceEvent, AnyToDeviceEventContent},
     serde::Raw,
     to_device::DeviceIdOrAllDevices,
@@ -65,6 +58,7 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 use self::snapshot::{MemoryBackend, Rows};
+use crate::core_machine::{self, ChangedDevices, CoreError, OwnedResponse, RequestType, SyncChanges};
 use crate::store::engine::{AccountKey, Engine};
 use crate::withheld::{
     codes, explain, inbound, key_requests,
@@ -102,11 +96,9 @@ struct Templates {
     facts: Value,
 }
 
-/// The machine under attack, as restored from the prepared rows.
-struct Target {
-    machine: OlmMachine,
-    withheld: Withheld,
-}
+/// The machine under attack, as restored from the prepared rows: the project's own machine, so
+/// inputs go through the glue users run (sync runs, response parsing, the withheld steps).
+type Target = core_machine::Machine;
 
 /// The machine under attack and what it needs.
 pub struct Harness {
@@ -119,14 +111,9 @@ pub struct Harness {
     resets: AtomicU64,
 }
 
-fn response<R: IncomingResponse>(body: &Value) -> Result<R, String> {
-    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    let http = http::Response::builder().status(200).body(bytes.as_slice()).map_err(|e| e.to_string())?;
-    R::try_from_http_response(http).map_err(|e| e.to_string())
-}
-
-fn settings() -> DecryptionSettings {
-    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
+/// A homeserver response of the set-up, parsed as the machine parses them.
+fn response(kind: RequestType, body: &Value) -> OwnedResponse {
+    OwnedResponse::parse(kind.as_str(), &body.to_string()).expect("a valid response of the set-up")
 }
 
 /// Upload a machine's keys, the homeserver then reporting `count` one-time keys (50 or more makes
@@ -141,8 +128,8 @@ async fn upload(machine: &OlmMachine, count: usize) -> (Value, Map<String, Value
                 one_time_keys.insert(id.to_string(), serde_json::to_value(key).expect("one-time key"));
             }
             let counts = json!({ "one_time_key_counts": { "signed_curve25519": count.max(u.one_time_keys.len()) } });
-            let parsed: upload_keys::v3::Response = response(&counts).expect("upload response");
-            machine.mark_request_as_sent(r.request_id(), &parsed).await.expect("mark upload");
+            let parsed = response(RequestType::KeysUpload, &counts);
+            machine.mark_request_as_sent(r.request_id(), parsed.as_incoming()).await.expect("mark upload");
         }
     }
     (device_keys, one_time_keys)
@@ -188,7 +175,7 @@ impl Harness {
             .expect("the prepared machine opens");
         // Opening wrote nothing that matters; count only what inputs write.
         backend.restore(prepared);
-        Target { machine, withheld: Withheld::new(SendPolicy::default(), true) }
+        core_machine::Machine::new(machine, Arc::new(Withheld::new(SendPolicy::default(), true)))
     }
 
     /// How many times an input's writes were undone (a measurement for the README).
@@ -246,8 +233,8 @@ impl Harness {
             m.update_tracked_users([alice_id.as_ref(), bob_id.as_ref()]).await.expect("track");
             for r in m.outgoing_requests().await.expect("outgoing") {
                 if let AnyOutgoingRequest::KeysQuery(_) = r.request() {
-                    let parsed: get_keys::v3::Response = response(&keys_query).expect("query response");
-                    m.mark_request_as_sent(r.request_id(), &parsed).await.expect("mark query");
+                    let parsed = response(RequestType::KeysQuery, &keys_query);
+                    m.mark_request_as_sent(r.request_id(), parsed.as_incoming()).await.expect("mark query");
                 }
             }
         }
@@ -255,8 +242,8 @@ impl Harness {
         let (otk_id, otk) = alice_otks.iter().next().expect("alice uploaded one-time keys");
         let keys_claim = json!({ "one_time_keys": { ALICE: { "ALICE": { otk_id.clone(): otk } } }, "failures": {} });
         let (claim_id, _) = bob.get_missing_sessions([alice_id.as_ref()].into_iter()).await.expect("claim").expect("a claim");
-        let parsed: claim_keys::v3::Response = response(&keys_claim).expect("claim response");
-        bob.mark_request_as_sent(&claim_id, &parsed).await.expect("mark claim");
+        let parsed = response(RequestType::KeysClaim, &keys_claim);
+        bob.mark_request_as_sent(&claim_id, parsed.as_incoming()).await.expect("mark claim");
 
         let shared = bob
             .share_room_key(&room, [alice_id.as_ref(), bob_id.as_ref()].into_iter(), EncryptionSettings::default())
@@ -264,7 +251,7 @@ impl Harness {
             .expect("share");
         let mut to_device = to_device_events(BOB, &shared);
         for r in &shared {
-            bob.mark_request_as_sent(&r.txn_id, &send_event_to_device::v3::Response::new()).await.expect("mark share");
+            bob.mark_request_as_sent(&r.txn_id, &ruma::api::client::to_device::send_event_to_device::v3::Response::new()).await.expect("mark share");
         }
         let content: Raw<AnyMessageLikeEventContent> =
             Raw::new(&json!({ "msgtype": "m.text", "body": "hello" })).expect("content").cast_unchecked();
@@ -290,12 +277,12 @@ impl Harness {
                     unused_fallback_keys: None,
                     next_batch_token: None,
                 },
-                &settings(),
+                &core_machine::decryption_settings(),
             )
             .await
             .expect("alice receives the room key");
         let room_event_raw: Raw<EncryptedEvent> = Raw::new(&room_event).expect("event").cast_unchecked();
-        alice.decrypt_room_event(&room_event_raw, &room, &settings()).await.expect("the template decrypts");
+        alice.decrypt_room_event(&room_event_raw, &room, &core_machine::decryption_settings()).await.expect("the template decrypts");
 
         let bob_curve = bob.identity_keys().curve25519.to_base64();
         to_device.extend([
@@ -343,23 +330,10 @@ impl Harness {
         }
     }
 
-    async fn process(&self, t: &Target, events: Vec<Raw<AnyToDeviceEvent>>, lists: &DeviceLists, counts: &BTreeMap<OneTimeKeyAlgorithm, UInt>, fallback: Option<&[OneTimeKeyAlgorithm]>) -> Outcome {
-        let changes = EncryptionSyncChanges {
-            to_device_events: events,
-            changed_devices: lists,
-            one_time_keys_counts: counts,
-            unused_fallback_keys: fallback,
-            next_batch_token: None,
-        };
-        let Ok((processed, keys)) = t.machine.receive_sync_changes(changes, &settings()).await else {
-            return Outcome { rejected: true, reached_machine: true };
-        };
-        let rejected = match t.withheld.after_sync(&t.machine, &processed, &keys).await {
-            Ok(_) => false,
-            Err(_) => true,
-        };
+    async fn process(&self, t: &Target, changes: SyncChanges) -> Outcome {
+        let rejected = t.receive_sync_changes(changes).await.is_err();
         // Drain what the answers queued, as an application would send it.
-        let _ = t.withheld.queued();
+        let _ = t.withheld().queued();
         Outcome { rejected, reached_machine: true }
     }
 
@@ -371,42 +345,52 @@ impl Harness {
             let event = mutate(template, input);
             events.push(Raw::new(&event).expect("a JSON value serialises").cast_unchecked());
         }
-        let mut lists = DeviceLists::new();
+        let mut lists = ChangedDevices::default();
         for _ in 0..input.byte() % 3 {
             if let Ok(u) = OwnedUserId::try_from(input.string()) {
                 if input.byte() % 2 == 0 { lists.changed.push(u) } else { lists.left.push(u) }
             }
         }
-        let mut counts = BTreeMap::new();
         // Not on a zero byte (what an input reads past its end): a count below 50 makes the
         // crate generate keys, which short inputs would otherwise all pay for.
-        if input.byte() % 4 == 3 {
-            counts.insert(OneTimeKeyAlgorithm::SignedCurve25519, UInt::new_saturating(input.u64()));
-        }
+        let counts = (input.byte() % 4 == 3)
+            .then(|| BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::new_saturating(input.u64()))]));
         let fallback = match input.byte() % 3 {
             0 => None,
             1 => Some(vec![]),
             _ => Some(vec![OneTimeKeyAlgorithm::SignedCurve25519]),
         };
-        self.process(t, events, &lists, &counts, fallback.as_deref()).await
+        let changes = SyncChanges {
+            to_device_events: events,
+            changed_devices: lists,
+            one_time_key_counts: counts,
+            unused_fallback_keys: fallback,
+            next_batch_token: None,
+        };
+        self.process(t, changes).await
     }
 
     async fn raw_sync(&self, t: &Target, bytes: &[u8]) -> Outcome {
+        // Entries that are not event objects are the machine's to skip (`split_events`).
         let Ok(events) = serde_json::from_slice::<Vec<Raw<AnyToDeviceEvent>>>(bytes) else { return Outcome::default() };
-        if events.iter().any(|e| !e.json().get().trim_start().starts_with('{')) {
-            return Outcome::default();
-        }
-        self.process(t, events, &DeviceLists::new(), &BTreeMap::new(), None).await
+        let changes = SyncChanges {
+            to_device_events: events,
+            changed_devices: ChangedDevices::default(),
+            one_time_key_counts: None,
+            unused_fallback_keys: None,
+            next_batch_token: None,
+        };
+        self.process(t, changes).await
     }
 
     async fn decrypt(&self, t: &Target, input: &mut Input<'_>) -> Outcome {
         let event = mutate(&self.templates.room_event, input);
         let room = RoomId::parse(ROOM).expect("room id");
         let Ok(raw) = serde_json::from_value::<Raw<EncryptedEvent>>(event.clone()) else { return Outcome::default() };
-        match t.machine.decrypt_room_event(&raw, &room, &settings()).await {
+        match t.olm().decrypt_room_event(&raw, &room, &core_machine::decryption_settings()).await {
             Ok(_) => Outcome { rejected: false, reached_machine: true },
             Err(_) => {
-                let _ = inbound::explain_failure(&t.machine, &room, &event).await;
+                let _ = inbound::explain_failure(t.olm(), &room, &event).await;
                 Outcome { rejected: true, reached_machine: true }
             }
         }
@@ -431,30 +415,19 @@ impl Harness {
                 *own = self.templates.keys_query["device_keys"][ALICE]["ALICE"].clone();
             }
         }
+        let kind = [RequestType::KeysQuery, RequestType::KeysClaim, RequestType::KeysUpload, RequestType::SignatureUpload][usize::from(kind)..]
+            .first()
+            .copied()
+            .unwrap_or(RequestType::ToDevice);
+        let body = serde_json::to_string(&body).expect("a JSON value serialises");
+        // As a response to a request the harness made up: the machine's own parsing, the crate
+        // and the withheld steps see it, and nothing is left pending.
         let txn = TransactionId::new();
-        let result = match kind {
-            0 => match response::<get_keys::v3::Response>(&body) {
-                Ok(r) => t.machine.mark_request_as_sent(&txn, &r).await,
-                Err(_) => return Outcome { rejected: true, reached_machine: false },
-            },
-            1 => match response::<claim_keys::v3::Response>(&body) {
-                Ok(r) => t.machine.mark_request_as_sent(&txn, &r).await,
-                Err(_) => return Outcome { rejected: true, reached_machine: false },
-            },
-            2 => match response::<upload_keys::v3::Response>(&body) {
-                Ok(r) => t.machine.mark_request_as_sent(&txn, &r).await,
-                Err(_) => return Outcome { rejected: true, reached_machine: false },
-            },
-            3 => match response::<upload_signatures::v3::Response>(&body) {
-                Ok(r) => t.machine.mark_request_as_sent(&txn, &r).await,
-                Err(_) => return Outcome { rejected: true, reached_machine: false },
-            },
-            _ => match response::<send_event_to_device::v3::Response>(&body) {
-                Ok(r) => t.machine.mark_request_as_sent(&txn, &r).await,
-                Err(_) => return Outcome { rejected: true, reached_machine: false },
-            },
-        };
-        Outcome { rejected: result.is_err(), reached_machine: true }
+        match t.mark_request_as_sent(txn.as_str(), kind.as_str(), &body, true).await {
+            Ok(()) => Outcome { rejected: false, reached_machine: true },
+            Err(CoreError::Input(_)) => Outcome { rejected: true, reached_machine: false },
+            Err(_) => Outcome { rejected: true, reached_machine: true },
+        }
     }
 
     fn parsers(&self, input: &mut Input<'_>) -> Outcome {
@@ -704,8 +677,8 @@ mod tests {
     fn store_snapshot(h: &Harness) -> (usize, usize) {
         let t = h.target.lock().expect("target");
         h.rt.block_on(async {
-            let sessions = t.machine.store().get_inbound_group_sessions().await.expect("sessions").len();
-            let room = ledger_len(&t.machine).await;
+            let sessions = t.olm().store().get_inbound_group_sessions().await.expect("sessions").len();
+            let room = ledger_len(t.olm()).await;
             (sessions, room)
         })
     }

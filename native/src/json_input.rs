@@ -122,6 +122,12 @@ pub fn parse<T: DeserializeOwned>(field: &str, text: &str) -> Result<T, InputErr
     Ok(value)
 }
 
+/// [`parse`] for a value napi-rs already converted from the caller's object (an option typed in
+/// TypeScript that crosses without a JSON string): the same paths and messages.
+pub fn from_value<T: DeserializeOwned>(field: &str, value: serde_json::Value) -> Result<T, InputError> {
+    serde_path_to_error::deserialize(value).map_err(|e| InputError { field: js_path(field, e.path()), message: js_message(e.inner()) })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -187,5 +193,14 @@ mod tests {
             "deserialization failed: must be an object, got the number 7"
         );
         assert_eq!(js_text("JSON: missing field `device_keys` at line 1 column 2".into()), "JSON: device_keys is required");
+    }
+
+    #[test]
+    fn from_value_names_the_path_like_parse() {
+        let text = r#"{"changedDevices":{"changed":[1]}}"#;
+        let from_text = parse::<Changes>("changes", text).unwrap_err();
+        let from_value = from_value::<Changes>("changes", serde_json::from_str(text).unwrap()).unwrap_err();
+        assert_eq!(from_value, from_text);
+        assert_eq!(from_value.field, "changes.changedDevices.changed[0]");
     }
 }

@@ -13,6 +13,7 @@ compile_error!("build matrix-crypto-node with panic = \"unwind\": panics must un
 mod backup;
 #[cfg(feature = "node")]
 mod compat;
+pub mod core_machine;
 #[cfg(feature = "node")]
 mod devices;
 // Test-only exports (a deliberate panic): compiled into debug builds, the ones the test suites

@@ -9,7 +9,6 @@
 //! can release the store while calls already running finish on their own handle.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -17,18 +16,19 @@ use std::{
     },
 };
 
-use matrix_sdk_crypto::{types::requests::ToDeviceRequest, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder};
+use matrix_sdk_crypto::{types::requests::ToDeviceRequest, OlmMachine, OlmMachineBuilder};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use ruma::{TransactionId, UserId};
+use ruma::UserId;
 use serde_json::json;
 
 use crate::{
-    errors::{self, code, internal, invalid, parse_json, typed},
+    errors::{self, code, invalid, parse_json, typed},
     events, ids,
-    requests::{self, NativeRequest, OwnedResponse},
+    core_machine,
+    requests::{self, NativeRequest},
     store::{self, StoreConfig},
-    withheld::{records, outgoing::Queued, policy::SendPolicy, Withheld, WithheldError},
+    withheld::{outgoing::Queued, policy::SendPolicy, Withheld},
 };
 
 /// Identity keys of this device.
@@ -49,8 +49,9 @@ pub struct OpenOptions {
     pub store_passphrase: Option<String>,
     /// `postgres`: where the database is.
     pub store_postgres: Option<store::StorePostgres>,
-    /// The machine-wide withheld policy as JSON (`{ send, reasons }`); default: send all codes.
-    pub withheld_policy: Option<String>,
+    /// The machine-wide withheld policy; default: send all codes.
+    #[napi(ts_type = "{ send?: 'all' | 'none' | Array<string>; reasons?: Partial<Record<string, string>> }")]
+    pub withheld_policy: Option<serde_json::Value>,
     /// React to `m.no_olm` notices with a new Olm session and an `m.dummy`; default true.
     pub react_to_no_olm: Option<bool>,
 }
@@ -60,30 +61,16 @@ fn refs(users: &[ruma::OwnedUserId]) -> Vec<&UserId> {
     users.iter().map(|u| u.as_ref()).collect()
 }
 
-pub(crate) fn parse_policy(field: &str, json: &str) -> Result<SendPolicy> {
-    let policy: SendPolicy = parse_json(field, json)?;
-    policy.validate(field).map_err(|e| invalid(&e.field, e.message))?;
-    Ok(policy)
-}
-
-pub(crate) fn withheld_error(err: WithheldError) -> Error {
-    match err {
-        WithheldError::Store(e) => errors::store(e),
-        WithheldError::Json(e) => internal(e),
-        WithheldError::Crate(e) => typed(code::ENCRYPTION, e, json!(null)),
-    }
-}
-
 /// The native machine. Private: users reach it through `src/machine.ts`.
 #[napi]
 pub struct NativeMachine {
-    inner: RwLock<Option<OlmMachine>>,
-    /// Requests handed out and not yet marked as sent: id -> type. Lets `markRequestAsSent`
-    /// reject unknown ids and mismatched types instead of silently ignoring them.
-    pending: Arc<Mutex<HashMap<String, String>>>,
+    /// The machine (`None` once closed); it holds the crate's machine, the withheld layer and
+    /// the requests handed out.
+    inner: RwLock<Option<core_machine::Machine>>,
     user_id: String,
     device_id: String,
     identity_keys: (String, String),
+    /// The machine's withheld layer (its settings outlive `close()`).
     pub(crate) withheld: Arc<Withheld>,
     /// The SQLite store folder's lock, held until `close()` or garbage collection.
     store_lock: Mutex<Option<store::StoreLock>>,
@@ -93,14 +80,21 @@ pub struct NativeMachine {
 
 /// A handle to the crate's machine held by one running call; dereferences to the machine.
 pub(crate) struct InFlight {
-    machine: OlmMachine,
+    machine: core_machine::Machine,
     count: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    /// The plain-Rust machine, for the calls it offers.
+    pub(crate) fn core(&self) -> &core_machine::Machine {
+        &self.machine
+    }
 }
 
 impl std::ops::Deref for InFlight {
     type Target = OlmMachine;
     fn deref(&self) -> &OlmMachine {
-        &self.machine
+        self.machine.olm()
     }
 }
 
@@ -115,8 +109,8 @@ impl Drop for InFlight {
 pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
     let user_id = ids::user_id("userId", &options.user_id)?;
     let device_id = ids::device_id("deviceId", &options.device_id)?;
-    let policy = match &options.withheld_policy {
-        Some(json) => parse_policy("withheld", json)?,
+    let policy = match options.withheld_policy {
+        Some(value) => SendPolicy::from_input("withheld", value).map_err(errors::input)?,
         None => SendPolicy::default(),
     };
     let config = match options.store_kind.as_str() {
@@ -144,13 +138,13 @@ pub async fn open_machine(options: OpenOptions) -> Result<NativeMachine> {
     // Key requests are answered by our withheld layer (refusals, rate limits, `withheld`).
     machine.set_room_key_forwarding_enabled(false);
     let keys = machine.identity_keys();
+    let withheld = Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true)));
     Ok(NativeMachine {
         user_id: machine.user_id().to_string(),
         device_id: machine.device_id().to_string(),
         identity_keys: (keys.curve25519.to_base64(), keys.ed25519.to_base64()),
-        inner: RwLock::new(Some(machine)),
-        pending: Arc::new(Mutex::new(HashMap::new())),
-        withheld: Arc::new(Withheld::new(policy, options.react_to_no_olm.unwrap_or(true))),
+        inner: RwLock::new(Some(core_machine::Machine::new(machine, Arc::clone(&withheld)))),
+        withheld,
         store_lock: Mutex::new(opened.lock),
         in_flight: Arc::new(AtomicUsize::new(0)),
     })
@@ -179,18 +173,21 @@ impl NativeMachine {
         Ok(InFlight { machine, count: self.in_flight.clone() })
     }
 
-    pub(crate) fn remember(&self, requests: &[NativeRequest]) {
-        let mut pending = crate::locks::lock(&self.pending);
-        for r in requests {
-            pending.insert(r.id.clone(), r.kind.clone());
+    pub(crate) fn remember<'a>(&self, requests: impl IntoIterator<Item = &'a NativeRequest>) {
+        if let Some(machine) = &*crate::locks::read(&self.inner) {
+            for r in requests {
+                machine.remember(r.id(), r.kind());
+            }
         }
     }
 
     /// `remember` for a request made later, in a future that cannot borrow the machine.
     pub(crate) fn remember_fn(&self) -> impl Fn(&NativeRequest) + Send + 'static {
-        let pending = Arc::clone(&self.pending);
+        let remember = crate::locks::read(&self.inner).as_ref().map(core_machine::Machine::remember_fn);
         move |r| {
-            crate::locks::lock(&pending).insert(r.id.clone(), r.kind.clone());
+            if let Some(remember) = &remember {
+                remember(r.id(), r.kind());
+            }
         }
     }
 
@@ -227,8 +224,8 @@ impl NativeMachine {
     #[napi]
     pub async fn close(&self) -> Result<()> {
         let machine = crate::locks::write(&self.inner).take();
-        crate::locks::lock(&self.pending).clear();
         if let Some(m) = &machine {
+            m.forget_requests();
             // Let the calls already running finish, then close the store's connections: once
             // this resolves the files are released (deleting the folder and creating a new
             // store there works; SQLite's write-ahead log is folded back in).
@@ -236,7 +233,7 @@ impl NativeMachine {
             while self.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**m.store();
+            let backend: &matrix_sdk_crypto::store::DynCryptoStore = &**m.olm().store();
             backend.close().await.map_err(errors::store)?;
         }
         release(machine);
@@ -253,8 +250,11 @@ impl NativeMachine {
     /// to close (the official bindings' synchronous `close()`, for the compat layer).
     #[napi(catch_unwind)]
     pub fn close_sync(&self) {
-        release(crate::locks::write(&self.inner).take());
-        crate::locks::lock(&self.pending).clear();
+        let machine = crate::locks::write(&self.inner).take();
+        if let Some(m) = &machine {
+            m.forget_requests();
+        }
+        release(machine);
         crate::locks::lock(&self.store_lock).take();
     }
 
@@ -262,51 +262,14 @@ impl NativeMachine {
     #[napi]
     pub async fn receive_sync_changes(&self, changes_json: String) -> Result<events::NativeSyncResult> {
         let machine = self.machine()?;
-        let changes: events::SyncChanges = parse_json("changes", &changes_json)?;
-        let (to_device_events, skipped) = events::split_events(changes.to_device_events);
-        for _ in &skipped {
-            records::Metrics::count(&self.withheld.metrics.skipped_to_device_events);
-        }
-        let lists = changes.changed_devices.to_ruma();
-        // One crate call per run (see `to_device::olm_sender_runs`); the device lists, key counts
-        // and the sync token go with the last, so the token is stored once all is processed.
-        let runs = crate::to_device::olm_sender_runs(to_device_events);
-        let last = runs.len() - 1;
-        let (no_lists, no_counts) = (ruma::api::client::sync::sync_events::DeviceLists::new(), std::collections::BTreeMap::new());
-        let (mut processed, mut keys) = (Vec::new(), Vec::new());
-        for (i, run) in runs.into_iter().enumerate() {
-            let final_run = i == last;
-            let counts = changes.one_time_key_counts.as_ref().filter(|_| final_run);
-            let sync = EncryptionSyncChanges {
-                to_device_events: run,
-                changed_devices: if final_run { &lists } else { &no_lists },
-                one_time_keys_counts: counts.unwrap_or(&no_counts),
-                unused_fallback_keys: if final_run { changes.unused_fallback_keys.as_deref() } else { None },
-                next_batch_token: if final_run { changes.next_batch_token.clone() } else { None },
-            };
-            let settings = events::decryption_settings();
-            // The crate's /sync call reads a missing count as zero keys on the server and makes
-            // new ones to upload. Without the server's counts (a run before the last, a caller
-            // that gave none, such as an appservice transaction without counts for this device)
-            // use its MSC4186 reading instead, in which a missing count means "unchanged":
-            // otherwise every such call would queue another 50 keys, until Synapse refuses the
-            // upload (over 500 keys a device), and the response it is part of fails.
-            let result = if counts.is_some() {
-                machine.receive_sync_changes(sync, &settings).await
-            } else {
-                machine.receive_sync_changes_msc4186(sync, &settings).await
-            };
-            let (p, k) = result.map_err(errors::olm)?;
-            processed.extend(p);
-            keys.extend(k);
-        }
-        let outcome = self.withheld.after_sync(&machine, &processed, &keys).await.map_err(withheld_error)?;
+        let changes: core_machine::SyncChanges = parse_json("changes", &changes_json)?;
+        let out = machine.core().receive_sync_changes(changes).await?;
         events::sync_result(
-            &processed,
-            &keys,
-            outcome.notices.iter().map(Into::into).collect(),
-            outcome.answers,
-            skipped,
+            &out.processed,
+            &out.keys,
+            out.withheld.notices.iter().map(Into::into).collect(),
+            out.withheld.answers,
+            out.skipped,
         )
     }
 
@@ -319,7 +282,7 @@ impl NativeMachine {
         for q in self.withheld.queued() {
             out.push(match q {
                 Queued::ToDevice(r) => requests::to_device(&r)?,
-                Queued::Claim { id, body, .. } => NativeRequest::plain(id, crate::requests::RequestType::KeysClaim, body),
+                Queued::Claim { id, body, .. } => NativeRequest::KeysClaim { id, body },
             });
         }
         self.remember(&out);
@@ -333,28 +296,7 @@ impl NativeMachine {
     #[napi]
     pub async fn mark_request_as_sent(&self, id: String, kind: String, response: String, foreign_ids: Option<bool>) -> Result<()> {
         let machine = self.machine()?;
-        let known = crate::locks::lock(&self.pending).get(&id).cloned();
-        match known {
-            None if foreign_ids == Some(true) => {}
-            None => {
-                return Err(invalid("id", format!("{id:?} is not a request this machine handed out (or it was already marked as sent)")))
-            }
-            Some(k) if k != kind => {
-                return Err(invalid("type", format!("request {id:?} is of type {k:?}, not {kind:?}")))
-            }
-            Some(_) => {}
-        }
-        let parsed = OwnedResponse::parse(&kind, &response)?;
-        if !self.withheld.is_own_request(&id) {
-            let txn: &TransactionId = id.as_str().into();
-            machine.mark_request_as_sent(txn, parsed.as_incoming()).await.map_err(errors::olm)?;
-        }
-        let claim = match &parsed {
-            OwnedResponse::KeysClaim(claim) => Some(claim),
-            _ => None,
-        };
-        self.withheld.after_request_sent(&machine, &id, claim).await.map_err(withheld_error)?;
-        crate::locks::lock(&self.pending).remove(&id);
+        machine.core().mark_request_as_sent(&id, &kind, &response, foreign_ids == Some(true)).await?;
         Ok(())
     }
 
@@ -389,7 +331,7 @@ impl NativeMachine {
 /// JS garbage collector both run on the JS thread, and at process exit the finalizers of
 /// machines never closed run after napi-rs has shut its runtime down, so drops get a small
 /// runtime of their own that lives as long as the process.
-fn release(machine: Option<OlmMachine>) {
+fn release(machine: Option<core_machine::Machine>) {
     static DROP_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     if let Some(m) = machine {
         let runtime = DROP_RUNTIME.get_or_init(|| {

@@ -5,106 +5,63 @@
 
 use std::collections::BTreeMap;
 
-use matrix_sdk_crypto::types::requests::{
-    AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest,
-    UploadSigningKeysRequest,
-};
+use matrix_sdk_crypto::types::requests::{AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest, UploadSigningKeysRequest};
 use napi_derive::napi;
-use ruma::api::{
-    client::{
-        backup::add_backup_keys::v3::Response as KeysBackupResponse,
-        keys::{
-            claim_keys::v3::{Request as KeysClaimRequest, Response as KeysClaimResponse},
-            get_keys::v3::Response as KeysQueryResponse,
-            upload_keys::v3::Response as KeysUploadResponse,
-            upload_signatures::v3::Response as SignatureUploadResponse,
-            upload_signing_keys::v3::Response as SigningKeysUploadResponse,
-        },
-        message::send_message_event::v3::Response as RoomMessageResponse,
-        to_device::send_event_to_device::v3::Response as ToDeviceResponse,
-    },
-    IncomingResponse, IncomingResponseExt,
-};
+use ruma::api::client::keys::claim_keys::v3::Request as KeysClaimRequest;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::errors::{internal, invalid};
+pub use crate::core_machine::RequestType;
+use crate::errors::internal;
 
-/// One request for the application to send; `type` selects the endpoint.
-#[napi(object, object_to_js = false)]
-pub struct NativeRequest {
-    pub id: String,
-    #[napi(js_name = "type")]
-    pub kind: String,
-    pub body: String,
-    pub event_type: Option<String>,
-    pub txn_id: Option<String>,
-    pub room_id: Option<String>,
-    pub version: Option<String>,
+/// One request for the application to send; `type` selects the endpoint, and only the types
+/// that need them carry the extra fields (a discriminated union in `index.d.ts`).
+#[napi(discriminant = "type", discriminant_case = "snake_case", object_to_js = false)]
+pub enum NativeRequest {
+    /// `POST /keys/upload`.
+    KeysUpload { id: String, body: String },
+    /// `POST /keys/query`.
+    KeysQuery { id: String, body: String },
+    /// `POST /keys/claim`.
+    KeysClaim { id: String, body: String },
+    /// `PUT /sendToDevice/{eventType}/{txnId}`.
+    ToDevice { id: String, body: String, event_type: String, txn_id: String },
+    /// `POST /keys/signatures/upload`.
+    SignatureUpload { id: String, body: String },
+    /// `POST /keys/device_signing/upload` (needs user-interactive auth).
+    SigningKeysUpload { id: String, body: String },
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+    RoomMessage { id: String, body: String, event_type: String, txn_id: String, room_id: String },
+    /// `PUT /room_keys/keys?version=`.
+    KeysBackup { id: String, body: String, version: String },
 }
 
 impl NativeRequest {
-    /// A request of `kind` with only an id and a body (every type but to-device, room messages
-    /// and backups, which carry more).
-    pub(crate) fn plain(id: String, kind: RequestType, body: String) -> Self {
-        Self { id, kind: kind.as_str().to_owned(), body, event_type: None, txn_id: None, room_id: None, version: None }
-    }
-}
-
-/// The type of an outgoing request, as `OutgoingRequest.type` names it in TypeScript. The names
-/// are spelled here and nowhere else in Rust ([`RequestType::as_str`]); the enum is exported
-/// to JavaScript, and `test/requests.test.ts` ties the TypeScript union to it.
-#[napi(string_enum = "snake_case")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestType {
-    /// `POST /keys/upload`.
-    KeysUpload,
-    /// `POST /keys/query`.
-    KeysQuery,
-    /// `POST /keys/claim`.
-    KeysClaim,
-    /// `PUT /sendToDevice/{type}/{txnId}`.
-    ToDevice,
-    /// `POST /keys/signatures/upload`.
-    SignatureUpload,
-    /// `POST /keys/device_signing/upload` (cross-signing keys, with user-interactive auth).
-    SigningKeysUpload,
-    /// `PUT /rooms/{roomId}/send/{type}/{txnId}`.
-    RoomMessage,
-    /// `PUT /room_keys/keys?version=`.
-    KeysBackup,
-}
-
-impl RequestType {
-    /// Every request type.
-    pub const ALL: [Self; 8] = [
-        Self::KeysUpload,
-        Self::KeysQuery,
-        Self::KeysClaim,
-        Self::ToDevice,
-        Self::SignatureUpload,
-        Self::SigningKeysUpload,
-        Self::RoomMessage,
-        Self::KeysBackup,
-    ];
-
-    /// The name JavaScript sees (`request.type`).
-    pub fn as_str(self) -> &'static str {
+    /// The request id (for `markRequestAsSent`).
+    pub fn id(&self) -> &str {
         match self {
-            Self::KeysUpload => "keys_upload",
-            Self::KeysQuery => "keys_query",
-            Self::KeysClaim => "keys_claim",
-            Self::ToDevice => "to_device",
-            Self::SignatureUpload => "signature_upload",
-            Self::SigningKeysUpload => "signing_keys_upload",
-            Self::RoomMessage => "room_message",
-            Self::KeysBackup => "keys_backup",
+            Self::KeysUpload { id, .. }
+            | Self::KeysQuery { id, .. }
+            | Self::KeysClaim { id, .. }
+            | Self::ToDevice { id, .. }
+            | Self::SignatureUpload { id, .. }
+            | Self::SigningKeysUpload { id, .. }
+            | Self::RoomMessage { id, .. }
+            | Self::KeysBackup { id, .. } => id,
         }
     }
 
-    /// The type named `text`, if any.
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    /// Its type.
+    pub fn kind(&self) -> RequestType {
+        match self {
+            Self::KeysUpload { .. } => RequestType::KeysUpload,
+            Self::KeysQuery { .. } => RequestType::KeysQuery,
+            Self::KeysClaim { .. } => RequestType::KeysClaim,
+            Self::ToDevice { .. } => RequestType::ToDevice,
+            Self::SignatureUpload { .. } => RequestType::SignatureUpload,
+            Self::SigningKeysUpload { .. } => RequestType::SigningKeysUpload,
+            Self::RoomMessage { .. } => RequestType::RoomMessage,
+            Self::KeysBackup { .. } => RequestType::KeysBackup,
+        }
     }
 }
 
@@ -128,18 +85,35 @@ fn body_to_js(env: napi::sys::napi_env, body: String) -> napi::Result<napi::sys:
     }
 }
 
+/// By hand so that large bodies cross as external strings (see [`body_to_js`]).
 impl napi::bindgen_prelude::ToNapiValue for NativeRequest {
     unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> napi::Result<napi::sys::napi_value> {
         let mut obj = napi::bindgen_prelude::Object::new(&napi::Env::from_raw(env))?;
-        obj.set("id", val.id)?;
-        obj.set("type", val.kind)?;
-        obj.set("body", body_to_js(env, val.body)?)?;
-        let optional = [("eventType", val.event_type), ("txnId", val.txn_id), ("roomId", val.room_id), ("version", val.version)];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                obj.set(name, value)?;
+        obj.set("type", val.kind().as_str())?;
+        let (id, body) = match val {
+            NativeRequest::KeysUpload { id, body }
+            | NativeRequest::KeysQuery { id, body }
+            | NativeRequest::KeysClaim { id, body }
+            | NativeRequest::SignatureUpload { id, body }
+            | NativeRequest::SigningKeysUpload { id, body } => (id, body),
+            NativeRequest::ToDevice { id, body, event_type, txn_id } => {
+                obj.set("eventType", event_type)?;
+                obj.set("txnId", txn_id)?;
+                (id, body)
             }
-        }
+            NativeRequest::RoomMessage { id, body, event_type, txn_id, room_id } => {
+                obj.set("eventType", event_type)?;
+                obj.set("txnId", txn_id)?;
+                obj.set("roomId", room_id)?;
+                (id, body)
+            }
+            NativeRequest::KeysBackup { id, body, version } => {
+                obj.set("version", version)?;
+                (id, body)
+            }
+        };
+        obj.set("id", id)?;
+        obj.set("body", body_to_js(env, body)?)?;
         // SAFETY: `obj` was created in `env` above.
         unsafe { napi::bindgen_prelude::Object::to_napi_value(env, obj) }
     }
@@ -161,15 +135,7 @@ struct ToDeviceBody<'a> {
 pub fn to_device(request: &ToDeviceRequest) -> napi::Result<NativeRequest> {
     let body = to_json(&ToDeviceBody { messages: &request.messages })?;
     let txn = request.txn_id.to_string();
-    Ok(NativeRequest {
-        id: txn.clone(),
-        kind: RequestType::ToDevice.as_str().to_owned(),
-        body,
-        event_type: Some(request.event_type.to_string()),
-        txn_id: Some(txn),
-        room_id: None,
-        version: None,
-    })
+    Ok(NativeRequest::ToDevice { id: txn.clone(), body, event_type: request.event_type.to_string(), txn_id: txn })
 }
 
 /// A keys/claim request (from `getMissingSessions`).
@@ -184,7 +150,7 @@ pub fn keys_claim(id: String, request: &KeysClaimRequest) -> napi::Result<Native
         timeout: request.timeout.map(|t| t.as_millis()),
         one_time_keys: &request.one_time_keys,
     })?;
-    Ok(NativeRequest::plain(id, RequestType::KeysClaim, body))
+    Ok(NativeRequest::KeysClaim { id, body })
 }
 
 /// The cross-signing keys upload (`POST /keys/device_signing/upload`); needs user-interactive auth.
@@ -224,7 +190,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
                 one_time_keys: &r.one_time_keys,
                 fallback_keys: &r.fallback_keys,
             })?;
-            Ok(NativeRequest::plain(id, RequestType::KeysUpload, body))
+            Ok(NativeRequest::KeysUpload { id, body })
         }
         AnyOutgoingRequest::KeysQuery(r) => {
             #[derive(Serialize)]
@@ -234,16 +200,15 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
                 device_keys: &'a BTreeMap<ruma::OwnedUserId, Vec<ruma::OwnedDeviceId>>,
             }
             let body = to_json(&Body { timeout: r.timeout.map(|t| t.as_millis()), device_keys: &r.device_keys })?;
-            Ok(NativeRequest::plain(id, RequestType::KeysQuery, body))
+            Ok(NativeRequest::KeysQuery { id, body })
         }
         AnyOutgoingRequest::KeysClaim(r) => keys_claim(id, r),
         AnyOutgoingRequest::ToDeviceRequest(r) => {
-            let mut out = to_device(r)?;
-            out.id = id;
-            Ok(out)
+            let body = to_json(&ToDeviceBody { messages: &r.messages })?;
+            Ok(NativeRequest::ToDevice { id, body, event_type: r.event_type.to_string(), txn_id: r.txn_id.to_string() })
         }
         AnyOutgoingRequest::SignatureUpload(r) => {
-            Ok(NativeRequest::plain(id, RequestType::SignatureUpload, to_json(&r.signed_keys)?))
+            Ok(NativeRequest::SignatureUpload { id, body: to_json(&r.signed_keys)? })
         }
         AnyOutgoingRequest::RoomMessage(r) => {
             let content = to_json(&r.content)?;
@@ -251,71 +216,7 @@ pub fn outgoing(request: &OutgoingRequest) -> napi::Result<NativeRequest> {
                 use ruma::events::MessageLikeEventContent;
                 r.content.event_type().to_string()
             };
-            Ok(NativeRequest {
-                id,
-                kind: RequestType::RoomMessage.as_str().to_owned(),
-                body: content,
-                event_type: Some(event_type),
-                txn_id: Some(r.txn_id.to_string()),
-                room_id: Some(r.room_id.to_string()),
-                version: None,
-            })
-        }
-    }
-}
-
-/// A parsed homeserver response, owned so it can be borrowed as `AnyIncomingResponse`.
-pub enum OwnedResponse {
-    KeysUpload(KeysUploadResponse),
-    KeysQuery(KeysQueryResponse),
-    KeysClaim(KeysClaimResponse),
-    ToDevice(ToDeviceResponse),
-    SignatureUpload(SignatureUploadResponse),
-    SigningKeysUpload(SigningKeysUploadResponse),
-    RoomMessage(RoomMessageResponse),
-    KeysBackup(KeysBackupResponse),
-}
-
-impl OwnedResponse {
-    /// Parse `body` as the 200 response of a request of type `kind`.
-    pub fn parse(kind: &str, body: &str) -> napi::Result<Self> {
-        fn read<R: IncomingResponse>(body: &str) -> napi::Result<R> {
-            // Fail with a field-named error before ruma's less specific message.
-            serde_json::from_str::<&RawValue>(body)
-                .map_err(|e| invalid("response", format!("not valid JSON ({e})")))?;
-            let response = http::Response::builder()
-                .status(200)
-                .body(body.as_bytes())
-                .map_err(internal)?;
-            R::try_from_http_response(response)
-                .map_err(|e| invalid("response", format!("is not a valid homeserver response for this request ({})", crate::json_input::js_text(e.to_string()))))
-        }
-        let Some(request_type) = RequestType::parse(kind) else {
-            let names: Vec<&str> = RequestType::ALL.iter().map(|t| t.as_str()).collect();
-            return Err(invalid("type", format!("unknown request type {kind:?}; expected one of {}", names.join(", "))));
-        };
-        Ok(match request_type {
-            RequestType::KeysUpload => Self::KeysUpload(read(body)?),
-            RequestType::KeysQuery => Self::KeysQuery(read(body)?),
-            RequestType::KeysClaim => Self::KeysClaim(read(body)?),
-            RequestType::ToDevice => Self::ToDevice(read(body)?),
-            RequestType::SignatureUpload => Self::SignatureUpload(read(body)?),
-            RequestType::SigningKeysUpload => Self::SigningKeysUpload(read(body)?),
-            RequestType::RoomMessage => Self::RoomMessage(read(body)?),
-            RequestType::KeysBackup => Self::KeysBackup(read(body)?),
-        })
-    }
-
-    pub fn as_incoming(&self) -> AnyIncomingResponse<'_> {
-        match self {
-            Self::KeysUpload(r) => AnyIncomingResponse::KeysUpload(r),
-            Self::KeysQuery(r) => AnyIncomingResponse::KeysQuery(r),
-            Self::KeysClaim(r) => AnyIncomingResponse::KeysClaim(r),
-            Self::ToDevice(r) => AnyIncomingResponse::ToDevice(r),
-            Self::SignatureUpload(r) => AnyIncomingResponse::SignatureUpload(r),
-            Self::SigningKeysUpload(r) => AnyIncomingResponse::SigningKeysUpload(r),
-            Self::RoomMessage(r) => AnyIncomingResponse::RoomMessage(r),
-            Self::KeysBackup(r) => AnyIncomingResponse::KeysBackup(r),
+            Ok(NativeRequest::RoomMessage { id, body: content, event_type, txn_id: r.txn_id.to_string(), room_id: r.room_id.to_string() })
         }
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::{
     errors::{self, code, invalid, parse_json, typed, DecryptionCode},
     events, ids,
-    machine::{parse_policy, withheld_error, NativeMachine},
+    machine::NativeMachine,
     requests::NativeRequest,
     withheld::{inbound, records},
 };
@@ -43,13 +43,16 @@ impl NativeMachine {
         let room_id = ids::room_id("roomId", &room_id)?;
         let users = ids::user_ids("users", &users)?;
         let mut settings: ShareSettings = parse_json("settings", &settings_json)?;
-        let policy = settings.withheld.take().map(|v| parse_policy("settings.withheld", &v.to_string())).transpose()?;
+        let policy = settings.withheld.take();
+        if let Some(policy) = &policy {
+            policy.validate("settings.withheld").map_err(|e| invalid(&e.field, e.message))?;
+        }
         let settings = encryption_settings(settings)?;
         let outcome = self
             .withheld
             .share_room_key(&machine, &room_id, &users, settings, policy)
             .await
-            .map_err(withheld_error)?;
+            ?;
         let requests = self.to_device_requests(outcome.requests.iter())?;
         Ok(ShareResult {
             requests,
@@ -127,7 +130,7 @@ impl NativeMachine {
                 let mut withheld = None;
                 if matches!(kind, DecryptionCode::MissingRoomKey | DecryptionCode::UnknownMessageIndex) {
                     let (below_first_index, explanation) =
-                        inbound::explain_failure(&machine, &room_id, &event).await.map_err(withheld_error)?;
+                        inbound::explain_failure(&machine, &room_id, &event).await?;
                     kind = if below_first_index { DecryptionCode::UnknownMessageIndex } else { DecryptionCode::MissingRoomKey };
                     withheld = explanation;
                 }
@@ -169,7 +172,7 @@ impl NativeMachine {
             None => sender_device.as_ref().map(|d| d.device_id().to_string()),
         };
         let chain = match info.session_id() {
-            Some(sid) => records::forwarding_chain(&machine, room_id.as_str(), sid).await.map_err(withheld_error)?,
+            Some(sid) => records::forwarding_chain(&machine, room_id.as_str(), sid).await?,
             None => Vec::new(),
         };
         Ok(events::decrypted_room_event(decrypted.event.json(), info, sender_device_id, sender_device_verified, chain))
@@ -184,7 +187,7 @@ struct ShareSettings {
     rotation_period_messages: Option<u64>,
     history_visibility: Option<String>,
     sharing_strategy: Option<String>,
-    withheld: Option<serde_json::Value>,
+    withheld: Option<crate::withheld::policy::SendPolicy>,
 }
 
 fn encryption_settings(settings: ShareSettings) -> Result<EncryptionSettings> {

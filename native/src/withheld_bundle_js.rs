@@ -13,7 +13,7 @@ use crate::{
     errors::{self, code, internal, invalid},
     ids,
     keys::{Progress, ProgressCallback},
-    machine::{withheld_error, NativeMachine},
+    machine::NativeMachine,
     requests::NativeRequest,
     withheld::{bundle, now_ms},
 };
@@ -56,7 +56,7 @@ fn bundle_error(err: bundle::BundleError, room: &str, inviter: &str) -> Error {
             format!("does not decrypt with the key of the m.room_key_bundle event from {inviter} ({e})"),
         ),
         bundle::BundleError::Format(e) => invalid("encryptedBundle", format!("decrypts, but is not a room-key bundle ({e})")),
-        bundle::BundleError::Withheld(e) => withheld_error(e),
+        bundle::BundleError::Withheld(e) => e.into(),
     }
 }
 
@@ -118,7 +118,7 @@ impl NativeMachine {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
         let inviter = ids::user_id("inviterUserId", &inviter_user_id)?;
-        let Some(info) = bundle::received(&machine, &room, &inviter).await.map_err(withheld_error)? else { return Ok(None) };
+        let Some(info) = bundle::received(&machine, &room, &inviter).await? else { return Ok(None) };
         Ok(Some(ReceivedRoomKeyBundle {
             room_id: info.bundle_data.room_id.to_string(),
             sender: info.sender_user.to_string(),

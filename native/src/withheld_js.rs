@@ -1,5 +1,6 @@
-//! The withheld results that need a shape of their own at the N-API boundary, and the
-//! `OlmMachine` class's withheld settings and queries (their own `#[napi] impl NativeMachine`).
+//! The withheld results that need a shape of their own at the N-API boundary (the notices of a
+//! sync are with the sync result, in `events.rs`), and the `OlmMachine` class's withheld
+//! settings and queries (their own `#[napi] impl NativeMachine`).
 //!
 //! Everything else the withheld layer returns crosses as the layer's own structs and enums:
 //! they carry napi's `object` / `string_enum` attributes when the `node` feature is on (records,
@@ -13,25 +14,15 @@ use napi_derive::napi;
 use crate::{
     errors,
     ids,
-    machine::{parse_policy, withheld_error, NativeMachine},
+    machine::NativeMachine,
     withheld::{
-        inbound::Reported,
         records,
         records::MetricsSnapshot,
         no_olm::DeviceEntry,
         policy::{SendCodes, SendPolicy},
-        received::{Notice, NoOlmRecord, Verdict, WithheldRecord},
+        received::{NoOlmRecord, WithheldRecord},
     },
 };
-
-/// The kind of a received notice: about one room session, or about the Olm channel.
-#[napi(string_enum = "snake_case")]
-pub enum WithheldNoticeKind {
-    /// A room-scoped notice: the key of one session was withheld from us.
-    Room,
-    /// A channel notice (`m.no_olm`): the sender device could not set up an Olm session with us.
-    NoOlm,
-}
 
 /// The withheld policy in force, every field set (`src/machine.ts` returns it as the
 /// `WithheldPolicy` the application configures).
@@ -51,69 +42,6 @@ impl From<SendPolicy> for ActiveWithheldPolicy {
             SendCodes::Only(codes) => Either::B(codes.into_iter().collect()),
         };
         ActiveWithheldPolicy { send, reasons: policy.reasons }
-    }
-}
-
-/// A received `m.room_key.withheld` notice as the binding reports it; `src/withheld.ts` narrows
-/// it to the `WithheldNotice` union by `kind`.
-#[napi(object, use_nullable = true)]
-pub struct ReceivedNotice {
-    /// Discriminant.
-    pub kind: WithheldNoticeKind,
-    /// The withheld code (`m.no_olm` for channel notices).
-    pub code: String,
-    /// The human-readable reason, kept for every code.
-    pub reason: Option<String>,
-    /// The room of the session (room notices only).
-    pub room_id: Option<String>,
-    /// The Megolm session id (room notices only).
-    pub session_id: Option<String>,
-    /// The user who sent the notice (set by the homeserver).
-    pub sender: String,
-    /// The Curve25519 key the notice claims for the sending device.
-    pub sender_key: String,
-    /// The sending device, when the notice names it (MSC3735).
-    pub from_device: Option<String>,
-    /// When we received it, ms since the epoch.
-    pub received_at: f64,
-    /// The result of the spoofing checks.
-    #[napi(ts_type = "WithheldVerdict")]
-    pub verdict: Verdict,
-    /// True if it arrived Olm-encrypted.
-    pub encrypted: bool,
-}
-
-impl From<&Reported> for ReceivedNotice {
-    fn from(r: &Reported) -> Self {
-        let (verdict, encrypted) = (r.verdict, r.encrypted);
-        match &r.notice {
-            Notice::Room(x) => Self {
-                kind: WithheldNoticeKind::Room,
-                code: x.code.clone(),
-                reason: x.reason.clone(),
-                room_id: Some(x.room_id.clone()),
-                session_id: Some(x.session_id.clone()),
-                sender: x.sender.clone(),
-                sender_key: x.sender_key.clone(),
-                from_device: x.from_device.clone(),
-                received_at: x.received_at as f64,
-                verdict,
-                encrypted,
-            },
-            Notice::NoOlm(n) => Self {
-                kind: WithheldNoticeKind::NoOlm,
-                code: crate::withheld::codes::NO_OLM.to_owned(),
-                reason: n.reason.clone(),
-                room_id: None,
-                session_id: None,
-                sender: n.sender.clone(),
-                sender_key: n.sender_key.clone(),
-                from_device: n.from_device.clone(),
-                received_at: n.received_at as f64,
-                verdict,
-                encrypted,
-            },
-        }
     }
 }
 
@@ -183,11 +111,11 @@ impl NativeMachine {
         self.withheld.react_to_no_olm_enabled()
     }
 
-    /// Replace the machine-wide withheld policy (JSON `{ send, reasons }`).
+    /// Replace the machine-wide withheld policy.
     #[napi(catch_unwind)]
-    pub fn set_withheld_policy(&self, policy_json: String) -> Result<()> {
+    pub fn set_withheld_policy(&self, #[napi(ts_arg_type = "{ send?: 'all' | 'none' | Array<string>; reasons?: Partial<Record<string, string>> }")] policy: serde_json::Value) -> Result<()> {
         self.machine()?;
-        self.withheld.set_policy(parse_policy("policy", &policy_json)?);
+        self.withheld.set_policy(SendPolicy::from_input("policy", policy).map_err(errors::input)?);
         Ok(())
     }
 
@@ -202,7 +130,7 @@ impl NativeMachine {
     pub async fn withheld_records(&self, room_id: String, session_id: String) -> Result<Vec<WithheldRecord>> {
         let machine = self.machine()?;
         let room = ids::room_id("roomId", &room_id)?;
-        records::room_records(&machine, room.as_str(), &session_id).await.map_err(withheld_error)
+        records::room_records(&machine, room.as_str(), &session_id).await.map_err(Into::into)
     }
 
     /// The `m.no_olm` notices received from a user's devices (with `deviceId`, that device's,
@@ -211,7 +139,7 @@ impl NativeMachine {
     pub async fn no_olm_notices(&self, user_id: String, device_id: Option<String>) -> Result<Vec<NoOlmRecord>> {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
-        let mut list = records::no_olm_records(&machine, user.as_str()).await.map_err(withheld_error)?;
+        let mut list = records::no_olm_records(&machine, user.as_str()).await?;
         if let Some(device_id) = device_id {
             let device = ids::device_id("deviceId", &device_id)?;
             let known = machine.get_device(&user, &device, None).await.map_err(errors::store)?;
@@ -233,7 +161,7 @@ impl NativeMachine {
         let machine = self.machine()?;
         let user = ids::user_id("userId", &user_id)?;
         let device = ids::device_id("deviceId", &device_id)?;
-        let entry = self.withheld.no_olm_state(&machine, user.as_str(), device.as_str()).await.map_err(withheld_error)?;
+        let entry = self.withheld.no_olm_state(&machine, user.as_str(), device.as_str()).await?;
         Ok(entry.as_ref().map(Into::into))
     }
 }

@@ -587,12 +587,12 @@ export class OlmMachine {
 
   /** Stop backing up and forget which keys were backed up. */
   async disableBackup(): Promise<void> {
-    await native(() => this.#native.compatDisableBackup());
+    await native(() => this.#native.disableBackup());
   }
 
   /** The next batch of room keys to back up, or `null` when all are backed up. */
   async backupRoomKeys(): Promise<KeysBackupRequest | null> {
-    const r = await native(() => this.#native.compatBackupRoomKeys());
+    const r = await native(() => this.#native.backupRoomKeys());
     return r ? new KeysBackupRequest(INTERNAL, r.id, r.body) : null;
   }
 
@@ -603,7 +603,7 @@ export class OlmMachine {
 
   /** How many room keys we hold, and how many are backed up. */
   async roomKeyCounts(): Promise<RoomKeyCounts> {
-    const c = await native(() => this.#native.compatRoomKeyCounts());
+    const c = await native(() => this.#native.backupRoomKeyCounts());
     return new RoomKeyCounts(c.total, c.backedUp);
   }
 

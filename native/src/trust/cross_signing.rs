@@ -89,17 +89,12 @@ impl NativeMachine {
         let machine = self.machine()?;
         let r = machine.bootstrap_cross_signing(reset).await.map_err(errors::store)?;
         let upload_keys = r.upload_keys_req.as_ref().map(requests::outgoing).transpose()?;
-        let upload_signing_keys = NativeRequest::plain(
-            TransactionId::new().to_string(),
-            crate::requests::RequestType::SigningKeysUpload,
-            requests::signing_keys_upload(&r.upload_signing_keys_req)?,
-        );
+        let upload_signing_keys = NativeRequest::SigningKeysUpload {
+            id: TransactionId::new().to_string(),
+            body: requests::signing_keys_upload(&r.upload_signing_keys_req)?,
+        };
         let upload_signatures = signature_upload(&r.upload_signatures_req.signed_keys)?;
-        let mut handed = vec![shallow(&upload_signing_keys), shallow(&upload_signatures)];
-        if let Some(u) = &upload_keys {
-            handed.push(shallow(u));
-        }
-        self.remember(&handed);
+        self.remember([&upload_signing_keys, &upload_signatures].into_iter().chain(&upload_keys));
         Ok(NativeCrossSigningBootstrap { upload_keys, upload_signing_keys, upload_signatures })
     }
 
@@ -140,7 +135,7 @@ impl NativeMachine {
         let machine = self.machine()?;
         let (id, request) = machine.query_keys_for_users([machine.user_id()]);
         let body = serde_json::to_string(&Body { device_keys: &request.device_keys }).map_err(internal)?;
-        let out = NativeRequest::plain(id.to_string(), crate::requests::RequestType::KeysQuery, body);
+        let out = NativeRequest::KeysQuery { id: id.to_string(), body };
         self.remember(std::slice::from_ref(&out));
         Ok(out)
     }
@@ -155,17 +150,5 @@ impl NativeMachine {
             .filter(|d| !d.is_deleted() && !d.is_cross_signed_by_owner())
             .map(|d| d.device_id().to_string())
             .collect())
-    }
-}
-
-fn shallow(r: &NativeRequest) -> NativeRequest {
-    NativeRequest {
-        id: r.id.clone(),
-        kind: r.kind.clone(),
-        body: String::new(),
-        event_type: None,
-        txn_id: None,
-        room_id: None,
-        version: None,
     }
 }

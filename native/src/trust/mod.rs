@@ -17,5 +17,5 @@ use crate::{errors::internal, requests::NativeRequest};
 
 /// The request object for a signature upload body.
 pub(crate) fn signature_upload(signed_keys: &impl serde::Serialize) -> napi::Result<NativeRequest> {
-    Ok(NativeRequest::plain(TransactionId::new().to_string(), crate::requests::RequestType::SignatureUpload, serde_json::to_string(signed_keys).map_err(internal)?))
+    Ok(NativeRequest::SignatureUpload { id: TransactionId::new().to_string(), body: serde_json::to_string(signed_keys).map_err(internal)? })
 }

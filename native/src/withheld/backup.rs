@@ -39,22 +39,22 @@ pub struct ActiveBackup {
 
 /// Remember the backup the crate was just told to use.
 pub async fn remember(machine: &OlmMachine, backup: &ActiveBackup) -> Result<(), WithheldError> {
-    machine.store().set_value(ACTIVE_BACKUP_KEY, backup).await.map_err(WithheldError::store)
+    machine.store().set_value(ACTIVE_BACKUP_KEY, backup).await.map_err(WithheldError::Store)
 }
 
 /// Forget it, after the crate's backup was disabled.
 pub async fn forget(machine: &OlmMachine) -> Result<(), WithheldError> {
-    machine.store().remove_custom_value(ACTIVE_BACKUP_KEY).await.map_err(WithheldError::store)
+    machine.store().remove_custom_value(ACTIVE_BACKUP_KEY).await.map_err(WithheldError::Store)
 }
 
 async fn active(machine: &OlmMachine) -> Result<Option<ActiveBackup>, WithheldError> {
-    machine.store().get_value(ACTIVE_BACKUP_KEY).await.map_err(WithheldError::store)
+    machine.store().get_value(ACTIVE_BACKUP_KEY).await.map_err(WithheldError::Store)
 }
 
 /// Encrypt `plaintext` to a backup public key (`m.megolm_backup.v1.curve25519-aes-sha2`,
 /// vodozemac's implementation, the one the crate uses).
 pub fn encrypt_session_data(key: Curve25519PublicKey, plaintext: &[u8]) -> Result<EncryptedSessionDataInit, WithheldError> {
-    let message = PkEncryption::from_key(key).encrypt(plaintext).map_err(WithheldError::olm)?;
+    let message = PkEncryption::from_key(key).encrypt(plaintext).map_err(WithheldError::BackupEncryption)?;
     Ok(EncryptedSessionDataInit {
         ephemeral: Base64::new(message.ephemeral_key.to_bytes().to_vec()),
         ciphertext: Base64::new(message.ciphertext),
@@ -70,17 +70,17 @@ pub async fn annotate_request(machine: &OlmMachine, request: &mut KeysBackupRequ
     let Some(backup) = active(machine).await?.filter(|b| b.version == request.version) else {
         return Ok(0);
     };
-    let key = Curve25519PublicKey::from_base64(&backup.public_key).map_err(WithheldError::olm)?;
+    let key = Curve25519PublicKey::from_base64(&backup.public_key).map_err(WithheldError::Key)?;
     let mut rewritten = 0;
     for (room_id, room) in request.rooms.iter_mut() {
         for (session_id, raw) in room.sessions.iter_mut() {
-            let mut data: KeyBackupData = raw.deserialize().map_err(WithheldError::json)?;
+            let mut data: KeyBackupData = raw.deserialize().map_err(WithheldError::Json)?;
             if data.first_message_index == 0u32.into() {
                 continue;
             }
             if let Some(session_data) = annotated_session_data(machine, key, room_id, session_id).await? {
                 data.session_data = session_data.into();
-                *raw = Raw::new(&data).map_err(WithheldError::json)?;
+                *raw = Raw::new(&data).map_err(WithheldError::Json)?;
                 rewritten += 1;
             }
         }
@@ -96,15 +96,15 @@ async fn annotated_session_data(
     room_id: &RoomId,
     session_id: &str,
 ) -> Result<Option<EncryptedSessionDataInit>, WithheldError> {
-    let Some(session) = machine.store().get_inbound_group_session(room_id, session_id).await.map_err(WithheldError::store)? else {
+    let Some(session) = machine.store().get_inbound_group_session(room_id, session_id).await.map_err(WithheldError::Store)? else {
         return Ok(None);
     };
     let Some(field) = export::withheld_field(machine, &session).await? else {
         return Ok(None);
     };
-    let mut plaintext = serde_json::to_value(session.to_backup().await).map_err(WithheldError::json)?;
+    let mut plaintext = serde_json::to_value(session.to_backup().await).map_err(WithheldError::Json)?;
     plaintext[export::EXPORT_FIELD] = field;
-    let bytes = serde_json::to_vec(&plaintext).map_err(WithheldError::json)?;
+    let bytes = serde_json::to_vec(&plaintext).map_err(WithheldError::Json)?;
     encrypt_session_data(key, &bytes).map(Some)
 }
 

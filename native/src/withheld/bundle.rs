@@ -160,7 +160,7 @@ async fn sharer(machine: &OlmMachine, info: &StoredRoomKeyBundleData) -> Result<
     let device = machine
         .get_user_devices(&info.sender_user, None)
         .await
-        .map_err(WithheldError::store)?
+        .map_err(WithheldError::Store)?
         .devices()
         .find(|d| d.curve25519_key() == Some(key));
     let data = match (&device, info.sender_data.should_recalculate()) {
@@ -180,7 +180,7 @@ async fn sharer(machine: &OlmMachine, info: &StoredRoomKeyBundleData) -> Result<
 
 /// The stored `m.room_key_bundle` event of `inviter` for `room`.
 pub async fn received(machine: &OlmMachine, room: &RoomId, inviter: &UserId) -> Result<Option<StoredRoomKeyBundleData>, WithheldError> {
-    machine.store().get_received_room_key_bundle_data(room, inviter).await.map_err(WithheldError::store)
+    machine.store().get_received_room_key_bundle_data(room, inviter).await.map_err(WithheldError::Store)
 }
 
 /// Decrypt a downloaded bundle file with the key its event carried.
@@ -195,7 +195,7 @@ pub fn decrypt(info: &StoredRoomKeyBundleData, encrypted: &[u8]) -> Result<Vec<u
 
 async fn first_index(machine: &OlmMachine, room: &RoomId, session_id: &str) -> Result<Option<u32>, WithheldError> {
     let store: &matrix_sdk_crypto::store::DynCryptoStore = &**machine.store();
-    Ok(store.get_inbound_group_session(room, session_id).await.map_err(WithheldError::store)?.map(|s| s.first_known_index()))
+    Ok(store.get_inbound_group_session(room, session_id).await.map_err(WithheldError::Store)?.map(|s| s.first_known_index()))
 }
 
 fn list<'a>(value: &'a Value, field: &str) -> Result<&'a [Value], BundleError> {
@@ -243,7 +243,7 @@ pub async fn receive(
         before.push(first_index(machine, room, id).await?);
     }
     let other_room_keys = bundle.room_keys.len() - ours.len();
-    machine.store().receive_room_key_bundle(&info, bundle, progress).await.map_err(WithheldError::store)?;
+    machine.store().receive_room_key_bundle(&info, bundle, progress).await.map_err(WithheldError::Store)?;
     let mut imported = 0;
     for (id, was) in ours.iter().zip(before) {
         let now_held = first_index(machine, room, id).await?;
@@ -268,7 +268,7 @@ pub async fn receive(
                 store
                     .get_inbound_group_session(&r, &record.session_id)
                     .await
-                    .map_err(WithheldError::store)?
+                    .map_err(WithheldError::Store)?
                     .map(|s| s.sender_key().to_base64())
             }
             Err(_) => None,
@@ -318,7 +318,7 @@ pub async fn explains(
         Ok(user) => machine
             .get_user_devices(&user, None)
             .await
-            .map_err(WithheldError::store)?
+            .map_err(WithheldError::Store)?
             .devices()
             .filter_map(|d| d.curve25519_key().map(|k| k.to_base64()))
             .collect(),

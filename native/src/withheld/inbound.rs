@@ -45,7 +45,7 @@ pub fn creator(session: &InboundGroupSession) -> (String, Option<String>) {
 
 async fn inbound_session(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Option<InboundGroupSession>, WithheldError> {
     let Ok(room) = RoomId::parse(room_id) else { return Ok(None) };
-    backend(machine).get_inbound_group_session(&room, session_id).await.map_err(WithheldError::store)
+    backend(machine).get_inbound_group_session(&room, session_id).await.map_err(WithheldError::Store)
 }
 
 /// What we know about the notice's sender and session.
@@ -58,7 +58,7 @@ pub async fn facts(machine: &OlmMachine, notice: &Notice) -> Result<Facts, Withh
         Ok(user) => machine
             .get_user_devices(&user, None)
             .await
-            .map_err(WithheldError::store)?
+            .map_err(WithheldError::Store)?
             .devices()
             .filter_map(|d| d.curve25519_key().map(|k| (d.device_id().to_string(), k.to_base64())))
             .collect(),

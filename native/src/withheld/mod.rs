@@ -39,34 +39,25 @@ use self::{
     share::{DeviceRef, WithheldRecipient},
 };
 
-/// Errors of the withheld layer; the binding maps them to typed JS errors.
-#[derive(Debug)]
+/// Errors of the withheld layer, each keeping its source; `errors.rs` maps them, by variant, to
+/// typed JS errors.
+#[derive(Debug, thiserror::Error)]
 pub enum WithheldError {
-    Store(String),
-    Json(String),
-    Crate(String),
-}
-
-impl WithheldError {
-    pub fn store(e: impl std::fmt::Display) -> Self {
-        Self::Store(e.to_string())
-    }
-    pub fn json(e: impl std::fmt::Display) -> Self {
-        Self::Json(e.to_string())
-    }
-    pub fn olm(e: impl std::fmt::Display) -> Self {
-        Self::Crate(e.to_string())
-    }
-}
-
-impl std::fmt::Display for WithheldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Store(e) => write!(f, "store: {e}"),
-            Self::Json(e) => write!(f, "json: {e}"),
-            Self::Crate(e) => write!(f, "{e}"),
-        }
-    }
+    /// The crypto store failed.
+    #[error("store: {0}")]
+    Store(#[from] matrix_sdk_crypto::CryptoStoreError),
+    /// A value of ours or of the crate did not serialise or parse.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A crate operation (sharing, encrypting to a device, marking a request as sent) failed.
+    #[error(transparent)]
+    Crate(#[from] matrix_sdk_crypto::OlmError),
+    /// A backup public key is not a Curve25519 key.
+    #[error(transparent)]
+    Key(#[from] vodozemac::KeyError),
+    /// Encrypting session data to the backup key failed.
+    #[error(transparent)]
+    BackupEncryption(#[from] vodozemac::pk_encryption::Error),
 }
 
 /// Milliseconds since the epoch.
@@ -196,7 +187,7 @@ impl Withheld {
 
     async fn load_index(machine: &OlmMachine, ledger: &mut NoOlmLedger) -> Result<(), WithheldError> {
         if ledger.index().is_none() {
-            let stored: Option<std::collections::BTreeSet<String>> = machine.store().get_value(NO_OLM_USERS_KEY).await.map_err(WithheldError::store)?;
+            let stored: Option<std::collections::BTreeSet<String>> = machine.store().get_value(NO_OLM_USERS_KEY).await.map_err(WithheldError::Store)?;
             ledger.set_index(stored.unwrap_or_default());
         }
         Ok(())
@@ -207,7 +198,7 @@ impl Withheld {
             Self::load_index(machine, ledger).await?;
             let stored: Option<UserLedger> = if ledger.index().is_some_and(|i| i.contains(user)) {
                 let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
-                machine.store().get_value(&key).await.map_err(WithheldError::store)?
+                machine.store().get_value(&key).await.map_err(WithheldError::Store)?
             } else {
                 None
             };
@@ -219,10 +210,10 @@ impl Withheld {
     async fn save_user(machine: &OlmMachine, ledger: &mut NoOlmLedger, user: &str) -> Result<(), WithheldError> {
         if let Some(entries) = ledger.user(user) {
             let key = format!("{NO_OLM_LEDGER_KEY}:{user}");
-            machine.store().set_value(&key, entries).await.map_err(WithheldError::store)?;
+            machine.store().set_value(&key, entries).await.map_err(WithheldError::Store)?;
             Self::load_index(machine, ledger).await?;
             if ledger.add_to_index(user) {
-                machine.store().set_value(NO_OLM_USERS_KEY, &ledger.index()).await.map_err(WithheldError::store)?;
+                machine.store().set_value(NO_OLM_USERS_KEY, &ledger.index()).await.map_err(WithheldError::Store)?;
             }
         }
         Ok(())
@@ -260,7 +251,7 @@ impl Withheld {
             async {
                 let policy = policy_override.unwrap_or_else(|| self.policy());
                 let crate_requests =
-                    machine.share_room_key(room_id, users.iter().map(|u| -> &ruma::UserId { u }).collect::<Vec<_>>().into_iter(), settings).await.map_err(WithheldError::olm)?;
+                    machine.share_room_key(room_id, users.iter().map(|u| -> &ruma::UserId { u }).collect::<Vec<_>>().into_iter(), settings).await.map_err(WithheldError::Crate)?;
 
                 let mut requests = Vec::new();
                 let mut withheld = Vec::new();
@@ -340,11 +331,11 @@ impl Withheld {
                     }
                 }
                 for txn in suppressed_requests {
-                    machine.mark_request_as_sent(&txn, &ToDeviceResponse::new()).await.map_err(WithheldError::olm)?;
+                    machine.mark_request_as_sent(&txn, &ToDeviceResponse::new()).await.map_err(WithheldError::Crate)?;
                 }
                 Ok(ShareOutcome { requests, shared_with, withheld })
             },
-            WithheldError::store,
+            WithheldError::Store,
         )
         .await
     }

@@ -36,7 +36,7 @@ impl Queued {
 
 /// A plain (unencrypted) to-device request for one device.
 pub fn plain(user: &UserId, device: &DeviceId, event_type: &str, content: &Value) -> Result<ToDeviceRequest, WithheldError> {
-    let raw: Raw<AnyToDeviceEventContent> = Raw::new(content).map_err(WithheldError::json)?.cast_unchecked();
+    let raw: Raw<AnyToDeviceEventContent> = Raw::new(content).map_err(WithheldError::Json)?.cast_unchecked();
     let mut messages = BTreeMap::new();
     messages.insert(
         user.to_owned(),
@@ -59,7 +59,7 @@ pub async fn encrypt_for(
     deferred: &Deferred,
 ) -> Result<Option<ToDeviceRequest>, WithheldError> {
     let Deferred::Encrypted { event_type, content } = deferred;
-    let Some(d) = machine.get_device(user, device, None).await.map_err(WithheldError::store)? else {
+    let Some(d) = machine.get_device(user, device, None).await.map_err(WithheldError::Store)? else {
         return Ok(None);
     };
     match d.encrypt_event_raw(event_type, content, CollectStrategy::AllDevices).await {
@@ -72,6 +72,6 @@ pub async fn encrypt_for(
             Ok(Some(ToDeviceRequest { event_type: "m.room.encrypted".into(), txn_id: TransactionId::new(), messages }))
         }
         Err(OlmError::MissingSession) => Ok(None),
-        Err(e) => Err(WithheldError::olm(e)),
+        Err(e) => Err(WithheldError::Crate(e)),
     }
 }

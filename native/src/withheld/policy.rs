@@ -97,6 +97,14 @@ impl SendPolicy {
         Ok(())
     }
 
+    /// The policy of option `field` (e.g. `options.withheldPolicy`), as napi-rs converted the
+    /// caller's object, checked: a bad value is named by its JavaScript path.
+    pub fn from_input(field: &str, value: serde_json::Value) -> Result<Self, crate::json_input::InputError> {
+        let policy: Self = crate::json_input::from_value(field, value)?;
+        policy.validate(field).map_err(|e| crate::json_input::InputError { field: e.field, message: e.message })?;
+        Ok(policy)
+    }
+
     /// Whether notices with `code` may be sent.
     pub fn allows(&self, code: &str) -> bool {
         match &self.send {
@@ -162,5 +170,17 @@ mod tests {
         assert_eq!((e.field.as_str(), e.message.as_str()), ("policy.send", r#"must be "all", "none" or an array of withheld codes, got the number 7"#));
         let e = crate::json_input::parse::<SendPolicy>("policy", r#"{"send":["m.unverified",3]}"#).unwrap_err();
         assert_eq!((e.field.as_str(), e.message.as_str()), ("policy.send[1]", "must be a string, got the number 3"));
+    }
+
+    #[test]
+    fn from_input_checks_and_names_the_javascript_path() {
+        let input = |v: serde_json::Value| SendPolicy::from_input("options.withheldPolicy", v);
+        let e = input(serde_json::json!({ "send": ["m.unverified", 3] })).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("options.withheldPolicy.send[1]", "must be a string, got the number 3"));
+        let e = input(serde_json::json!({ "send": ["m.bogus"] })).unwrap_err();
+        assert_eq!(e.field, "options.withheldPolicy.send");
+        let p = input(serde_json::json!({ "send": ["m.unverified"], "reasons": { "m.unverified": "verify" } })).unwrap();
+        assert!(p.allows("m.unverified") && !p.allows("m.blacklisted"));
+        assert_eq!(p.reason("m.unverified"), "verify");
     }
 }

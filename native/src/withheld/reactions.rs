@@ -51,7 +51,7 @@ fn backend(machine: &OlmMachine) -> &DynCryptoStore {
 /// The `m.forwarded_room_key` content for a session, from its first known index, with the
 /// `withheld` property when part of it was withheld from us.
 async fn forwarded_content(machine: &OlmMachine, room_id: &RoomId, session_id: &str) -> Result<Option<Value>, WithheldError> {
-    let Some(session) = backend(machine).get_inbound_group_session(room_id, session_id).await.map_err(WithheldError::store)? else {
+    let Some(session) = backend(machine).get_inbound_group_session(room_id, session_id).await.map_err(WithheldError::Store)? else {
         return Ok(None);
     };
     let first = session.first_known_index();
@@ -135,9 +135,9 @@ impl Withheld {
             return Ok(report("ignored", false));
         };
         let device_id: OwnedDeviceId = r.requesting_device.as_str().into();
-        let device = machine.get_device(&user, &device_id, None).await.map_err(WithheldError::store)?;
+        let device = machine.get_device(&user, &device_id, None).await.map_err(WithheldError::Store)?;
         let session_held = body.algorithm == codes::MEGOLM_V1
-            && backend(machine).get_inbound_group_session(&room, &body.session_id).await.map_err(WithheldError::store)?.is_some();
+            && backend(machine).get_inbound_group_session(&room, &body.session_id).await.map_err(WithheldError::Store)?.is_some();
         let from_own_user = user == machine.user_id();
         let facts = RequestFacts {
             from_own_user,
@@ -199,7 +199,7 @@ impl Withheld {
             return Ok(false);
         }
         let Ok(user) = UserId::parse(&notice.sender) else { return Ok(false) };
-        let devices = machine.get_user_devices(&user, None).await.map_err(WithheldError::store)?;
+        let devices = machine.get_user_devices(&user, None).await.map_err(WithheldError::Store)?;
         let Some(device) = devices.devices().find(|d| {
             d.curve25519_key().is_some_and(|k| k.to_base64() == notice.sender_key)
                 && notice.from_device.as_deref().is_none_or(|f| f == d.device_id().as_str())
@@ -211,12 +211,12 @@ impl Withheld {
         let _guard = self.reaction_lock.lock().await;
         let key = format!("{REACTIONS_KEY}:{user}");
         let mut last: std::collections::BTreeMap<String, u64> =
-            machine.store().get_value(&key).await.map_err(WithheldError::store)?.unwrap_or_default();
+            machine.store().get_value(&key).await.map_err(WithheldError::Store)?.unwrap_or_default();
         if last.get(device_id.as_str()).is_some_and(|t| now.saturating_sub(*t) < REACTION_INTERVAL_MS) {
             return Ok(false);
         }
         last.insert(device_id.to_string(), now);
-        machine.store().set_value(&key, &last).await.map_err(WithheldError::store)?;
+        machine.store().set_value(&key, &last).await.map_err(WithheldError::Store)?;
         let dummy = Deferred::Encrypted { event_type: "m.dummy".to_owned(), content: json!({}) };
         self.enqueue(outgoing::claim(user.as_str(), device_id.as_str(), vec![dummy]));
         Ok(true)

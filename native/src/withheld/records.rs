@@ -68,7 +68,7 @@ pub const MAX_RECORDS_PER_SESSION: usize = 8;
 /// The room records of a session, oldest first.
 pub async fn room_records(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Vec<WithheldRecord>, WithheldError> {
     let stored: Option<Vec<WithheldRecord>> =
-        machine.store().get_value(&room_key(room_id, session_id)).await.map_err(WithheldError::store)?;
+        machine.store().get_value(&room_key(room_id, session_id)).await.map_err(WithheldError::Store)?;
     Ok(stored.unwrap_or_default())
 }
 
@@ -89,14 +89,14 @@ pub async fn put_room_record(machine: &OlmMachine, record: &WithheldRecord, conf
         .store()
         .set_value(&room_key(&record.room_id, &record.session_id), &list)
         .await
-        .map_err(WithheldError::store)?;
+        .map_err(WithheldError::Store)?;
     Ok(true)
 }
 
 /// The `m.no_olm` records received from a user's devices, newest last.
 pub async fn no_olm_records(machine: &OlmMachine, user: &str) -> Result<Vec<NoOlmRecord>, WithheldError> {
     let stored: Option<Vec<NoOlmRecord>> =
-        machine.store().get_value(&format!("{NO_OLM_KEY}:{user}")).await.map_err(WithheldError::store)?;
+        machine.store().get_value(&format!("{NO_OLM_KEY}:{user}")).await.map_err(WithheldError::Store)?;
     Ok(stored.unwrap_or_default())
 }
 
@@ -117,13 +117,13 @@ pub async fn put_no_olm_record(machine: &OlmMachine, record: &NoOlmRecord) -> Re
         .store()
         .set_value(&format!("{NO_OLM_KEY}:{}", record.sender), &list)
         .await
-        .map_err(WithheldError::store)
+        .map_err(WithheldError::Store)
 }
 
 /// The Curve25519 keys a forwarded session passed through, oldest first (empty if not forwarded).
 pub async fn forwarding_chain(machine: &OlmMachine, room_id: &str, session_id: &str) -> Result<Vec<String>, WithheldError> {
     let stored: Option<Vec<String>> =
-        machine.store().get_value(&format!("{CHAIN_KEY}:{room_id}|{session_id}")).await.map_err(WithheldError::store)?;
+        machine.store().get_value(&format!("{CHAIN_KEY}:{room_id}|{session_id}")).await.map_err(WithheldError::Store)?;
     Ok(stored.unwrap_or_default())
 }
 
@@ -133,5 +133,5 @@ pub async fn put_forwarding_chain(machine: &OlmMachine, room_id: &str, session_i
         .store()
         .set_value(&format!("{CHAIN_KEY}:{room_id}|{session_id}"), &chain)
         .await
-        .map_err(WithheldError::store)
+        .map_err(WithheldError::Store)
 }

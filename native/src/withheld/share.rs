@@ -70,7 +70,7 @@ pub fn filter_crate_request(request: &ToDeviceRequest, policy: &SendPolicy) -> R
     let mut crate_no_olm = Vec::new();
     for (user, devices) in &request.messages {
         for (device, raw) in devices {
-            let mut content: Map<String, Value> = raw.deserialize_as_unchecked().map_err(WithheldError::json)?;
+            let mut content: Map<String, Value> = raw.deserialize_as_unchecked().map_err(WithheldError::Json)?;
             let code = codes::str_field(&content, "code").unwrap_or_default().to_owned();
             if code == codes::NO_OLM {
                 if let DeviceIdOrAllDevices::DeviceId(id) = device {
@@ -87,7 +87,7 @@ pub fn filter_crate_request(request: &ToDeviceRequest, policy: &SendPolicy) -> R
             });
             if sent {
                 content.insert("reason".to_owned(), Value::String(policy.reason(&code).to_owned()));
-                let raw = Raw::new(&content).map_err(WithheldError::json)?.cast_unchecked();
+                let raw = Raw::new(&content).map_err(WithheldError::Json)?.cast_unchecked();
                 messages.entry(user.clone()).or_default().insert(device.clone(), raw);
             }
         }
@@ -119,7 +119,7 @@ pub fn crate_no_olm_devices(request: &ToDeviceRequest) -> Result<Vec<(OwnedUserI
     for (user, devices) in &request.messages {
         for (device, raw) in devices {
             let DeviceIdOrAllDevices::DeviceId(id) = device else { continue };
-            let content: Map<String, Value> = raw.deserialize_as_unchecked().map_err(WithheldError::json)?;
+            let content: Map<String, Value> = raw.deserialize_as_unchecked().map_err(WithheldError::Json)?;
             if codes::str_field(&content, "code") == Some(codes::NO_OLM) {
                 out.push((user.clone(), id.clone()));
             }
@@ -153,7 +153,7 @@ pub async fn devices_without_olm(
     }
     // Read-only access to the store backend: the crate keeps these lookups private.
     let backend: &DynCryptoStore = &**machine.store();
-    let records = match backend.get_outbound_group_session(room_id).await.map_err(WithheldError::store)? {
+    let records = match backend.get_outbound_group_session(room_id).await.map_err(WithheldError::Store)? {
         Some(session) => {
             let pickle = session.pickle().await;
             let mut seen: BTreeSet<(OwnedUserId, OwnedDeviceId)> = BTreeSet::new();
@@ -174,12 +174,12 @@ pub async fn devices_without_olm(
         if (u == own_user && d == machine.device_id()) || records.contains(&(u.clone(), d.clone())) {
             continue;
         }
-        let Some(device) = backend.get_device(&u, &d).await.map_err(WithheldError::store)? else { continue };
+        let Some(device) = backend.get_device(&u, &d).await.map_err(WithheldError::Store)? else { continue };
         if device.is_deleted() || device.is_dehydrated() {
             continue;
         }
         let Some(curve) = device.curve25519_key() else { continue };
-        let sessions = backend.get_sessions(&curve.to_base64()).await.map_err(WithheldError::store)?;
+        let sessions = backend.get_sessions(&curve.to_base64()).await.map_err(WithheldError::Store)?;
         if sessions.is_none_or(|s| s.is_empty()) {
             out.insert((u, d));
         }
@@ -196,7 +196,7 @@ pub fn no_olm_requests(
 ) -> Result<Vec<ToDeviceRequest>, WithheldError> {
     const MAX_MESSAGES: usize = 250;
     let content = codes::no_olm_notice(reason, sender_key, from_device);
-    let raw: Raw<AnyToDeviceEventContent> = Raw::new(&content).map_err(WithheldError::json)?.cast_unchecked();
+    let raw: Raw<AnyToDeviceEventContent> = Raw::new(&content).map_err(WithheldError::Json)?.cast_unchecked();
     Ok(devices
         .chunks(MAX_MESSAGES)
         .map(|chunk| {

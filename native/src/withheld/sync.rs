@@ -79,7 +79,7 @@ impl Withheld {
                             Ok(user_id) => machine
                                 .get_user_devices(&user_id, None)
                                 .await
-                                .map_err(WithheldError::store)?
+                                .map_err(WithheldError::Store)?
                                 .devices()
                                 .find(|d| d.curve25519_key().is_some_and(|k| k.to_base64() == *curve))
                                 .map(|d| d.device_id().to_string()),
@@ -103,7 +103,7 @@ impl Withheld {
                 let answers = self.answer_key_requests(machine, processed).await?;
                 Ok(SyncOutcome { notices, answers, no_olm_reactions })
             },
-            WithheldError::store,
+            WithheldError::Store,
         )
         .await
     }
@@ -124,7 +124,7 @@ impl Withheld {
                 }
                 Ok(())
             },
-            WithheldError::store,
+            WithheldError::Store,
         )
         .await
     }
@@ -142,10 +142,10 @@ impl Withheld {
                 if !entry.is_some_and(|e| !e.rearmed) {
                     continue;
                 }
-                let Some(device) = machine.get_device(user, device_id, None).await.map_err(WithheldError::store)? else { continue };
+                let Some(device) = machine.get_device(user, device_id, None).await.map_err(WithheldError::Store)? else { continue };
                 let Some(curve) = device.curve25519_key() else { continue };
                 let has_session =
-                    backend.get_sessions(&curve.to_base64()).await.map_err(WithheldError::store)?.is_some_and(|s| !s.is_empty());
+                    backend.get_sessions(&curve.to_base64()).await.map_err(WithheldError::Store)?.is_some_and(|s| !s.is_empty());
                 if has_session {
                     self.olm_session_established(machine, user.as_str(), device_id.as_str()).await?;
                 }
