@@ -165,7 +165,31 @@ function objectArg<T>(field: string, value: T, shape: string): T {
     const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be an object ${shape}, got ${got}`, field);
   }
+  jsonValues(field, value, 0);
   return value;
+}
+
+/**
+ * Checks that an option object crosses to the native side as JSON would: the native side reads
+ * it as a JSON value, and napi's conversion of a function, symbol or bigint, or of `undefined`
+ * inside an array, fails without saying where. Object keys whose value is `undefined` are left
+ * out, as by `JSON.stringify`.
+ */
+function jsonValues(field: string, value: unknown, depth: number): void {
+  if (depth > 64) throw new MatrixCryptoError('InvalidArgument', `${field}: nested too deeply`, field);
+  if (value === null || typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') return;
+  if (Array.isArray(value)) {
+    value.forEach((v, i) => {
+      if (v === undefined) throw new MatrixCryptoError('InvalidArgument', `${field}[${i}]: must not be undefined`, `${field}[${i}]`);
+      jsonValues(`${field}[${i}]`, v, depth + 1);
+    });
+    return;
+  }
+  if (typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) if (v !== undefined) jsonValues(`${field}.${k}`, v, depth + 1);
+    return;
+  }
+  throw new MatrixCryptoError('InvalidArgument', `${field}: a ${typeof value} is not a JSON value`, field);
 }
 
 function jsonArg(field: string, value: unknown): string {
