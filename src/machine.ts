@@ -186,7 +186,10 @@ function jsonValues(field: string, value: unknown, depth: number): void {
     return;
   }
   if (typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) if (v !== undefined) jsonValues(`${field}.${k}`, v, depth + 1);
+    for (const [k, v] of Object.entries(value)) {
+      const path = /^[A-Za-z_$][\w$]*$/.test(k) ? `${field}.${k}` : `${field}[${JSON.stringify(k)}]`;
+      if (v !== undefined) jsonValues(path, v, depth + 1);
+    }
     return;
   }
   throw new MatrixCryptoError('InvalidArgument', `${field}: a ${typeof value} is not a JSON value`, field);

@@ -30,7 +30,7 @@ const cases: Case[] = [
   ['setWithheldPolicy: send', (m) => m.setWithheldPolicy({ send: 'some' } as never), 'policy.send', /"some" is not "all", "none" or a list of codes/],
   ['setWithheldPolicy: a code in send', (m) => m.setWithheldPolicy({ send: ['m.unverified', 3] } as never), 'policy.send[1]', /must be a string, got the number 3/],
   ['setWithheldPolicy: undefined in send', (m) => m.setWithheldPolicy({ send: ['m.unverified', undefined] } as never), 'policy.send[1]', /must not be undefined/],
-  ['setWithheldPolicy: a function as a reason', (m) => m.setWithheldPolicy({ reasons: { 'm.unverified': () => 'x' } } as never), 'policy.reasons.m.unverified', /a function is not a JSON value/],
+  ['setWithheldPolicy: a function as a reason', (m) => m.setWithheldPolicy({ reasons: { 'm.unverified': () => 'x' } } as never), 'policy.reasons["m.unverified"]', /a function is not a JSON value/],
   ['setWithheldPolicy: a reason', (m) => m.setWithheldPolicy({ reasons: { 'm.unverified': 5 } } as never), 'policy.reasons["m.unverified"]', /must be a string, got the number 5/],
   ['setWithheldPolicy: a reason for a bad code', (m) => m.setWithheldPolicy({ reasons: { nodots: 'x' } } as never), 'policy.reasons["nodots"]', /is not a withheld code/],
   ['setWithheldPolicy: unknown property', (m) => m.setWithheldPolicy({ sned: 'all' } as never), 'policy.sned', /has an unknown property "sned"; the known ones are send, reasons/],
