@@ -203,3 +203,41 @@ describe('keys that never came', () => {
     await expect(open({ onKeyNeverCame: 'x' as never })).rejects.toMatchObject({ code: 'InvalidArgument', field: 'options.onKeyNeverCame' });
   });
 });
+
+describe('a device whose keys are gone from the server', () => {
+  it('is replaced on its first open in a process: a new device, uploaded and cross-signed; logged and counted', async () => {
+    const { fake, open, alice } = await setup();
+    const first = await open();
+    const old = await first.deviceFor(A);
+    await first.deviceFor(B);
+    await first.close();
+    // The server lost A's device keys (e.g. the device was deleted there).
+    fake.hs.deviceKeys.get(A)!.delete(old.deviceId);
+
+    const warnings: string[] = [];
+    const logger = { error: () => undefined, warn: (m: string) => void warnings.push(m), info: () => undefined, debug: () => undefined };
+    const crypto = await open({ logger });
+    const now = await crypto.deviceFor(A);
+    expect(now.deviceId).not.toBe(old.deviceId);
+    expect(crypto.deviceIdOf(A)).toBe(now.deviceId);
+    expect(crypto.deviceResets).toBe(1);
+    expect(warnings.filter((w) => w.includes(`replaced the device ${old.deviceId} of ${A} with ${now.deviceId}`))).toHaveLength(1);
+    expect(fake.calls).toContainEqual({ method: 'DELETE', path: `/_matrix/client/v3/devices/${old.deviceId}`, userId: A, deviceId: null });
+    expect(fake.hs.deviceKeys.get(A)?.has(now.deviceId)).toBe(true);
+    // The old identity's private keys went with the old store: a new identity signs the device.
+    expect(crypto.crossSigningResets).toBe(1);
+    await alice.machine.updateTrackedUsers([A]);
+    await alice.sync();
+    expect(await alice.machine.getDevice(A, now.deviceId)).toMatchObject({ isCrossSignedByOwner: true });
+    // B's device, still listed, is kept.
+    const b = await crypto.deviceFor(B);
+    expect(crypto.deviceResets).toBe(1);
+    expect(fake.hs.deviceKeys.get(B)?.has(b.deviceId)).toBe(true);
+
+    // The new device is kept by the next process.
+    await crypto.close();
+    const again = await open();
+    expect((await again.deviceFor(A)).deviceId).toBe(now.deviceId);
+    expect(again.deviceResets).toBe(0);
+  });
+});

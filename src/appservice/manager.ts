@@ -372,6 +372,17 @@ function nonEmpty(field: string, value: unknown): string {
   return value;
 }
 
+/**
+ * Whether the machine's device keys were uploaded: it has no key upload pending that carries
+ * them (the crate adds them to its upload until the homeserver took them once).
+ */
+async function keysUploaded(machine: OlmMachine): Promise<boolean> {
+  for (const r of await machine.outgoingRequests()) {
+    if (r.type === 'keys_upload' && (JSON.parse(r.body) as { device_keys?: unknown }).device_keys !== undefined) return false;
+  }
+  return true;
+}
+
 /** A device id for a new bridged device: `MCN` and ten capital letters. */
 function newDeviceId(): string {
   const bytes = randomBytes(10);
@@ -523,6 +534,9 @@ export class AppserviceCrypto {
   private readonly onKeyNeverCame: ((events: KeyNeverCame[]) => void | Promise<void>) | undefined;
   private readonly now: () => number;
   private keyWaitTimer: NodeJS.Timeout | undefined;
+  /** Users whose device is being created in this process (its keys are not uploaded yet when it first opens). */
+  private readonly fresh = new Set<string>();
+  private deviceResetCount = 0;
   /** No new public call is accepted. */
   private closed = false;
   /** The machines were closed: not even running calls may open one. */
@@ -744,6 +758,15 @@ export class AppserviceCrypto {
     return this.crossSigning.resets;
   }
 
+  /**
+   * How many bridged users' devices this manager replaced, since it opened, because the
+   * homeserver no longer listed the device's keys when the device first opened in this process
+   * (it was deleted, or the server lost its keys). Each is also logged as a warning.
+   */
+  get deviceResets(): number {
+    return this.deviceResetCount;
+  }
+
   /** How many machines are open now. */
   get openMachineCount(): number {
     return this.open.size;
@@ -814,7 +837,8 @@ export class AppserviceCrypto {
         await this.crossSigning.ensure(d);
       });
       this.uploaded.add(userId);
-      return { userId, deviceId: rec.deviceId };
+      // The device may have been replaced on open (its keys were gone from the server).
+      return { userId, deviceId: this.state.devices.get(userId)?.deviceId ?? rec.deviceId };
     }
     if (!rec) {
       // Recorded before the homeserver hears of it, so a crash in between reuses the same id.
@@ -838,10 +862,15 @@ export class AppserviceCrypto {
       throw err;
     }
     await this.state.recordDevice(userId, deviceId, true);
-    await this.using(userId, async (d) => {
-      await d.drain();
-      await this.crossSigning.ensure(d);
-    });
+    this.fresh.add(userId);
+    try {
+      await this.using(userId, async (d) => {
+        await d.drain();
+        await this.crossSigning.ensure(d);
+      });
+    } finally {
+      this.fresh.delete(userId);
+    }
     this.uploaded.add(userId);
     return { userId, deviceId };
   }
@@ -1680,10 +1709,56 @@ export class AppserviceCrypto {
         throw err;
       }
     }
-    // A device of an older store root (created before devices were signed) is signed now.
-    if (rec.created) await this.crossSigning.onOpen(device);
+    // A device of an older store root (created before devices were signed) is signed now; a
+    // device whose keys the homeserver no longer lists is replaced.
+    if (rec.created && (await this.crossSigning.onOpen(device, !this.fresh.has(userId) && (await keysUploaded(machine)))) === 'keys-gone') {
+      return this.replaceDevice(userId, rec, machine);
+    }
     this.open.set(userId, device);
     return device;
+  }
+
+  /**
+   * Replaces a device whose keys are gone from the homeserver (it was deleted there, or the
+   * server lost them; nobody can encrypt to it any more): deletes it on the homeserver (if it
+   * is still there), closes its machine and deletes its account, then creates a new device
+   * (MSC4190), uploads its keys and cross-signs it. Logged as a warning and counted in
+   * {@link deviceResets}. Runs inside the open of the device.
+   */
+  private async replaceDevice(userId: string, rec: DeviceRecord, machine: OlmMachine): Promise<BridgedDevice> {
+    const asUser = this.masquerading({ userId });
+    try {
+      try {
+        await asUser.deleteDevice(rec.deviceId);
+      } catch (err) {
+        if (!(err instanceof HomeserverError && err.status === 404)) throw err;
+      }
+    } finally {
+      await machine.close();
+    }
+    const store = this.storeFor(userId, rec.deviceId);
+    if (rec.folder !== undefined) await rm(rec.folder, { recursive: true, force: true });
+    else if (store.kind === 'sqlite' || store.kind === 'postgres') await deleteAccount(store, userId, rec.deviceId);
+    await this.state.recordDeleted(userId);
+    this.uploaded.delete(userId);
+    this.crossSigning.forget(userId);
+    const deviceId = newDeviceId();
+    await this.state.recordDevice(userId, deviceId, false);
+    await asUser.putDevice(deviceId, { display_name: this.displayName(userId) });
+    await this.state.recordDevice(userId, deviceId, true);
+    this.deviceResetCount++;
+    this.logger?.warn(
+      `appservice: replaced the device ${rec.deviceId} of ${userId} with ${deviceId}: the homeserver no longer lists its keys (deleted, or lost by the server)`,
+    );
+    this.fresh.add(userId);
+    try {
+      const device = await this.openDevice(userId);
+      await device.drain();
+      await this.crossSigning.ensure(device);
+      return device;
+    } finally {
+      this.fresh.delete(userId);
+    }
   }
 
   /** Closes least recently used idle machines while more than the cap are open. */
