@@ -50,6 +50,25 @@ async function signedByPublished(device: BridgedDevice): Promise<boolean> {
   return (await machine.crossSigningStatus()).hasSelfSigning && (await machine.isOwnDeviceCrossSigned());
 }
 
+/**
+ * {@link signedByPublished}, from one query of the user's own keys that also says whether the
+ * homeserver still lists the device's keys.
+ */
+async function ownKeysState(device: BridgedDevice): Promise<{ signed: boolean; listed: boolean }> {
+  const { machine } = device;
+  const request = machine.queryOwnKeys();
+  const response = await device.transport.send(request);
+  await machine.markRequestAsSent(request, response);
+  const answer = JSON.parse(response) as {
+    master_keys?: Record<string, { keys?: Record<string, string> }>;
+    device_keys?: Record<string, Record<string, unknown>>;
+  };
+  const listed = answer.device_keys?.[device.userId]?.[device.deviceId] !== undefined;
+  const published = Object.values(answer.master_keys?.[device.userId]?.keys ?? {})[0] ?? null;
+  if (published === null || (await machine.getUserIdentity(device.userId))?.masterKey !== published) return { signed: false, listed };
+  return { signed: (await machine.crossSigningStatus()).hasSelfSigning && (await machine.isOwnDeviceCrossSigned()), listed };
+}
+
 /** @internal */
 export class BridgeCrossSigning {
   /** Users whose device is known to be cross-signed in this process. */
@@ -76,14 +95,15 @@ export class BridgeCrossSigning {
    * (an older store root) is signed now. A failure is logged, not thrown, so the operation that
    * opened the machine goes on; the next open (or `deviceFor`) tries again.
    */
-  async onOpen(device: BridgedDevice): Promise<void> {
+  async onOpen(device: BridgedDevice, checkListed = false): Promise<'ok' | 'keys-gone'> {
     try {
-      await this.ensure(device);
+      return await this.ensure(device, checkListed);
     } catch (err) {
       logRecord('warn', TARGET, `could not cross-sign the device of a bridged user; tried again on its next open: ${String((err as Error)?.message ?? err)}`, {
         user_id: device.userId,
         device_id: device.deviceId,
       });
+      return 'ok';
     }
   }
 
@@ -92,15 +112,21 @@ export class BridgeCrossSigning {
    * process and user; costs one query of the user's own keys when the device is signed already
    * (the usual case after the first time).
    *
+   * With `checkListed`, resolves `keys-gone` (and changes nothing) when the homeserver no
+   * longer lists the device's keys in that query (the device was deleted, or the server lost
+   * them): the device can then only be replaced.
+   *
    * @throws {@link HomeserverError} when the homeserver refuses an upload.
    */
-  async ensure(device: BridgedDevice): Promise<void> {
-    if (this.signed.has(device.userId)) return;
-    await device.exclusive(async () => {
+  async ensure(device: BridgedDevice, checkListed = false): Promise<'ok' | 'keys-gone'> {
+    if (this.signed.has(device.userId)) return 'ok';
+    return device.exclusive(async () => {
       const { machine, transport } = device;
-      if (await signedByPublished(device)) {
+      const first = await ownKeysState(device);
+      if (checkListed && !first.listed) return 'keys-gone';
+      if (first.signed) {
         this.signed.add(device.userId);
-        return;
+        return 'ok';
       }
       try {
         const setup = await setUpCrossSigning(machine, transport);
@@ -133,6 +159,7 @@ export class BridgeCrossSigning {
         );
       }
       this.signed.add(device.userId);
+      return 'ok';
     });
   }
 }

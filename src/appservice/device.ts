@@ -97,6 +97,14 @@ export class BridgedDevice {
     });
   }
 
+  /**
+   * Discards the room's outbound session under the room's queue (after any encryption running
+   * in the room), so the next message rotates. Resolves whether there was one.
+   */
+  discardRoomKey(roomId: string): Promise<boolean> {
+    return this.queues.run(`room ${roomId}`, () => this.machine.discardRoomKey(roomId));
+  }
+
   /** Waits until every queued operation has settled. */
   async idle(): Promise<void> {
     await this.queues.idle();

@@ -15,6 +15,8 @@ export type {
   AppserviceStore,
   AppserviceTimelineEvent,
   BridgedDeviceInfo,
+  KeyNeverCame,
+  KeyWaitOptions,
   ProcessTransactionOptions,
   SetAsideDevice,
   TransactionDeviceResult,

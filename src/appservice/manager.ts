@@ -160,6 +160,39 @@ export interface AppserviceCryptoOptions {
    * Default: none.
    */
   logger?: LoggerLike;
+  /** How long events wait for a missing room key before the manager gives up on it; see {@link KeyWaitOptions}. */
+  keyWait?: KeyWaitOptions;
+  /**
+   * Called once with the events whose room key never came: they waited
+   * {@link KeyWaitOptions.giveUpAfterMs} and a last decryption attempt failed; they are dropped
+   * from the waiting list (see {@link TransactionResult.lateDecryptions}). An error it throws is
+   * logged, and the events stay dropped. Default: none (they are dropped and counted only).
+   */
+  onKeyNeverCame?: (events: KeyNeverCame[]) => void | Promise<void>;
+  /** The clock of the key wait, ms since the epoch. Default `Date.now`. @internal */
+  now?: () => number;
+}
+
+/** How long events wait for their missing room key (see {@link AppserviceCryptoOptions.onKeyNeverCame}). */
+export interface KeyWaitOptions {
+  /**
+   * How long after the first event of a room key (room, session) failed for want of it the
+   * manager gives up on the key, in milliseconds. Checked at each transaction and on a timer
+   * (every minute, or every `giveUpAfterMs` when shorter). Default 600,000 (10 minutes).
+   */
+  giveUpAfterMs?: number;
+}
+
+/** An event whose room key never came (see {@link AppserviceCryptoOptions.onKeyNeverCame}). */
+export interface KeyNeverCame {
+  /** The room of the event. */
+  roomId: string;
+  /** The Megolm session id of the missing room key (empty when the event names none). */
+  sessionId: string;
+  /** The encrypted event, as the homeserver sent it. */
+  event: RoomEvent;
+  /** How long the manager waited for the key, in milliseconds (counted in this process). */
+  waitedMs: number;
 }
 
 /** To-device events of a transaction for a recipient the manager does not serve: reported, never stored. */
@@ -197,6 +230,8 @@ export interface AppserviceDeliveryCounters {
   failedDeviceDrains: number;
   /** New to-device events that inbox drains fed to machines. */
   drainedToDeviceEvents: number;
+  /** Events given up on because their room key never came (see {@link AppserviceCryptoOptions.onKeyNeverCame}). */
+  keysNeverCame: number;
 }
 
 /** A bridged user's device. */
@@ -335,6 +370,17 @@ function nonEmpty(field: string, value: unknown): string {
     throw new MatrixCryptoError('InvalidArgument', `${field}: must be a non-empty string`, field);
   }
   return value;
+}
+
+/**
+ * Whether the machine's device keys were uploaded: it has no key upload pending that carries
+ * them (the crate adds them to its upload until the homeserver took them once).
+ */
+async function keysUploaded(machine: OlmMachine): Promise<boolean> {
+  for (const r of await machine.outgoingRequests()) {
+    if (r.type === 'keys_upload' && (JSON.parse(r.body) as { device_keys?: unknown }).device_keys !== undefined) return false;
+  }
+  return true;
 }
 
 /** A device id for a new bridged device: `MCN` and ten capital letters. */
@@ -482,7 +528,15 @@ export class AppserviceCrypto {
     drains: 0,
     failedDeviceDrains: 0,
     drainedToDeviceEvents: 0,
+    keysNeverCame: 0,
   };
+  private readonly giveUpAfterMs: number;
+  private readonly onKeyNeverCame: ((events: KeyNeverCame[]) => void | Promise<void>) | undefined;
+  private readonly now: () => number;
+  private keyWaitTimer: NodeJS.Timeout | undefined;
+  /** Users whose device is being created in this process (its keys are not uploaded yet when it first opens). */
+  private readonly fresh = new Set<string>();
+  private deviceResetCount = 0;
   /** No new public call is accepted. */
   private closed = false;
   /** The machines were closed: not even running calls may open one. */
@@ -515,6 +569,9 @@ export class AppserviceCrypto {
     this.deviceAttempts = positiveInt('options.limits.deviceAttempts', limits.deviceAttempts, 3);
     this.drainOptions = options.inboxDrain ?? {};
     this.logger = options.logger;
+    this.giveUpAfterMs = positiveInt('options.keyWait.giveUpAfterMs', options.keyWait?.giveUpAfterMs, 600_000);
+    this.onKeyNeverCame = options.onKeyNeverCame;
+    this.now = options.now ?? Date.now;
     this.withheldPolicy = options.withheldPolicy;
     this.shareSettings = options.shareSettings ?? {};
     this.trust = new TrustSettings(options.trust);
@@ -567,7 +624,10 @@ export class AppserviceCrypto {
     nonEmpty('options.registration.sender_localpart', options.registration.sender_localpart);
     nonEmpty('options.storeRoot', options.storeRoot);
     if (options.storePassphrase !== undefined) nonEmpty('options.storePassphrase', options.storePassphrase);
-    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName', 'onStandby'] as const) {
+    if (options.keyWait !== undefined && (options.keyWait === null || typeof options.keyWait !== 'object')) {
+      throw new MatrixCryptoError('InvalidArgument', 'options.keyWait: must be an object', 'options.keyWait');
+    }
+    for (const f of ['deviceStore', 'withheldPolicy', 'deviceDisplayName', 'onStandby', 'onKeyNeverCame', 'now'] as const) {
       if (options[f] !== undefined && typeof options[f] !== 'function') {
         throw new MatrixCryptoError('InvalidArgument', `options.${f}: must be a function`, `options.${f}`);
       }
@@ -609,6 +669,8 @@ export class AppserviceCrypto {
       ...(options.onStandby ? { onStandby: options.onStandby } : {}),
     });
     crypto.startDrains();
+    crypto.keyWaitTimer = setInterval(() => crypto.scheduleKeyWaitCheck(), Math.min(crypto.giveUpAfterMs, 60_000));
+    crypto.keyWaitTimer.unref();
     return crypto;
   }
 
@@ -696,6 +758,15 @@ export class AppserviceCrypto {
     return this.crossSigning.resets;
   }
 
+  /**
+   * How many bridged users' devices this manager replaced, since it opened, because the
+   * homeserver no longer listed the device's keys when the device first opened in this process
+   * (it was deleted, or the server lost its keys). Each is also logged as a warning.
+   */
+  get deviceResets(): number {
+    return this.deviceResetCount;
+  }
+
   /** How many machines are open now. */
   get openMachineCount(): number {
     return this.open.size;
@@ -766,7 +837,8 @@ export class AppserviceCrypto {
         await this.crossSigning.ensure(d);
       });
       this.uploaded.add(userId);
-      return { userId, deviceId: rec.deviceId };
+      // The device may have been replaced on open (its keys were gone from the server).
+      return { userId, deviceId: this.state.devices.get(userId)?.deviceId ?? rec.deviceId };
     }
     if (!rec) {
       // Recorded before the homeserver hears of it, so a crash in between reuses the same id.
@@ -790,10 +862,15 @@ export class AppserviceCrypto {
       throw err;
     }
     await this.state.recordDevice(userId, deviceId, true);
-    await this.using(userId, async (d) => {
-      await d.drain();
-      await this.crossSigning.ensure(d);
-    });
+    this.fresh.add(userId);
+    try {
+      await this.using(userId, async (d) => {
+        await d.drain();
+        await this.crossSigning.ensure(d);
+      });
+    } finally {
+      this.fresh.delete(userId);
+    }
     this.uploaded.add(userId);
     return { userId, deviceId };
   }
@@ -1110,6 +1187,7 @@ export class AppserviceCrypto {
     this.metricsOf.handedOver([...fromDrains, ...events, ...late.items]);
     this.pendingLate = this.pendingLate.filter((e) => !fromDrains.includes(e));
     await this.wait(events);
+    await this.giveUpOnKeys();
     return result;
   }
 
@@ -1291,7 +1369,7 @@ export class AppserviceCrypto {
     }
     const before = this.state.waitingTotal;
     await this.state.recordWaiting(waiting);
-    for (const { key } of waiting) if (!this.waitingSince.has(key) && this.state.waiting.has(key)) this.waitingSince.set(key, Date.now());
+    for (const { key } of waiting) if (!this.waitingSince.has(key) && this.state.waiting.has(key)) this.waitingSince.set(key, this.now());
     this.metricsOf.waiting(this.state.waitingTotal - before);
   }
 
@@ -1322,11 +1400,64 @@ export class AppserviceCrypto {
       await this.state.recordWoken([...decrypted].map((e) => e.event_id as string));
       this.metricsOf.waiting(this.state.waitingTotal - before);
       for (const k of keys) {
-        this.metricsOf.lateKey(this.waitingSince.get(k) ?? Date.now());
+        this.metricsOf.lateKey(this.waitingSince.get(k) ?? this.now(), this.now());
         if (!this.state.waiting.has(k)) this.waitingSince.delete(k);
       }
     };
     return { items, commit };
+  }
+
+  /** The timer's check of the key wait, in the transactions' turn (never alongside one). */
+  private scheduleKeyWaitCheck(): void {
+    if (this.closed) return;
+    this.transactions = this.transactions.then(
+      () => this.giveUpOnKeys().catch((err: unknown) => this.logger?.error(`appservice: key wait check failed: ${errorText(err)}`)),
+      () => undefined,
+    );
+  }
+
+  /**
+   * Gives up on the room keys events waited for longer than `giveUpAfterMs`: tries their events
+   * once more (a key may have come by a way that named no waiting event, e.g. an import), hands
+   * those that decrypt to the bridge as late decryptions (with the next transaction), and drops
+   * the others from the waiting list, reporting them once through `onKeyNeverCame`.
+   */
+  private async giveUpOnKeys(): Promise<void> {
+    if (this.closed) return;
+    const now = this.now();
+    const expired: Array<{ key: string; events: RoomEvent[]; waitedMs: number }> = [];
+    for (const [key, events] of this.state.waiting) {
+      let since = this.waitingSince.get(key);
+      // An entry of an earlier process counts from when this one first saw it.
+      if (since === undefined) this.waitingSince.set(key, (since = now));
+      if (now - since >= this.giveUpAfterMs) expired.push({ key, events: [...events], waitedMs: now - since });
+    }
+    if (expired.length === 0) return;
+    const woken: AppserviceTimelineEvent[] = [];
+    const lost: KeyNeverCame[] = [];
+    for (const { key, events, waitedMs } of expired) {
+      const cut = key.lastIndexOf('|');
+      const roomId = key.slice(0, cut);
+      const sessionId = key.slice(cut + 1);
+      for (const event of events) {
+        const item = await this.decryptForBridge(roomId, event);
+        if (item.kind === 'decrypted') woken.push(item);
+        else lost.push({ roomId, sessionId, event, waitedMs });
+      }
+    }
+    const before = this.state.waitingTotal;
+    await this.state.recordWoken([...woken.map((i) => i.event), ...lost.map((l) => l.event)].map((e) => e.event_id as string));
+    this.metricsOf.waiting(this.state.waitingTotal - before);
+    for (const { key } of expired) if (!this.state.waiting.has(key)) this.waitingSince.delete(key);
+    if (woken.length > 0) this.pendingLate = [...this.pendingLate, ...woken].slice(-1000);
+    if (lost.length === 0) return;
+    this.counters.keysNeverCame += lost.length;
+    this.logger?.warn(`appservice: gave up on ${lost.length} event(s) whose room key never came (waited ${this.giveUpAfterMs} ms or more)`);
+    try {
+      await this.onKeyNeverCame?.(lost);
+    } catch (err) {
+      this.logger?.error(`appservice: onKeyNeverCame threw: ${errorText(err)}`);
+    }
   }
 
   private noteHolder(roomId: string, sessionId: string, userId: string): void {
@@ -1370,6 +1501,29 @@ export class AppserviceCrypto {
     if (failure) return failure;
     const error = new DecryptionError('MissingRoomKey', `no bridged user of ${roomId} has a device to decrypt the event`, sessionId || null, null);
     return { kind: 'undecryptable', roomId, event, error, decryptedBy: null };
+  }
+
+  /**
+   * Discards the outbound room key of every bridged device that is a member of the room (as
+   * learnt from the transactions' `m.room.member` events), opening closed machines for it, so
+   * the next message each sends in the room uses a new room key (e.g. after a leak, or to stop
+   * sharing with devices that should no longer read the room). Each discard waits for an
+   * encryption running in the room on that device. Resolves to the bridged users whose device
+   * had a room key for the room to discard.
+   *
+   * @throws {@link MatrixCryptoError} `InvalidArgument` naming `roomId` when it is not a non-empty string.
+   */
+  async discardRoomKey(roomId: string): Promise<string[]> {
+    nonEmpty('roomId', roomId);
+    this.assertOpen();
+    const users = [...(this.state.members.get(roomId) ?? [])].filter((u) => this.state.devices.get(u)?.created === true);
+    const discarded: string[] = [];
+    await Promise.all(
+      users.map(async (u) => {
+        if (await this.using(u, (d) => d.discardRoomKey(roomId))) discarded.push(u);
+      }),
+    );
+    return discarded.sort();
   }
 
   /**
@@ -1472,6 +1626,7 @@ export class AppserviceCrypto {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.drainTimer);
+    clearInterval(this.keyWaitTimer);
     clearTimeout(this.recoveryTimer);
     await this.transactions;
     await this.drainRunning;
@@ -1554,10 +1709,56 @@ export class AppserviceCrypto {
         throw err;
       }
     }
-    // A device of an older store root (created before devices were signed) is signed now.
-    if (rec.created) await this.crossSigning.onOpen(device);
+    // A device of an older store root (created before devices were signed) is signed now; a
+    // device whose keys the homeserver no longer lists is replaced.
+    if (rec.created && (await this.crossSigning.onOpen(device, !this.fresh.has(userId) && (await keysUploaded(machine)))) === 'keys-gone') {
+      return this.replaceDevice(userId, rec, machine);
+    }
     this.open.set(userId, device);
     return device;
+  }
+
+  /**
+   * Replaces a device whose keys are gone from the homeserver (it was deleted there, or the
+   * server lost them; nobody can encrypt to it any more): deletes it on the homeserver (if it
+   * is still there), closes its machine and deletes its account, then creates a new device
+   * (MSC4190), uploads its keys and cross-signs it. Logged as a warning and counted in
+   * {@link deviceResets}. Runs inside the open of the device.
+   */
+  private async replaceDevice(userId: string, rec: DeviceRecord, machine: OlmMachine): Promise<BridgedDevice> {
+    const asUser = this.masquerading({ userId });
+    try {
+      try {
+        await asUser.deleteDevice(rec.deviceId);
+      } catch (err) {
+        if (!(err instanceof HomeserverError && err.status === 404)) throw err;
+      }
+    } finally {
+      await machine.close();
+    }
+    const store = this.storeFor(userId, rec.deviceId);
+    if (rec.folder !== undefined) await rm(rec.folder, { recursive: true, force: true });
+    else if (store.kind === 'sqlite' || store.kind === 'postgres') await deleteAccount(store, userId, rec.deviceId);
+    await this.state.recordDeleted(userId);
+    this.uploaded.delete(userId);
+    this.crossSigning.forget(userId);
+    const deviceId = newDeviceId();
+    await this.state.recordDevice(userId, deviceId, false);
+    await asUser.putDevice(deviceId, { display_name: this.displayName(userId) });
+    await this.state.recordDevice(userId, deviceId, true);
+    this.deviceResetCount++;
+    this.logger?.warn(
+      `appservice: replaced the device ${rec.deviceId} of ${userId} with ${deviceId}: the homeserver no longer lists its keys (deleted, or lost by the server)`,
+    );
+    this.fresh.add(userId);
+    try {
+      const device = await this.openDevice(userId);
+      await device.drain();
+      await this.crossSigning.ensure(device);
+      return device;
+    } finally {
+      this.fresh.delete(userId);
+    }
   }
 
   /** Closes least recently used idle machines while more than the cap are open. */

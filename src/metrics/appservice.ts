@@ -34,9 +34,9 @@ export class AppserviceMetrics {
   }
 
   /** A room key came for waiting events, the first of which failed at `since` (ms since the epoch). */
-  lateKey(since: number): void {
+  lateKey(since: number, now: number = Date.now()): void {
     this.recorder.add('matrix_crypto_late_room_keys_total', {});
-    this.recorder.observe('matrix_crypto_room_key_delay_seconds', {}, (Date.now() - since) / 1000);
+    this.recorder.observe('matrix_crypto_room_key_delay_seconds', {}, (now - since) / 1000);
   }
 
   evicted(): void {
