@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  AppserviceCrypto,
   defaultDeviceStore,
   OlmMachine,
   setLogger,
@@ -16,7 +15,7 @@ import {
   type TrustRequirement,
 } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, registration } from './appservice-fake';
+import { appserviceRoot, FakeAppserviceHomeserver } from './appservice-fake';
 
 const ROOM = '!room:example.org';
 const A = '@puppet_a:example.org';
@@ -31,19 +30,7 @@ afterEach(async () => {
 });
 
 async function setup(fake = new FakeAppserviceHomeserver()) {
-  const root = await mkdtemp(join(tmpdir(), 'mcn-as-xs-'));
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const open = async (extra: Partial<AppserviceCryptoOptions> = {}) => {
-    const c = await AppserviceCrypto.open({
-      homeserverUrl: 'http://hs.invalid',
-      registration,
-      storeRoot: root,
-      transport: { fetch: fake.fetch, maxRetries: 0 },
-      ...extra,
-    });
-    cleanup.push(() => c.close());
-    return c;
-  };
+  const { root, open } = await appserviceRoot(fake, cleanup);
   const alice = await TestDevice.create(fake.hs, ALICE, 'ALICE');
   return { fake, root, open, alice };
 }

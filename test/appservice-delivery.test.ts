@@ -3,12 +3,10 @@
 // Synapse's do): malformed transactions answered 200 with their bad parts reported, a device that
 // keeps failing set aside and replayed, recipients outside the namespace reported and never
 // stored, and the inbox drain (at start, after a failed transaction, duplicates, concurrency).
-import { appendFile, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  AppserviceCrypto,
   defaultDeviceStore,
   OlmMachine,
   serveAppservice,
@@ -18,7 +16,7 @@ import {
   type TransactionResult,
 } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
+import { appserviceRoot, FakeAppserviceHomeserver, HS_TOKEN } from './appservice-fake';
 
 const ROOM = '!room:example.org';
 const A = '@puppet_a:example.org';
@@ -35,21 +33,7 @@ afterEach(async () => {
 
 async function setup(limits: AppserviceCryptoOptions['limits'] = {}) {
   const fake = new FakeAppserviceHomeserver();
-  const root = await mkdtemp(join(tmpdir(), 'mcn-as-delivery-'));
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const open = async (extra: Partial<AppserviceCryptoOptions> = {}) => {
-    const c = await AppserviceCrypto.open({
-      homeserverUrl: 'http://hs.invalid',
-      registration,
-      storeRoot: root,
-      limits,
-      transport: { fetch: fake.fetch, maxRetries: 0 },
-      inboxDrain: false,
-      ...extra,
-    });
-    cleanup.push(() => c.close());
-    return c;
-  };
+  const { root, open } = await appserviceRoot(fake, cleanup, { limits, inboxDrain: false });
   const crypto = await open();
   const a = await crypto.deviceFor(A);
   const b = await crypto.deviceFor(B);

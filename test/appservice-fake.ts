@@ -8,6 +8,10 @@
 // As in Synapse, a device's to-device events stay in its inbox after a push
 // until the device acknowledges them through `/sync` (`since` = the `next_batch` that returned
 // them); a sync returns at most `syncLimit` of them.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AppserviceCrypto, type AppserviceCryptoOptions } from '../src/index';
 import { TestHomeserver } from '../src/testing';
 import type { OutgoingRequest } from '../src/requests';
 import type { TransactionBody } from '../src/appservice';
@@ -192,4 +196,31 @@ export class FakeAppserviceHomeserver {
 
 function json(status: number, body: unknown): Response {
   return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+}
+
+/**
+ * A temporary store root and an `open` that opens an {@link AppserviceCrypto} on it against
+ * `fake` (`base`, then each call's `extra`, over the defaults); the root and every manager opened
+ * are cleaned up through `cleanup`, last first.
+ */
+export async function appserviceRoot(
+  fake: FakeAppserviceHomeserver,
+  cleanup: Array<() => Promise<void>>,
+  base: Partial<AppserviceCryptoOptions> = {},
+): Promise<{ root: string; open: (extra?: Partial<AppserviceCryptoOptions>) => Promise<AppserviceCrypto> }> {
+  const root = await mkdtemp(join(tmpdir(), 'mcn-as-'));
+  cleanup.push(() => rm(root, { recursive: true, force: true }));
+  const open = async (extra: Partial<AppserviceCryptoOptions> = {}): Promise<AppserviceCrypto> => {
+    const c = await AppserviceCrypto.open({
+      homeserverUrl: 'http://hs.invalid',
+      registration,
+      storeRoot: root,
+      transport: { fetch: fake.fetch, maxRetries: 0 },
+      ...base,
+      ...extra,
+    });
+    cleanup.push(() => c.close());
+    return c;
+  };
+  return { root, open };
 }

@@ -1,13 +1,10 @@
 // Repair for bridges, against the fake homeserver (test/appservice-fake.ts): discarding a room's
 // outbound key across every bridged member, and giving up (once, reported) on room keys that
 // never came, after a last attempt.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { AppserviceCrypto, MatrixCryptoError, type AppserviceCryptoOptions, type KeyNeverCame } from '../src/index';
+import { MatrixCryptoError, type AppserviceCryptoOptions, type KeyNeverCame } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, registration } from './appservice-fake';
+import { appserviceRoot, FakeAppserviceHomeserver } from './appservice-fake';
 
 const ROOM = '!room:example.org';
 const OTHER = '!other:example.org';
@@ -23,20 +20,7 @@ afterEach(async () => {
 
 async function setup() {
   const fake = new FakeAppserviceHomeserver();
-  const root = await mkdtemp(join(tmpdir(), 'mcn-as-repair-'));
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const open = async (extra: Partial<AppserviceCryptoOptions> = {}) => {
-    const c = await AppserviceCrypto.open({
-      homeserverUrl: 'http://hs.invalid',
-      registration,
-      storeRoot: root,
-      transport: { fetch: fake.fetch, maxRetries: 0 },
-      inboxDrain: false,
-      ...extra,
-    });
-    cleanup.push(() => c.close());
-    return c;
-  };
+  const { open } = await appserviceRoot(fake, cleanup, { inboxDrain: false });
   const alice = await TestDevice.create(fake.hs, ALICE, 'ALICE');
   return { fake, open, alice };
 }

@@ -5,9 +5,9 @@ import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AppserviceCrypto, AppserviceError, defaultDeviceStore, MatrixCryptoError, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
+import { AppserviceCrypto, AppserviceError, defaultDeviceStore, serveAppservice, type AppserviceCryptoOptions } from '../src/index';
 import { TestDevice } from '../src/testing';
-import { FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
+import { appserviceRoot, FakeAppserviceHomeserver, HS_TOKEN, registration } from './appservice-fake';
 
 const ROOM = '!room:example.org';
 const A = '@puppet_a:example.org';
@@ -20,22 +20,8 @@ afterEach(async () => {
 });
 
 async function setup(limits: AppserviceCryptoOptions['limits'] = {}, fake = new FakeAppserviceHomeserver()) {
-  const root = await mkdtemp(join(tmpdir(), 'mcn-as-'));
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const open = async (extra: Partial<AppserviceCryptoOptions> = {}) => {
-    const c = await AppserviceCrypto.open({
-      homeserverUrl: 'http://hs.invalid',
-      registration,
-      storeRoot: root,
-      limits,
-      transport: { fetch: fake.fetch, maxRetries: 0 },
-      // The drains are tested on their own (test/appservice-delivery.test.ts); here transactions alone feed the machines.
-      inboxDrain: false,
-      ...extra,
-    });
-    cleanup.push(() => c.close());
-    return c;
-  };
+  // The drains are tested on their own (test/appservice-delivery.test.ts); here transactions alone feed the machines.
+  const { root, open } = await appserviceRoot(fake, cleanup, { limits, inboxDrain: false });
   return { fake, root, open, crypto: await open() };
 }
 
